@@ -1,0 +1,36 @@
+#!/usr/bin/env bash
+# Installs every build, test and run dependency of optd from Debian 12 packages.
+# Idempotent: packages already present are left as they are. README, .ci/run and the
+# container build all call this one script, so the three never drift apart.
+# Usage: deploy/install-deps.sh [--no-python]   (--no-python skips the Python client stack)
+set -euo pipefail
+
+with_python=1
+[ "${1:-}" = "--no-python" ] && with_python=0
+
+sudo_cmd=""
+[ "$(id -u)" -ne 0 ] && sudo_cmd="sudo"
+
+pkgs=(
+  build-essential cmake pkg-config git ca-certificates curl
+  libgrpc++-dev libgrpc-dev protobuf-compiler-grpc libprotobuf-dev protobuf-compiler
+  libabsl-dev prometheus-cpp-dev libjemalloc-dev
+  libgtest-dev libgmock-dev googletest libbenchmark-dev
+  libssl-dev zlib1g-dev libc-ares-dev libre2-dev
+)
+if [ "$with_python" = 1 ]; then
+  # Debian's own Python stack: the client must work on it (grpcio 1.51, protobuf 3.21, torch 1.13).
+  pkgs+=(python3 python3-pip python3-venv python3-numpy python3-grpcio python3-protobuf
+         python3-torch python3-pytest)
+fi
+
+missing=()
+for p in "${pkgs[@]}"; do
+  dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || missing+=("$p")
+done
+if [ ${#missing[@]} -gt 0 ]; then
+  export DEBIAN_FRONTEND=noninteractive
+  $sudo_cmd apt-get update -qq
+  $sudo_cmd apt-get install -y -qq --no-install-recommends "${missing[@]}"
+fi
+echo "install-deps: all ${#pkgs[@]} packages present"
