@@ -1,0 +1,386 @@
+"""The low-level optd client over numpy arrays: one Client per server address.
+
+Tensors are flat C-contiguous numpy arrays: float32, float16, or uint16 holding raw bf16 bits
+(numpy has no bf16). Chunks carry 4 MiB of payload by default, aligned to 256 elements.
+Thread safety: a Client may be used from several threads (gRPC channels are thread-safe)."""
+
+import threading
+from dataclasses import dataclass
+
+import grpc
+import numpy as np
+
+from optd.errors import InvalidArgumentError, OptdError, from_rpc_error
+from optd.v1 import optd_pb2 as pb
+from optd.v1 import optd_pb2_grpc as pb_grpc
+
+BLOCK = 256
+DEFAULT_CHUNK_BYTES = 4 << 20
+MAX_MESSAGE_BYTES = 64 << 20
+
+_PROTO_DTYPE = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16}
+_NAME_OF_PROTO = {v: k for k, v in _PROTO_DTYPE.items()}
+_NUMPY_DTYPE = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}
+_STATE_NUMPY = {pb.STATE_ELEMENT_TYPE_UINT8: np.uint8, pb.STATE_ELEMENT_TYPE_FLOAT32: np.float32,
+                pb.STATE_ELEMENT_TYPE_INT64: np.int64}
+_STATE_TYPE = {np.dtype(np.uint8): pb.STATE_ELEMENT_TYPE_UINT8,
+               np.dtype(np.float32): pb.STATE_ELEMENT_TYPE_FLOAT32,
+               np.dtype(np.int64): pb.STATE_ELEMENT_TYPE_INT64}
+_MODES = {"sync": pb.SYNC, "async": pb.ASYNC}
+_RETURNS = {"updated": pb.UPDATED, "all": pb.ALL, "none": pb.NONE}
+_HYPER_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "optim_bits",
+                 "min_8bit_size", "percentile_clipping", "block_wise")
+
+
+@dataclass
+class TensorSpec:
+    name: str
+    dtype: str  # "float32", "float16" or "bfloat16"
+    shape: tuple
+
+    @property
+    def numel(self):
+        n = 1
+        for d in self.shape:
+            n *= int(d)
+        return n
+
+
+def dtype_name(array):
+    """The optd dtype of a numpy array: uint16 is taken as raw bf16 bits."""
+    for name, np_type in _NUMPY_DTYPE.items():
+        if array.dtype == np_type:
+            return name
+    raise InvalidArgumentError(
+        f"dtype: numpy dtype {array.dtype} is not float32, float16 or uint16 (bf16 bits)")
+
+
+def numpy_dtype(name):
+    try:
+        return _NUMPY_DTYPE[name]
+    except KeyError:
+        raise InvalidArgumentError(
+            f"dtype: unknown dtype {name!r}; expected float32, float16 or bfloat16") from None
+
+
+def _flat(array, what):
+    a = np.asarray(array)
+    if not a.flags.c_contiguous:
+        raise InvalidArgumentError(f"{what}: array must be C-contiguous")
+    return a.reshape(-1)
+
+
+def _elements_per_chunk(itemsize, chunk_bytes):
+    return max(BLOCK, (chunk_bytes // itemsize) // BLOCK * BLOCK)
+
+
+def tensor_chunks(name, flat, chunk_bytes=DEFAULT_CHUNK_BYTES):
+    """TensorChunk messages covering `flat`, block-aligned."""
+    dt = _PROTO_DTYPE[dtype_name(flat)]
+    per = _elements_per_chunk(flat.itemsize, chunk_bytes)
+    for off in range(0, flat.size, per):
+        yield pb.TensorChunk(tensor=name, offset=off, dtype=dt, data=flat[off:off + per].tobytes())
+
+
+def hyperparameters(**kw):
+    """A Hyperparameters message from keyword arguments (None = unset); betas=(b1, b2) allowed."""
+    betas = kw.pop("betas", None)
+    if betas is not None:
+        kw["beta1"], kw["beta2"] = betas
+    hp = pb.Hyperparameters()
+    for key, value in kw.items():
+        if key not in _HYPER_FIELDS:
+            raise InvalidArgumentError(f"{key}: not a hyperparameter")
+        if value is not None:
+            setattr(hp, key, value)
+    return hp
+
+
+class _Assembler:
+    """Writes arriving weight chunks into destination arrays (allocated on first sight)."""
+
+    def __init__(self, out, specs):
+        self.out = {} if out is None else out
+        self.flat = {k: _flat(v, f"out[{k}]") for k, v in self.out.items()}
+        self.specs = specs or {}
+
+    def write(self, chunk):
+        dst = self.flat.get(chunk.tensor)
+        src_type = _NUMPY_DTYPE[_NAME_OF_PROTO.get(chunk.dtype, "float32")]
+        src = np.frombuffer(chunk.data, dtype=src_type)
+        if dst is None:
+            spec = self.specs.get(chunk.tensor)
+            if spec is None:
+                # Unknown size: grow as chunks arrive.
+                dst = np.zeros(0, src_type)
+            else:
+                dst = np.zeros(spec.numel, numpy_dtype(spec.dtype))
+            self.flat[chunk.tensor] = dst
+            self.out[chunk.tensor] = dst if spec is None else dst.reshape(spec.shape)
+        end = chunk.offset + src.size
+        if end > dst.size:
+            if chunk.tensor in self.specs or chunk.tensor in self.out and dst.size > 0:
+                raise OptdError(f"weights of {chunk.tensor}: chunk [{chunk.offset}, {end}) past "
+                                f"the tensor's {dst.size} elements")
+            grown = np.zeros(end, src_type)
+            grown[:dst.size] = dst
+            dst = grown
+            self.flat[chunk.tensor] = dst
+            self.out[chunk.tensor] = dst
+        dst[chunk.offset:end] = src
+        return src.size
+
+
+class Subscription:
+    """An open Subscribe stream. Iterate for (version, {tensor: array}); cancel() to stop."""
+
+    def __init__(self, call, specs, target):
+        self._call = call
+        self._specs = specs
+        self._target = target
+
+    def __iter__(self):
+        asm = _Assembler(None, self._specs)
+        try:
+            for msg in self._call:
+                if msg.HasField("chunk"):
+                    asm.write(msg.chunk)
+                if msg.version_complete:
+                    yield msg.version, asm.out
+                    asm = _Assembler(None, self._specs)
+        except grpc.RpcError as e:
+            if e.code() == grpc.StatusCode.CANCELLED:
+                return
+            raise from_rpc_error(e, self._target) from None
+
+    def cancel(self):
+        self._call.cancel()
+
+
+class Client:
+    """A connection to one optd server."""
+
+    def __init__(self, target, chunk_bytes=DEFAULT_CHUNK_BYTES, timeout=None):
+        self.target = target
+        self.chunk_bytes = chunk_bytes
+        self.timeout = timeout
+        self._channel = grpc.insecure_channel(target, options=[
+            ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+            ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
+        self._stub = pb_grpc.OptimizerStub(self._channel)
+        self._specs = {}
+        self._lock = threading.Lock()
+
+    def close(self):
+        self._channel.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def _call(self, fn, *args, **kw):
+        try:
+            return fn(*args, timeout=self.timeout, **kw)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, self.target) from None
+
+    def _remember(self, info):
+        specs = {t.name: TensorSpec(t.name, _NAME_OF_PROTO.get(t.dtype, "float32"), tuple(t.shape))
+                 for t in info.tensors}
+        with self._lock:
+            self._specs[info.group] = specs
+        return info
+
+    def specs(self, group):
+        """{tensor: TensorSpec} of `group` (asks the server when not yet known)."""
+        with self._lock:
+            s = self._specs.get(group)
+        if s is None:
+            self.get_group(group)
+            with self._lock:
+                s = self._specs[group]
+        return s
+
+    def wait_ready(self, timeout=10.0):
+        try:
+            grpc.channel_ready_future(self._channel).result(timeout=timeout)
+        except grpc.FutureTimeoutError:
+            raise OptdError(f"server {self.target} not reachable within {timeout} s",
+                            grpc.StatusCode.UNAVAILABLE, self.target) from None
+
+    # Groups ---------------------------------------------------------------------------------
+    def create_group(self, group, tensors, num_workers=1, mode="sync", sync_timeout_ms=0,
+                     max_staleness=0, **hyper):
+        """tensors: TensorSpec or (name, dtype, shape) tuples. hyper: lr, betas, eps, ..."""
+        if mode not in _MODES:
+            raise InvalidArgumentError(f"mode: {mode!r} is not 'sync' or 'async'")
+        req = pb.CreateGroupRequest(group=group, num_workers=num_workers, mode=_MODES[mode],
+                                    sync_timeout_ms=sync_timeout_ms, max_staleness=max_staleness,
+                                    hyperparameters=hyperparameters(**hyper))
+        for t in tensors:
+            t = t if isinstance(t, TensorSpec) else TensorSpec(*t)
+            if t.dtype not in _PROTO_DTYPE:
+                raise InvalidArgumentError(f"tensors[{t.name}].dtype: unknown dtype {t.dtype!r}")
+            req.tensors.add(name=t.name, dtype=_PROTO_DTYPE[t.dtype], shape=list(t.shape))
+        return self._remember(self._call(self._stub.CreateGroup, req))
+
+    def get_group(self, group):
+        return self._remember(self._call(self._stub.GetGroup, pb.GetGroupRequest(group=group)))
+
+    def list_groups(self):
+        return list(self._call(self._stub.ListGroups, pb.ListGroupsRequest()).groups)
+
+    def delete_group(self, group):
+        self._call(self._stub.DeleteGroup, pb.DeleteGroupRequest(group=group))
+        with self._lock:
+            self._specs.pop(group, None)
+
+    def update_hyperparameters(self, group, **hyper):
+        req = pb.UpdateHyperparametersRequest(group=group, hyperparameters=hyperparameters(**hyper))
+        return self._call(self._stub.UpdateHyperparameters, req)
+
+    def upload_weights(self, group, weights):
+        """weights: {tensor: array}. Returns the UploadWeightsResponse."""
+        flats = {k: _flat(v, f"weights[{k}]") for k, v in weights.items()}
+        for k, v in flats.items():
+            dtype_name(v)
+
+        def requests():
+            first = True
+            for name, flat in flats.items():
+                for chunk in tensor_chunks(name, flat, self.chunk_bytes):
+                    yield pb.UploadWeightsRequest(group=group if first else "", chunk=chunk)
+                    first = False
+            if first:  # nothing to send: still name the group
+                yield pb.UploadWeightsRequest(group=group)
+        return self._call(self._stub.UploadWeights, requests())
+
+    # Steps ----------------------------------------------------------------------------------
+    def step(self, group, step, grads, out=None, worker=0, lr=None, weights="updated",
+             base_version=None):
+        """Sends one step's gradients ({tensor: array}) and writes the returned weights into
+        `out` ({tensor: array}, allocated when missing). Gradient chunks are produced lazily
+        while the server's weight chunks are received on gRPC's own thread, so the upload of
+        tensor i+1 overlaps the download of tensor i. Returns (StepDone, out)."""
+        if weights not in _RETURNS:
+            raise InvalidArgumentError(f"weights: {weights!r} is not updated, all or none")
+        flats = {k: _flat(v, f"grads[{k}]") for k, v in grads.items() if v is not None}
+        for k, v in flats.items():
+            dtype_name(v)
+        begin = pb.StepBegin(group=group, worker=worker, step=step, weights=_RETURNS[weights])
+        if lr is not None:
+            begin.lr = lr
+        if base_version is not None:
+            begin.base_version = base_version
+
+        def requests():
+            yield pb.StepRequest(begin=begin)
+            for name, flat in flats.items():
+                for chunk in tensor_chunks(name, flat, self.chunk_bytes):
+                    yield pb.StepRequest(gradient=chunk)
+            yield pb.StepRequest(commit=pb.StepCommit())
+
+        asm = _Assembler(out, self._specs.get(group))
+        done = None
+        try:
+            for resp in self._stub.Step(requests(), timeout=self.timeout):
+                if resp.HasField("weights"):
+                    asm.write(resp.weights)
+                elif resp.HasField("done"):
+                    done = resp.done
+                    break
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, self.target) from None
+        if done is None:
+            raise OptdError(f"step {step} of group {group}: stream ended without StepDone",
+                            grpc.StatusCode.INTERNAL, self.target)
+        return done, asm.out
+
+    def pull_weights(self, group, tensors=None, out=None):
+        """Returns (version, {tensor: array}) of the current weights."""
+        req = pb.PullWeightsRequest(group=group, tensors=list(tensors or []))
+        asm = _Assembler(out, self._specs.get(group))
+        version = -1
+        try:
+            for msg in self._stub.PullWeights(req, timeout=self.timeout):
+                if msg.HasField("chunk"):
+                    asm.write(msg.chunk)
+                version = msg.version
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, self.target) from None
+        return version, asm.out
+
+    def subscribe(self, group, send_current=True):
+        call = self._stub.Subscribe(pb.SubscribeRequest(group=group, send_current=send_current))
+        return Subscription(call, self._specs.get(group), self.target)
+
+    # Checkpoints and state ------------------------------------------------------------------
+    def save_checkpoint(self, name, groups=None):
+        return self._call(self._stub.SaveCheckpoint,
+                          pb.SaveCheckpointRequest(name=name, groups=list(groups or [])))
+
+    def restore_checkpoint(self, name, groups=None):
+        resp = self._call(self._stub.RestoreCheckpoint,
+                          pb.RestoreCheckpointRequest(name=name, groups=list(groups or [])))
+        for info in resp.groups:
+            self._remember(info)
+        return resp
+
+    def export_state(self, group, tensors=None):
+        """{tensor: {key: array, 'step': int}} in the reference's state_dict layout."""
+        req = pb.ExportStateRequest(group=group, tensors=list(tensors or []))
+        out = {}
+        try:
+            for c in self._stub.ExportState(req, timeout=self.timeout):
+                per = out.setdefault(c.tensor, {})
+                np_type = _STATE_NUMPY.get(c.type)
+                if np_type is None:
+                    raise OptdError(f"state {c.tensor}/{c.key}: unknown element type {c.type}")
+                numel = int(np.prod(c.shape)) if len(c.shape) else 1
+                arr = per.get(c.key)
+                if arr is None:
+                    arr = np.zeros(numel, np_type)
+                    per[c.key] = arr
+                src = np.frombuffer(c.data, np_type)
+                arr.reshape(-1)[c.offset:c.offset + src.size] = src
+                per[c.key] = arr
+                per.setdefault("__shape__", {})[c.key] = tuple(c.shape)
+        except grpc.RpcError as e:
+            raise from_rpc_error(e, self.target) from None
+        for per in out.values():
+            shapes = per.pop("__shape__")
+            for key, shape in shapes.items():
+                if key == "step":
+                    per[key] = int(per[key].reshape(-1)[0])
+                else:
+                    per[key] = per[key].reshape(shape)
+        return out
+
+    def import_state(self, group, states):
+        """states: {tensor: {key: array or int}} as export_state returns."""
+        msgs = []
+        for tensor, per in states.items():
+            for key, value in per.items():
+                if key == "step":
+                    arr = np.asarray([int(value)], np.int64)
+                    shape = []
+                else:
+                    arr = np.ascontiguousarray(value)
+                    shape = list(arr.shape)
+                    if arr.dtype not in _STATE_TYPE:
+                        raise InvalidArgumentError(
+                            f"state[{tensor}][{key}]: dtype {arr.dtype} is not uint8, float32 "
+                            f"or int64")
+                flat = arr.reshape(-1)
+                per_msg = max(1, self.chunk_bytes // flat.itemsize)
+                for off in range(0, max(flat.size, 1), per_msg):
+                    msgs.append(pb.StateChunk(tensor=tensor, key=key,
+                                              type=_STATE_TYPE[flat.dtype], shape=shape,
+                                              offset=off, data=flat[off:off + per_msg].tobytes()))
+        if msgs:
+            msgs[0].group = group
+        else:
+            msgs.append(pb.StateChunk(group=group))
+        return self._call(self._stub.ImportState, iter(msgs))

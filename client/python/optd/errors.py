@@ -1,0 +1,62 @@
+"""Exceptions raised by the optd client: one per gRPC status family, message kept verbatim.
+
+InvalidArgumentError is also a ValueError and NotFoundError a LookupError, so callers that
+catch the builtin families keep working."""
+
+import grpc
+
+
+class OptdError(RuntimeError):
+    """A failed optd call. `code` is the grpc.StatusCode, `target` the server address."""
+
+    def __init__(self, message, code=grpc.StatusCode.UNKNOWN, target=""):
+        super().__init__(message)
+        self.code = code
+        self.target = target
+
+
+class InvalidArgumentError(OptdError, ValueError):
+    pass
+
+
+class NotFoundError(OptdError, LookupError):
+    pass
+
+
+class AlreadyExistsError(OptdError):
+    pass
+
+
+class FailedPreconditionError(OptdError):
+    pass
+
+
+class UnavailableError(OptdError, ConnectionError):
+    pass
+
+
+class ShardError(OptdError):
+    """A call on one shard of a sharded group failed; `target` names the shard."""
+
+    def __init__(self, target, cause):
+        code = getattr(cause, "code", grpc.StatusCode.UNKNOWN)
+        super().__init__(f"shard {target} failed: {cause}", code, target)
+        self.cause = cause
+
+
+_BY_CODE = {
+    grpc.StatusCode.INVALID_ARGUMENT: InvalidArgumentError,
+    grpc.StatusCode.OUT_OF_RANGE: InvalidArgumentError,
+    grpc.StatusCode.NOT_FOUND: NotFoundError,
+    grpc.StatusCode.ALREADY_EXISTS: AlreadyExistsError,
+    grpc.StatusCode.FAILED_PRECONDITION: FailedPreconditionError,
+    grpc.StatusCode.UNAVAILABLE: UnavailableError,
+}
+
+
+def from_rpc_error(err, target=""):
+    """Converts a grpc.RpcError into the matching OptdError, keeping the server's message."""
+    code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
+    details = err.details() if hasattr(err, "details") else str(err)
+    cls = _BY_CODE.get(code, OptdError)
+    return cls(f"{details} ({code.name} from {target})" if target else details, code, target)

@@ -1,0 +1,102 @@
+"""Fixtures: the optd package from the source tree, and real optd server processes.
+
+The server binary comes from $OPTD_SERVER_BIN (ctest passes the built one). Each server listens
+on 127.0.0.1:0 and reports its port through --port_file; tests talk to it over gRPC."""
+
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+_HERE = os.path.dirname(os.path.abspath(__file__))
+sys.path.insert(0, os.path.join(_HERE, "..", "..", "client", "python"))
+
+
+class ServerProcess:
+    def __init__(self, binary, workdir, backend):
+        os.makedirs(workdir, exist_ok=True)
+        self.port_file = os.path.join(workdir, "port")
+        self.metrics_port_file = os.path.join(workdir, "metrics_port")
+        self.log_path = os.path.join(workdir, "server.log")
+        self.log = open(self.log_path, "wb")
+        self.proc = subprocess.Popen(
+            [binary, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
+             f"--backend={backend}", f"--checkpoint_dir={os.path.join(workdir, 'ckpt')}",
+             f"--port_file={self.port_file}", f"--metrics_port_file={self.metrics_port_file}"],
+            stdout=self.log, stderr=subprocess.STDOUT)
+        self.port = self._wait_port(self.port_file)
+        self.target = f"127.0.0.1:{self.port}"
+
+    def _wait_port(self, path, timeout=30.0):
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"optd exited with {self.proc.returncode}: {self.output()}")
+            try:
+                with open(path) as f:
+                    text = f.read()
+                if text.endswith("\n"):
+                    return int(text)
+            except FileNotFoundError:
+                pass
+            time.sleep(0.02)
+        raise RuntimeError(f"optd did not write {path} within {timeout} s: {self.output()}")
+
+    def metrics_port(self):
+        return self._wait_port(self.metrics_port_file)
+
+    def output(self):
+        self.log.flush()
+        with open(self.log_path, "rb") as f:
+            return f.read().decode(errors="replace")[-4000:]
+
+    def kill(self):
+        if self.proc.poll() is None:
+            self.proc.kill()
+            self.proc.wait()
+
+    def stop(self):
+        if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.kill()
+        self.log.close()
+        return self.proc.returncode
+
+
+@pytest.fixture(scope="session")
+def server_binary():
+    binary = os.environ.get("OPTD_SERVER_BIN")
+    if not binary:
+        pytest.skip("OPTD_SERVER_BIN is not set (ctest sets it to the built optd)")
+    if not os.access(binary, os.X_OK):
+        pytest.fail(f"OPTD_SERVER_BIN={binary} is not an executable")
+    return binary
+
+
+@pytest.fixture(scope="session")
+def backend():
+    return os.environ.get("OPTD_BACKEND", "cpu")
+
+
+@pytest.fixture
+def start_server(server_binary, backend, tmp_path):
+    started = []
+
+    def start(name="server"):
+        s = ServerProcess(server_binary, str(tmp_path / f"{name}{len(started)}"), backend)
+        started.append(s)
+        return s
+    yield start
+    for s in started:
+        s.stop()
+
+
+@pytest.fixture
+def server(start_server):
+    return start_server()
