@@ -44,21 +44,23 @@ def test_lr_scheduler_reaches_the_server(server):
     model = make_model()
     opt = optd.torch.PagedAdamW8bit(model.parameters(), lr=1e-2, target=server.target)
     sched = torch.optim.lr_scheduler.StepLR(opt, step_size=1, gamma=0.5)
-    lrs = []
+    lrs, server_lrs = [], []
+    c = optd.Client(server.target)
     for _ in range(3):
         opt.zero_grad()
         loss_of(model, x, y).backward()
         opt.step()
+        server_lrs.append(c.get_group(opt.server_group(0)).hyperparameters.lr)
         sched.step()
         lrs.append(opt.param_groups[0]["lr"])
-    # The step carries the scheduler's lr; betas etc. changes are pushed with
-    # UpdateHyperparameters before the next step, lr too when the group's value is read.
+    assert server_lrs == pytest.approx([1e-2, 5e-3, 2.5e-3])
     opt.param_groups[0]["weight_decay"] = 0.25
     opt.zero_grad()
     loss_of(model, x, y).backward()
     opt.step()
-    info = optd.Client(server.target).get_group(opt.server_group(0))
+    info = c.get_group(opt.server_group(0))
     assert info.hyperparameters.weight_decay == pytest.approx(0.25)
+    assert info.hyperparameters.lr == pytest.approx(1.25e-3)
     # per-step lr: the remote model matches a reference run with the same schedule
     ref_model = make_model()
     p0 = flat_params(ref_model)

@@ -115,7 +115,9 @@ class PagedAdamW8bit(torch.optim.Optimizer):
     def _sync_hyper(self, gi, sg):
         want = self._hyper(self.param_groups[gi])
         have = self._sent_hyper[gi]
-        changed = {k: v for k, v in want.items() if k != "lr" and v != have.get(k)}
+        # lr too: the step carries it anyway, but GetGroup and checkpoints then show what the
+        # scheduler set (one extra RPC only on steps where a value changed).
+        changed = {k: v for k, v in want.items() if v != have.get(k)}
         if changed:
             sg.update_hyperparameters(**changed)
             have.update(changed)
