@@ -1,0 +1,185 @@
+// Prometheus metrics of the optd server, served over HTTP at /metrics (prometheus-cpp).
+//
+// Every family carries the const labels `gpu` and `hostname`, so dashboards can join optd's
+// series with NVIDIA's DCGM exporter (whose metric names we do not reuse). Names follow
+// Prometheus conventions: `optd_` prefix, base units, `_bytes`/`_seconds` suffixes, `_total` on
+// counters. Families:
+//   optd_device_memory_{used,free,total,budget}_bytes   gauges; only once a CUDA engine reports
+//   optd_engine_weight_bytes{location}, optd_engine_state_bytes{location}   location: device|host
+//   optd_paged_bytes_total{direction}                   direction: to_device|to_host
+//   optd_page_evictions_total, optd_page_wait_seconds_total
+//   optd_groups                                          groups with live GroupMetrics
+//   optd_step_duration_seconds{group}                   histogram, 100 us .. 60 s
+//   optd_steps_total{group}
+//   optd_gradient_bytes_received_total{group}, optd_weight_bytes_sent_total{group}
+//   optd_nonfinite_gradient_elements_total{group}
+//   optd_workers_pending{group}                          workers a sync step still waits for
+//   optd_weight_bytes{group,location}, optd_state_bytes{group,location}
+//   optd_accumulation_bytes{group}                       sync/clipping accumulation buffers
+//   optd_rpcs_total{method,code}                         code: gRPC status name, e.g. "OK"
+#pragma once
+
+#include <array>
+#include <cstdint>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <string>
+#include <string_view>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "optd/core/engine.h"
+
+namespace prometheus {
+class Counter;
+class Exposer;
+class Gauge;
+class Histogram;
+class Registry;
+template <typename T>
+class Family;
+}  // namespace prometheus
+
+namespace optd::server {
+
+struct MetricsOptions {
+  // Address of the HTTP endpoint, "127.0.0.1:0" style (port 0 picks a free port, see
+  // Metrics::port()); empty = no HTTP endpoint (Scrape() still works).
+  std::string listen_address;
+  // Value of the `gpu` label: "" on CPU, else the GPU index or UUID (as DCGM labels it).
+  std::string gpu_label;
+  // Value of the `hostname` label.
+  std::string hostname;
+};
+
+class Metrics;
+
+// The series of one group. Created by Metrics::ForGroup when the group is created; destroying
+// it removes the group's series from the exposition.
+//
+// Thread safety: thread-safe. REQUIRES: destroyed before the Metrics that made it.
+class GroupMetrics {
+ public:
+  ~GroupMetrics();
+  GroupMetrics(const GroupMetrics&) = delete;
+  GroupMetrics& operator=(const GroupMetrics&) = delete;
+
+  void ObserveStep(double seconds);  // step latency histogram and step count
+  void AddGradientBytesReceived(int64_t n);
+  void AddWeightBytesSent(int64_t n);
+  void AddNonfiniteGradientElements(int64_t n);
+  void SetWorkersPending(int n);
+  void SetBytes(int64_t weight_device, int64_t weight_host, int64_t state_device,
+                int64_t state_host);
+  void SetAccumulationBytes(int64_t n);
+
+ private:
+  friend class Metrics;
+  explicit GroupMetrics(Metrics* metrics) : metrics_(metrics) {}
+
+  Metrics* const metrics_;
+  prometheus::Histogram* step_duration_ = nullptr;
+  prometheus::Counter* steps_ = nullptr;
+  prometheus::Counter* gradient_bytes_ = nullptr;
+  prometheus::Counter* weight_bytes_sent_ = nullptr;
+  prometheus::Counter* nonfinite_ = nullptr;
+  prometheus::Gauge* workers_pending_ = nullptr;
+  prometheus::Gauge* weight_device_ = nullptr;
+  prometheus::Gauge* weight_host_ = nullptr;
+  prometheus::Gauge* state_device_ = nullptr;
+  prometheus::Gauge* state_host_ = nullptr;
+  prometheus::Gauge* accumulation_ = nullptr;
+};
+
+// Owns the registry, the metric families and the HTTP exposer.
+//
+// Thread safety: thread-safe, except SetScrapeCallback (call it before serving).
+class Metrics {
+ public:
+  // The methods of optd.v1.Optimizer, in the order of the service; RecordRpc counts any other
+  // name as "other".
+  static constexpr std::array<std::string_view, 13> kRpcMethods = {
+      "CreateGroup",    "UploadWeights", "GetGroup",       "ListGroups",
+      "DeleteGroup",    "UpdateHyperparameters",           "Step",
+      "Subscribe",      "PullWeights",   "SaveCheckpoint", "RestoreCheckpoint",
+      "ExportState",    "ImportState"};
+  static constexpr int kNumStatusCodes = 17;  // gRPC codes 0 (OK) .. 16 (UNAUTHENTICATED)
+
+  // Unavailable naming the address when the HTTP endpoint cannot bind.
+  static absl::StatusOr<std::unique_ptr<Metrics>> Create(const MetricsOptions& options);
+  ~Metrics();
+  Metrics(const Metrics&) = delete;
+  Metrics& operator=(const Metrics&) = delete;
+
+  // The bound HTTP port; 0 when there is no endpoint.
+  int port() const { return port_; }
+
+  std::unique_ptr<GroupMetrics> ForGroup(const std::string& group);
+
+  // Counts one finished RPC. `method` is a name of kRpcMethods, bare or as the full gRPC path
+  // ("/optd.v1.Optimizer/Step"); `grpc_code` a grpc::StatusCode value (others count as UNKNOWN).
+  // No label lookup: the children were created in Create.
+  void RecordRpc(std::string_view method, int grpc_code);
+
+  // Publishes the engine's figures. Its traffic figures are monotonic totals; the exported
+  // counters grow by the difference since the last call (a total that went down counts as a
+  // restart of the engine and adds nothing).
+  void UpdateEngine(const core::EngineStats& stats);
+
+  // Called at the start of every scrape (HTTP or Scrape()), e.g. to call UpdateEngine with fresh
+  // engine figures. REQUIRES: set before the endpoint is in use; the callback must be thread-safe.
+  void SetScrapeCallback(std::function<void()> callback);
+
+  // The text exposition, as served at /metrics.
+  std::string Scrape() const;
+
+ private:
+  friend class GroupMetrics;
+  class Collector;
+  Metrics() = default;
+  absl::Status Init(const MetricsOptions& options);
+
+  std::shared_ptr<prometheus::Registry> registry_;
+  std::shared_ptr<Collector> collector_;  // what the exposer serves: callback, then registry_
+  std::unique_ptr<prometheus::Exposer> exposer_;
+  int port_ = 0;
+
+  prometheus::Family<prometheus::Gauge>* device_used_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* device_free_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* device_total_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* device_budget_ = nullptr;
+  prometheus::Gauge* engine_weight_device_ = nullptr;
+  prometheus::Gauge* engine_weight_host_ = nullptr;
+  prometheus::Gauge* engine_state_device_ = nullptr;
+  prometheus::Gauge* engine_state_host_ = nullptr;
+  prometheus::Counter* paged_to_device_ = nullptr;
+  prometheus::Counter* paged_to_host_ = nullptr;
+  prometheus::Counter* evictions_ = nullptr;
+  prometheus::Counter* page_wait_ = nullptr;
+  prometheus::Gauge* groups_ = nullptr;
+
+  prometheus::Family<prometheus::Histogram>* step_duration_ = nullptr;
+  prometheus::Family<prometheus::Counter>* steps_ = nullptr;
+  prometheus::Family<prometheus::Counter>* gradient_bytes_ = nullptr;
+  prometheus::Family<prometheus::Counter>* weight_bytes_sent_ = nullptr;
+  prometheus::Family<prometheus::Counter>* nonfinite_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* workers_pending_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* group_weight_bytes_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* group_state_bytes_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* accumulation_ = nullptr;
+
+  // [method index (kRpcMethods, then "other")][code]
+  std::array<std::array<prometheus::Counter*, kNumStatusCodes>, kRpcMethods.size() + 1> rpcs_{};
+
+  std::mutex engine_mu_;
+  // Device-memory gauges are created on the first report from a CUDA engine, so a CPU server
+  // does not claim 0 bytes of free device memory.
+  prometheus::Gauge* device_used_child_ ABSL_GUARDED_BY(engine_mu_) = nullptr;
+  prometheus::Gauge* device_free_child_ ABSL_GUARDED_BY(engine_mu_) = nullptr;
+  prometheus::Gauge* device_total_child_ ABSL_GUARDED_BY(engine_mu_) = nullptr;
+  prometheus::Gauge* device_budget_child_ ABSL_GUARDED_BY(engine_mu_) = nullptr;
+  core::EngineStats last_ ABSL_GUARDED_BY(engine_mu_);
+};
+
+}  // namespace optd::server
