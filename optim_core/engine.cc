@@ -1,0 +1,43 @@
+// The engine factory: picks the backend. The CUDA engine exists only in CUDA builds.
+#include "optd/core/engine.h"
+
+#include "cpu/cpu_engine.h"
+#ifdef OPTD_WITH_CUDA
+#include "internal/cuda_engine_factory.h"
+#endif
+
+namespace optd::core {
+
+std::string_view BackendName(Backend b) {
+  switch (b) {
+    case Backend::kCpu:
+      return "cpu";
+    case Backend::kCuda:
+      return "cuda";
+  }
+  return "unknown";
+}
+
+bool CudaEngineCompiled() {
+#ifdef OPTD_WITH_CUDA
+  return true;
+#else
+  return false;
+#endif
+}
+
+absl::StatusOr<std::unique_ptr<Engine>> CreateEngine(const EngineOptions& options) {
+  switch (options.backend) {
+    case Backend::kCpu:
+      return cpu::CreateCpuEngine(options);
+    case Backend::kCuda:
+#ifdef OPTD_WITH_CUDA
+      return internal::CreateCudaEngine(options);
+#else
+      return absl::UnavailableError("backend cuda: this optd was built without CUDA");
+#endif
+  }
+  return absl::InvalidArgumentError("backend: unknown value");
+}
+
+}  // namespace optd::core

@@ -1,0 +1,61 @@
+// Quantization of a normalized value x = value / absmax to the code of the nearest table entry,
+// exactly as bitsandbytes' quantize_2D does it (see the spec, step 5).
+#pragma once
+
+#include <cstdint>
+#include <vector>
+
+#include "internal/float_convert.h"
+
+namespace optd::core::internal {
+
+// The reference's search, line for line: a 7-step binary search from index 127, then a
+// comparison with the fp32 midpoint of the bracketing pair. Ties go to the final pivot, which
+// is always an even index. NaN yields code 0. Slow; the engine uses CodeFinder, and the tests
+// check that the two agree.
+uint8_t QuantizeReference(const float* table, bool is_signed, float x);
+
+// Constant-time equivalent of QuantizeReference for one table. A value's float bits, made
+// monotone in the value, select a bucket of 2^16 consecutive floats; every bucket holds at most
+// one midpoint of either table (quantize_test.cc checks it around every midpoint), so one comparison finishes the search.
+//
+// Thread safety: immutable after construction.
+class CodeFinder {
+ public:
+  // `table`: 256 ascending values in [-1, 1].
+  explicit CodeFinder(const float* table);
+
+  uint8_t Find(float x) const {
+    int32_t key = MonotoneKey(x);
+    key = key < min_key_ ? min_key_ : key;
+    key = key > max_key_ ? max_key_ : key;
+    const int32_t code = bucket_code_[(key >> kShift) - bucket_base_];
+    const float mid = midpoint_[code];
+    // Past the midpoint, or on it when the upper neighbour is the even index (ties to even).
+    const int32_t up = (x > mid) | ((x == mid) & (code & 1));
+    return static_cast<uint8_t>(x == x ? code + up : 0);  // NaN: code 0, as the reference
+  }
+
+  // The two tables of bitsandbytes, built once.
+  static const CodeFinder& Signed();
+  static const CodeFinder& Unsigned();
+
+ private:
+  static constexpr int kShift = 16;
+
+  // Integer order equals float order: non-negative floats keep their bits, negative ones map
+  // to minus their magnitude's bits. Both zeros map to 0.
+  static int32_t MonotoneKey(float x) {
+    const int32_t bits = static_cast<int32_t>(FloatBits(x));
+    const int32_t magnitude = bits & 0x7fffffff;
+    return bits < 0 ? -magnitude : magnitude;
+  }
+
+  int32_t min_key_ = 0;
+  int32_t max_key_ = 0;
+  int32_t bucket_base_ = 0;
+  std::vector<uint8_t> bucket_code_;  // code of the smallest value in each bucket
+  float midpoint_[256];               // midpoint_[i]: between table[i] and table[i+1]; [255]=inf
+};
+
+}  // namespace optd::core::internal
