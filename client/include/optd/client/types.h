@@ -1,0 +1,98 @@
+// Plain types of the optd C++ client: tensor descriptions, caller-owned buffers, options.
+#pragma once
+
+#include <cstdint>
+#include <optional>
+#include <string>
+#include <vector>
+
+namespace optd::client {
+
+enum class DType : int { kFloat32 = 1, kFloat16 = 2, kBFloat16 = 3 };  // = optd.v1.DType
+int DTypeSize(DType dtype);
+const char* DTypeName(DType dtype);
+
+struct TensorSpec {
+  std::string name;
+  DType dtype = DType::kFloat32;
+  std::vector<int64_t> shape;
+  int64_t numel() const;
+};
+
+// Unset fields take the server's defaults (bitsandbytes PagedAdamW8bit's).
+struct Hyperparameters {
+  std::optional<float> lr;
+  std::optional<float> beta1;
+  std::optional<float> beta2;
+  std::optional<float> eps;
+  std::optional<float> weight_decay;
+  std::optional<bool> amsgrad;
+  std::optional<int32_t> optim_bits;
+  std::optional<int64_t> min_8bit_size;
+  std::optional<int32_t> percentile_clipping;
+  std::optional<bool> block_wise;
+};
+
+enum class SyncMode : int { kSync = 1, kAsync = 2 };
+enum class WeightsReturn : int { kUpdated = 1, kAll = 2, kNone = 3 };
+
+struct GroupOptions {
+  Hyperparameters hyperparameters;
+  int32_t num_workers = 1;
+  SyncMode mode = SyncMode::kSync;
+  int64_t sync_timeout_ms = 0;  // 0 = the server's default
+  int64_t max_staleness = 0;    // 0 = unbounded
+};
+
+// A caller-owned flat tensor the client reads from. Must stay valid and unchanged until the
+// call that received it returns.
+struct ConstBuffer {
+  std::string tensor;
+  DType dtype = DType::kFloat32;
+  const void* data = nullptr;
+  int64_t numel = 0;
+};
+
+// A caller-owned flat tensor the client writes into (weights coming back).
+struct MutableBuffer {
+  std::string tensor;
+  DType dtype = DType::kFloat32;
+  void* data = nullptr;
+  int64_t numel = 0;
+};
+
+struct StepOptions {
+  int32_t worker = 0;
+  std::optional<float> lr;  // this step's lr (schedulers)
+  WeightsReturn weights = WeightsReturn::kUpdated;
+  std::optional<int64_t> base_version;  // async mode
+};
+
+struct StepResult {
+  int64_t step = 0;
+  int64_t version = 0;
+  bool duplicate = false;
+  int64_t nonfinite_gradient_elements = 0;
+  int64_t weight_elements_received = 0;
+};
+
+struct ClientOptions {
+  // Payload bytes per chunk message; rounded down to a multiple of 256 elements.
+  int64_t chunk_bytes = int64_t{4} << 20;
+  int max_message_bytes = 64 << 20;
+  // Deadline of each call; 0 = none.
+  int64_t timeout_ms = 0;
+};
+
+// One array of a tensor's optimizer state (reference state_dict layout), raw little-endian.
+struct StateArray {
+  int type = 0;                 // optd.v1.StateElementType
+  std::vector<int64_t> shape;
+  std::vector<uint8_t> bytes;
+};
+struct TensorStateArrays {
+  int64_t step = 0;
+  std::vector<std::pair<std::string, StateArray>> arrays;  // state1, state2, qmap1, ...
+};
+
+}  // namespace optd::client

@@ -1,0 +1,47 @@
+// Zero-copy encoding of chunk-carrying requests, and decoding of weight chunks into
+// caller buffers.
+//
+// A TensorChunk's `data` has the highest field number, so a request message is a small header
+// (outer fields, the chunk's tensor/offset/dtype, data's tag and length) followed by the raw
+// payload. ChunkMessage builds a grpc::ByteBuffer of two slices: a copy of the header and a
+// slice over the caller's memory (gRPC reads it while sending; the caller keeps it alive until
+// the call finishes).
+#pragma once
+
+#include <cstdint>
+#include <string>
+#include <string_view>
+
+#include "absl/container/flat_hash_map.h"
+#include "absl/status/status.h"
+#include "absl/types/span.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "optd/client/types.h"
+#include "optd/v1/optd.pb.h"
+
+namespace optd::client::internal {
+
+inline constexpr int64_t kBlockSize = 256;
+
+// Elements per chunk message: chunk_bytes / dtype size rounded down to a multiple of 256,
+// at least 256.
+int64_t ElementsPerChunk(int64_t chunk_bytes, DType dtype);
+
+// `prefix` holds already-serialized fields placed before the chunk (e.g. UploadWeightsRequest's
+// group); the chunk itself is field `chunk_field` of the outer message.
+grpc::ByteBuffer ChunkMessage(std::string_view prefix, int chunk_field, const std::string& tensor,
+                              int64_t offset, DType dtype, const void* data, size_t bytes);
+
+// Serialized string field (tag + length + bytes).
+std::string StringField(int field, std::string_view value);
+
+// Destination buffers by tensor name.
+using BufferMap = absl::flat_hash_map<std::string, const MutableBuffer*>;
+BufferMap MakeBufferMap(absl::Span<const MutableBuffer> buffers);
+
+// Copies `chunk`'s payload into its buffer in `out`. InvalidArgument when no buffer has that
+// name, the dtype differs or the range is outside the buffer. Adds the element count to
+// *elements.
+absl::Status WriteChunk(const v1::TensorChunk& chunk, const BufferMap& out, int64_t* elements);
+
+}  // namespace optd::client::internal
