@@ -497,6 +497,10 @@ absl::Status CheckpointReader::RestoreGroup(size_t index, core::ParamGroup* grou
     read_array(loc.state2_f32, &state.state2_f32);
     read_array(loc.gnorm_vec, &state.gnorm_vec);
     if (st.ok()) st = group->ImportState(static_cast<int>(t), state);
+    // ImportState carries the step counter; set it explicitly in case an engine keeps it apart.
+    if (st.ok() && group->GetStep(static_cast<int>(t)) != loc.step) {
+      st = group->SetStep(static_cast<int>(t), loc.step);
+    }
     if (!st.ok()) return context(st, spec.name);
   }
   return absl::OkStatus();

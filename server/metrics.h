@@ -92,7 +92,9 @@ class GroupMetrics {
   prometheus::Gauge* accumulation_ = nullptr;
 };
 
-// Owns the registry, the metric families and the HTTP exposer.
+// Owns the registry, the metric families and the HTTP exposer. Besides the families above,
+// prometheus-cpp's exposer serves its own exposer_* families (scrape counts), without our labels.
+// Destruction takes up to 2 s: civetweb's listener notices the stop on its next poll.
 //
 // Thread safety: thread-safe, except SetScrapeCallback (call it before serving).
 class Metrics {
@@ -115,6 +117,9 @@ class Metrics {
   // The bound HTTP port; 0 when there is no endpoint.
   int port() const { return port_; }
 
+  // Creates the series of `group` (label group="<name>"), all zero. REQUIRES: no other live
+  // GroupMetrics of the same name (they would share, and the first destroyed would remove, the
+  // series); the service holds one per group and destroys it when the group is deleted.
   std::unique_ptr<GroupMetrics> ForGroup(const std::string& group);
 
   // Counts one finished RPC. `method` is a name of kRpcMethods, bare or as the full gRPC path
