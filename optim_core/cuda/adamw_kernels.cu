@@ -1,0 +1,436 @@
+// The fused multi-tensor PagedAdamW8bit kernels.
+//
+// Note [Work mapping]: a launch covers a list of segments (tensor ranges); every segment is cut
+// into blocks of 256 elements (the 8-bit block size), numbered consecutively across segments.
+// One warp updates one such block: lane l owns elements 4l..4l+3 and 128+4l..128+4l+3, so each
+// load and store of the warp is one coalesced 512-byte (fp32), 256-byte (16-bit) or 128-byte
+// (codes) access, and the block's absmax is a warp shuffle reduction with no shared memory or
+// barrier. A thread block of 8 warps covers 8 consecutive blocks; a warp finds its segment by a
+// binary search over the segments' first_block. Element indices are 64-bit.
+//
+// Note [Bit-exact numerics]: this file is compiled with --use_fast_math, as the reference is,
+// and writes each formula with the same intrinsics, operand order and parenthesization as the
+// reference's kOptimizerStatic8bit2StateBlockwise / kOptimizer32bit2State (__powf for beta^t,
+// __fdividef for the step size and the requantization divisions, approximate sqrtf, FMA
+// contraction, flush-to-zero), so that nvcc emits the same arithmetic and the results match bit
+// for bit. Percentile clipping's scale is computed as torch computes it (IEEE sqrt and division),
+// hence __fsqrt_rn / __fdiv_rn there.
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cfloat>
+#include <cstdint>
+
+#include "cuda/adamw_kernels.h"
+#include "cuda/quantize.cuh"
+
+namespace optd::core::internal::cuda {
+namespace {
+
+constexpr int kWarpSize = 32;
+constexpr int kWarpsPerBlock = 8;
+constexpr int kThreads = kWarpSize * kWarpsPerBlock;
+constexpr int kQuantBlock = 256;
+constexpr int kPerThread = kQuantBlock / kWarpSize;  // 8 elements: two runs of 4
+constexpr int kHalf = kQuantBlock / 2;
+constexpr unsigned kFullMask = 0xffffffffu;
+constexpr int kHistory = 100;
+
+// Offset inside the block of element j (0..7) of `lane`.
+__device__ __forceinline__ int ElementIndex(int lane, int j) {
+  return (j / 4) * kHalf + lane * 4 + (j % 4);
+}
+
+// Four consecutive elements at a 4-element-aligned address.
+template <typename T>
+__device__ __forceinline__ void Load4(const T* p, T* out) {
+  if constexpr (sizeof(T) == 4) {
+    const float4 v = *reinterpret_cast<const float4*>(p);
+    out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
+  } else {
+    const uint2 v = *reinterpret_cast<const uint2*>(p);
+    const T* t = reinterpret_cast<const T*>(&v);
+    out[0] = t[0]; out[1] = t[1]; out[2] = t[2]; out[3] = t[3];
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void Store4(T* p, const T* in) {
+  if constexpr (sizeof(T) == 4) {
+    *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
+  } else {
+    uint2 v;
+    T* t = reinterpret_cast<T*>(&v);
+    t[0] = in[0]; t[1] = in[1]; t[2] = in[2]; t[3] = in[3];
+    *reinterpret_cast<uint2*>(p) = v;
+  }
+}
+
+// Loads this lane's 8 elements of a block; lanes past `valid` get `fill` (the reference's
+// BlockLoad default), which matters for the partial last block's absmax.
+template <typename T>
+__device__ __forceinline__ void LoadLane(const T* base, int lane, int valid, bool vector, T fill,
+                                         T* out) {
+  if (vector && valid == kQuantBlock) {
+    Load4(base + lane * 4, out);
+    Load4(base + kHalf + lane * 4, out + 4);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int idx = ElementIndex(lane, j);
+      out[j] = idx < valid ? base[idx] : fill;
+    }
+  }
+}
+
+template <typename T>
+__device__ __forceinline__ void StoreLane(T* base, int lane, int valid, const T* in) {
+  if (valid == kQuantBlock) {
+    Store4(base + lane * 4, in);
+    Store4(base + kHalf + lane * 4, in + 4);
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int idx = ElementIndex(lane, j);
+      if (idx < valid) base[idx] = in[j];
+    }
+  }
+}
+
+__device__ __forceinline__ void LoadCodes(const uint8_t* base, int lane, int valid, uint8_t fill,
+                                          uint8_t* out) {
+  if (valid == kQuantBlock) {
+    const uint32_t lo = *reinterpret_cast<const uint32_t*>(base + lane * 4);
+    const uint32_t hi = *reinterpret_cast<const uint32_t*>(base + kHalf + lane * 4);
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      out[k] = static_cast<uint8_t>(lo >> (8 * k));
+      out[4 + k] = static_cast<uint8_t>(hi >> (8 * k));
+    }
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int idx = ElementIndex(lane, j);
+      out[j] = idx < valid ? base[idx] : fill;
+    }
+  }
+}
+
+__device__ __forceinline__ void StoreCodes(uint8_t* base, int lane, int valid, const uint8_t* in) {
+  if (valid == kQuantBlock) {
+    uint32_t lo = 0, hi = 0;
+#pragma unroll
+    for (int k = 0; k < 4; ++k) {
+      lo |= static_cast<uint32_t>(in[k]) << (8 * k);
+      hi |= static_cast<uint32_t>(in[4 + k]) << (8 * k);
+    }
+    *reinterpret_cast<uint32_t*>(base + lane * 4) = lo;
+    *reinterpret_cast<uint32_t*>(base + kHalf + lane * 4) = hi;
+  } else {
+#pragma unroll
+    for (int j = 0; j < kPerThread; ++j) {
+      const int idx = ElementIndex(lane, j);
+      if (idx < valid) base[idx] = in[j];
+    }
+  }
+}
+
+__device__ __forceinline__ float WarpMax(float x) {
+#pragma unroll
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, o));
+  return x;
+}
+
+__device__ __forceinline__ float WarpSum(float x) {
+#pragma unroll
+  for (int o = kWarpSize / 2; o > 0; o >>= 1) x += __shfl_xor_sync(kFullMask, x, o);
+  return x;
+}
+
+// The segment holding global block `block` (segments are sorted by first_block).
+__device__ __forceinline__ int FindSegment(const Segment* segs, int n, int64_t block) {
+  int lo = 0, hi = n - 1;
+  while (lo < hi) {
+    const int mid = (lo + hi + 1) / 2;
+    if (segs[mid].first_block <= block) lo = mid; else hi = mid - 1;
+  }
+  return lo;
+}
+
+// One block of 256 elements of an 8-bit tensor (see Note [Bit-exact numerics]).
+template <typename P, typename G>
+__device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, int lane,
+                                                const Hyper& h, const float* q1, const float* q2) {
+  const float beta1 = h.beta1, beta2 = h.beta2, eps = h.eps, lr = h.lr;
+  const float weight_decay = h.weight_decay;
+  const float correction1 = 1.0f - __powf(beta1, s.step);
+  const float correction2 = sqrtf(1.0f - __powf(beta2, s.step));
+  const float step_size = __fdividef(-lr * correction2, correction1);
+  const float gnorm_scale = s.gnorm_scale != nullptr ? *s.gnorm_scale : 1.0f;
+
+  const int64_t base = blk * kQuantBlock;
+  const int64_t left = s.numel - base;
+  const int valid = left < kQuantBlock ? static_cast<int>(left) : kQuantBlock;
+  P* p = static_cast<P*>(s.param) + base;
+  const G* g = static_cast<const G*>(s.grad) + base;
+
+  G g_vals[kPerThread];
+  P p_vals[kPerThread];
+  uint8_t c1s[kPerThread], c2s[kPerThread];
+  LoadLane(g, lane, valid, s.grad_aligned != 0, FromFloat<G>(0.0f), g_vals);
+  LoadCodes(s.state1 + base, lane, valid, 128, c1s);
+  LoadCodes(s.state2 + base, lane, valid, 0, c2s);
+  LoadLane(p, lane, valid, true, FromFloat<P>(0.0f), p_vals);
+  const float absmax1 = s.absmax1[blk];
+  const float absmax2 = s.absmax2[blk];
+
+  float s1_vals[kPerThread], s2_vals[kPerThread];
+  float new_absmax1 = -FLT_MAX, new_absmax2 = -FLT_MAX;
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const float gf = ToFloat(g_vals[j]);
+    if (!isnan(gf) && !isinf(gf)) {
+      s2_vals[j] = q2[c2s[j]] * absmax2;
+      float g_val = gf;
+      g_val *= gnorm_scale;
+      s2_vals[j] = (s2_vals[j] * beta2) + (((1.0f - beta2) * g_val * g_val));
+      s1_vals[j] = q1[c1s[j]] * absmax1;
+      s1_vals[j] = (s1_vals[j] * beta1) + (((1.0f - beta1) * g_val));
+    } else {
+      s1_vals[j] = 0.0f;
+      s2_vals[j] = 0.0f;
+    }
+    new_absmax1 = fmaxf(new_absmax1, fabsf(s1_vals[j]));
+    new_absmax2 = fmaxf(new_absmax2, fabsf(s2_vals[j]));
+  }
+  new_absmax1 = WarpMax(new_absmax1);
+  new_absmax2 = WarpMax(new_absmax2);
+  if (lane == 0) {
+    s.absmax1[blk] = new_absmax1;
+    s.absmax2[blk] = new_absmax2;
+  }
+
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const float gf = ToFloat(g_vals[j]);
+    if (!isnan(gf) && !isinf(gf)) {
+      p_vals[j] = FromFloat<P>(
+          ToFloat(p_vals[j]) +
+          ((step_size * (__fdividef(s1_vals[j], (sqrtf(s2_vals[j]) + (correction2 * eps)))))));
+      if (weight_decay > 0.0f)
+        p_vals[j] = FromFloat<P>(ToFloat(p_vals[j]) * (1.0f - (lr * weight_decay)));
+    }
+  }
+  StoreLane(p, lane, valid, p_vals);
+
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    c1s[j] = QuantizeCode<true>(q1, __fdividef(s1_vals[j], new_absmax1));
+    c2s[j] = QuantizeCode<false>(q2, __fdividef(s2_vals[j], new_absmax2));
+    // Keep m's sign through quantization (the reference's sign fix; uint8 wraps).
+    if (signbit(q1[c1s[j]]) != signbit(s1_vals[j])) {
+      if (s1_vals[j] > 0.0f)
+        c1s[j] += 1;
+      else
+        c1s[j] -= 1;
+    }
+  }
+  StoreCodes(s.state1 + base, lane, valid, c1s);
+  StoreCodes(s.state2 + base, lane, valid, c2s);
+}
+
+// One block of 256 elements of a small tensor with fp32 states (the reference's 32-bit path:
+// the clipped gradient is rounded to the gradient's type, NaN propagates).
+template <typename P, typename G>
+__device__ __forceinline__ void Update32bitBlock(const Segment& s, int64_t blk, int lane,
+                                                 const Hyper& h) {
+  const float beta1 = h.beta1, beta2 = h.beta2, eps = h.eps, lr = h.lr;
+  const float weight_decay = h.weight_decay;
+  const float correction1 = 1.0f - powf(beta1, s.step);
+  const float correction2 = sqrtf(1.0f - powf(beta2, s.step));
+  const float step_size = -lr * correction2 / correction1;
+  const float update_scale = 1.0f;
+  const float gnorm_scale = s.gnorm_scale != nullptr ? *s.gnorm_scale : 1.0f;
+
+  const int64_t base = blk * kQuantBlock;
+  const int64_t left = s.numel - base;
+  const int valid = left < kQuantBlock ? static_cast<int>(left) : kQuantBlock;
+  P* p = static_cast<P*>(s.param) + base;
+  const G* g = static_cast<const G*>(s.grad) + base;
+  float* m = s.m + base;
+  float* v = s.v + base;
+
+  G g_vals[kPerThread];
+  P p_vals[kPerThread];
+  float s1_vals[kPerThread], s2_vals[kPerThread];
+  LoadLane(g, lane, valid, s.grad_aligned != 0, FromFloat<G>(0.0f), g_vals);
+  LoadLane(p, lane, valid, true, FromFloat<P>(0.0f), p_vals);
+  LoadLane(m, lane, valid, true, 0.0f, s1_vals);
+  LoadLane(v, lane, valid, true, 0.0f, s2_vals);
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const float g_val = ToFloat(FromFloat<G>(gnorm_scale * ToFloat(g_vals[j])));
+    s1_vals[j] = s1_vals[j] * beta1 + ((1.0f - beta1) * (g_val));
+    s2_vals[j] = s2_vals[j] * beta2 + ((1.0f - beta2) * ((g_val) * (g_val)));
+    p_vals[j] = FromFloat<P>(
+        ToFloat(p_vals[j]) +
+        (update_scale * step_size * (s1_vals[j] / (sqrtf(s2_vals[j]) + (eps * correction2)))));
+    if (weight_decay > 0.0f)
+      p_vals[j] = FromFloat<P>(ToFloat(p_vals[j]) * (1.0f - (lr * weight_decay)));
+  }
+  StoreLane(p, lane, valid, p_vals);
+  StoreLane(m, lane, valid, s1_vals);
+  StoreLane(v, lane, valid, s2_vals);
+}
+
+template <typename P>
+__device__ __forceinline__ void DispatchGrad(const Segment& s, int64_t blk, int lane,
+                                             const Hyper& h, const float* q1, const float* q2) {
+  switch (s.grad_dtype) {
+    case 0:
+      if (s.eight_bit) Update8bitBlock<P, float>(s, blk, lane, h, q1, q2);
+      else Update32bitBlock<P, float>(s, blk, lane, h);
+      break;
+    case 1:
+      if (s.eight_bit) Update8bitBlock<P, __half>(s, blk, lane, h, q1, q2);
+      else Update32bitBlock<P, __half>(s, blk, lane, h);
+      break;
+    default:
+      if (s.eight_bit) Update8bitBlock<P, __nv_bfloat16>(s, blk, lane, h, q1, q2);
+      else Update32bitBlock<P, __nv_bfloat16>(s, blk, lane, h);
+      break;
+  }
+}
+
+__global__ void __launch_bounds__(kThreads) AdamWUpdateKernel(const LaunchParams params) {
+  __shared__ float q1[kQuantBlock];
+  __shared__ float q2[kQuantBlock];
+  q1[threadIdx.x] = params.qmap1[threadIdx.x];
+  q2[threadIdx.x] = params.qmap2[threadIdx.x];
+  __syncthreads();
+
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t block = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
+  if (block >= params.total_blocks) return;
+  const int si = FindSegment(params.segments, params.num_segments, block);
+  const Segment s = params.segments[si];
+  const int64_t blk = block - s.first_block;
+  switch (s.param_dtype) {
+    case 0: DispatchGrad<float>(s, blk, lane, params.hyper, q1, q2); break;
+    case 1: DispatchGrad<__half>(s, blk, lane, params.hyper, q1, q2); break;
+    default: DispatchGrad<__nv_bfloat16>(s, blk, lane, params.hyper, q1, q2); break;
+  }
+}
+
+template <typename G>
+__device__ __forceinline__ float BlockSumSquares(const Segment& s, int64_t blk, int lane) {
+  const int64_t base = blk * kQuantBlock;
+  const int64_t left = s.numel - base;
+  const int valid = left < kQuantBlock ? static_cast<int>(left) : kQuantBlock;
+  G g_vals[kPerThread];
+  LoadLane(static_cast<const G*>(s.grad) + base, lane, valid, s.grad_aligned != 0,
+           FromFloat<G>(0.0f), g_vals);
+  float local_sum = 0.0f;
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) local_sum += ToFloat(g_vals[j]) * ToFloat(g_vals[j]);
+  return WarpSum(local_sum);
+}
+
+// Sum of squares per segment: warp sums, merged per thread block by segment, one atomic each.
+__global__ void __launch_bounds__(kThreads) SumSquaresKernel(const LaunchParams params) {
+  __shared__ float sums[kWarpsPerBlock];
+  __shared__ int seg_of[kWarpsPerBlock];
+  const int warp = threadIdx.x / kWarpSize;
+  const int lane = threadIdx.x % kWarpSize;
+  const int64_t block = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
+  float sum = 0.0f;
+  int si = -1;
+  if (block < params.total_blocks) {
+    si = FindSegment(params.segments, params.num_segments, block);
+    const Segment s = params.segments[si];
+    const int64_t blk = block - s.first_block;
+    switch (s.grad_dtype) {
+      case 0: sum = BlockSumSquares<float>(s, blk, lane); break;
+      case 1: sum = BlockSumSquares<__half>(s, blk, lane); break;
+      default: sum = BlockSumSquares<__nv_bfloat16>(s, blk, lane); break;
+    }
+  }
+  if (lane == 0) {
+    sums[warp] = sum;
+    seg_of[warp] = si;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    float run = 0.0f;
+    for (int w = 0; w < kWarpsPerBlock; ++w) {
+      if (seg_of[w] < 0) break;
+      run += sums[w];
+      const bool last = w + 1 == kWarpsPerBlock || seg_of[w + 1] < 0 ||
+                        params.segments[seg_of[w + 1]].sumsq != params.segments[seg_of[w]].sumsq;
+      if (last) {
+        atomicAdd(params.segments[seg_of[w]].sumsq, run);
+        run = 0.0f;
+      }
+    }
+  }
+}
+
+// One thread block per tensor: records the squared norm in the history and derives the scale
+// as the reference's percentile_clipping does (sorted history, IEEE sqrt and division).
+__global__ void __launch_bounds__(128) ClipScaleKernel(const ClipJob* jobs) {
+  const ClipJob job = jobs[blockIdx.x];
+  __shared__ float hist[kHistory];
+  __shared__ float kth;
+  const float s = *job.sumsq;
+  const int slot = job.step % kHistory;
+  if (threadIdx.x < kHistory) {
+    const float old = job.gnorm_vec[threadIdx.x];
+    const float now = (job.step == 1 || static_cast<int>(threadIdx.x) == slot) ? s : old;
+    hist[threadIdx.x] = now;
+    job.gnorm_vec[threadIdx.x] = now;
+  }
+  __syncthreads();
+  if (threadIdx.x < kHistory) {
+    const float x = hist[threadIdx.x];
+    int less = 0, less_equal = 0;
+    for (int j = 0; j < kHistory; ++j) {
+      less += hist[j] < x;
+      less_equal += hist[j] <= x;
+    }
+    // The k-th smallest (0-based) is x when less <= k < less_equal; tied threads agree.
+    if (less <= job.percentile && job.percentile < less_equal) kth = x;
+  }
+  __syncthreads();
+  if (threadIdx.x == 0) {
+    const float current = __fsqrt_rn(hist[slot]);
+    const float clip = __fsqrt_rn(kth);
+    *job.scale = current > clip ? __fdiv_rn(clip, current) : 1.0f;
+  }
+}
+
+unsigned GridFor(int64_t total_blocks) {
+  return static_cast<unsigned>((total_blocks + kWarpsPerBlock - 1) / kWarpsPerBlock);
+}
+
+}  // namespace
+
+cudaError_t LaunchAdamWUpdate(const LaunchParams& params, cudaStream_t stream) {
+  if (params.total_blocks == 0) return cudaSuccess;
+  AdamWUpdateKernel<<<GridFor(params.total_blocks), kThreads, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchGradSumSquares(const LaunchParams& params, cudaStream_t stream) {
+  if (params.total_blocks == 0) return cudaSuccess;
+  SumSquaresKernel<<<GridFor(params.total_blocks), kThreads, 0, stream>>>(params);
+  return cudaGetLastError();
+}
+
+cudaError_t LaunchClipScale(const ClipJob* jobs, int num_jobs, cudaStream_t stream) {
+  if (num_jobs == 0) return cudaSuccess;
+  ClipScaleKernel<<<num_jobs, 128, 0, stream>>>(jobs);
+  return cudaGetLastError();
+}
+
+}  // namespace optd::core::internal::cuda

@@ -1,0 +1,675 @@
+#include "cuda/cuda_group.h"
+
+#include <algorithm>
+#include <cstring>
+#include <limits>
+#include <utility>
+
+#include "absl/container/flat_hash_set.h"
+#include "absl/strings/str_cat.h"
+#include "cuda/cuda_status.h"
+#include "optd/core/group_spec.h"
+#include "optd/core/options.h"
+#include "optd/core/tensor_state.h"
+
+namespace optd::core::internal::cuda {
+namespace {
+
+constexpr int64_t kStagingBytes = int64_t{32} << 20;  // per buffer; two buffers
+constexpr int64_t kMaxPageBytes = int64_t{64} << 20;
+constexpr int64_t kPageBytesPerBlock = 2 * kBlockSize + 2 * 4;  // two codes each + two scales
+
+int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
+bool EightBit(int64_t numel, const AdamWOptions& o) { return numel >= o.min_8bit_size; }
+
+}  // namespace
+
+EngineShared::~EngineShared() {
+  if (qmaps != nullptr) {
+    cudaSetDevice(device);
+    cudaFree(qmaps);
+  }
+}
+
+absl::StatusOr<std::unique_ptr<CudaGroup>> CudaGroup::Create(
+    const GroupSpec& spec, std::shared_ptr<EngineShared> shared) {
+  std::unique_ptr<CudaGroup> g(new CudaGroup(spec, std::move(shared)));
+  absl::Status s = g->Init();
+  if (!s.ok()) return s;
+  return g;
+}
+
+absl::Status CudaGroup::Init() {
+  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&stream_, cudaStreamNonBlocking),
+                            "cudaStreamCreate");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&h2d_, cudaStreamNonBlocking),
+                            "cudaStreamCreate");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamCreateWithFlags(&d2h_, cudaStreamNonBlocking),
+                            "cudaStreamCreate");
+  const int n = num_tensors();
+  numel_.resize(n);
+  steps_.assign(n, 0);
+  params_.assign(n, nullptr);
+  for (int t = 0; t < n; ++t) {
+    numel_[t] = spec_.tensors[t].numel();
+    const int64_t bytes = numel_[t] * static_cast<int64_t>(DTypeSize(spec_.tensors[t].dtype));
+    if (bytes == 0) continue;
+    const cudaError_t err = cudaMalloc(&params_[t], bytes);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError(absl::StrCat(
+          "out of device memory allocating ", bytes, " bytes for tensor ", spec_.tensors[t].name));
+    }
+    OPTD_CUDA_RETURN_IF_ERROR(err, "cudaMalloc(param)");
+    OPTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(params_[t], 0, bytes, stream_), "cudaMemsetAsync");
+    weight_bytes_ += bytes;
+  }
+  shared_->counters->weight_bytes_device += weight_bytes_;
+  const size_t clip_floats = static_cast<size_t>(n) * (kGnormHistory + 2);
+  if (n > 0) {
+    OPTD_CUDA_RETURN_IF_ERROR(cudaMalloc(&clip_, clip_floats * sizeof(float)), "cudaMalloc(clip)");
+    OPTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(clip_, 0, clip_floats * sizeof(float), stream_),
+                              "cudaMemsetAsync");
+  }
+  OPTD_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&staging_ready_, cudaEventDisableTiming),
+                            "cudaEventCreate");
+  for (cudaEvent_t& e : staging_free_)
+    OPTD_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&e, cudaEventDisableTiming),
+                              "cudaEventCreate");
+
+  // Budget: resident when the states fit what the engine has left, else paged in that space.
+  int64_t total = 0;
+  for (int t = 0; t < n; ++t)
+    total += LayoutOf(numel_[t], EightBit(numel_[t], spec_.options)).bytes;
+  {
+    std::lock_guard<std::mutex> lock(shared_->mu);
+    const int64_t left = std::max<int64_t>(0, shared_->budget_bytes - shared_->reserved_bytes);
+    if (total <= left) {
+      page_budget_ = -1;
+      reserved_ = total;
+    } else {
+      const int64_t target = std::clamp<int64_t>(left / 8, kPageBytesPerBlock, kMaxPageBytes);
+      page_elems_ = std::max<int64_t>(1, target / kPageBytesPerBlock) * kBlockSize;
+      page_budget_ = left;
+      reserved_ = left;
+    }
+    shared_->reserved_bytes += reserved_;
+  }
+  OPTD_RETURN_IF_ERROR(BuildPages(spec_.options));
+  OPTD_RETURN_IF_ERROR(EnsureCapacity(static_cast<size_t>(pages_->num_pages()) + 16,
+                                      static_cast<size_t>(n)));
+  return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(create)");
+}
+
+absl::Status CudaGroup::BuildPages(const AdamWOptions& options) {
+  pages_.reset();
+  std::vector<PageSpec> specs;
+  first_page_.assign(num_tensors() + 1, 0);
+  for (int t = 0; t < num_tensors(); ++t) {
+    first_page_[t] = static_cast<int>(specs.size());
+    const bool eight = EightBit(numel_[t], options);
+    const int64_t step = (page_elems_ > 0 && eight) ? page_elems_ : std::max<int64_t>(numel_[t], 1);
+    for (int64_t off = 0; off < numel_[t]; off += step)
+      specs.push_back({t, off, std::min(step, numel_[t] - off), eight});
+  }
+  first_page_[num_tensors()] = static_cast<int>(specs.size());
+  absl::StatusOr<std::unique_ptr<PageManager>> pm = PageManager::Create(
+      std::move(specs), page_budget_, shared_->counters, stream_, h2d_, d2h_);
+  if (!pm.ok()) return pm.status();
+  pages_ = std::move(*pm);
+  return absl::OkStatus();
+}
+
+CudaGroup::~CudaGroup() {
+  cudaSetDevice(shared_->device);
+  if (stream_) cudaStreamSynchronize(stream_);
+  if (h2d_) cudaStreamSynchronize(h2d_);
+  if (d2h_) cudaStreamSynchronize(d2h_);
+  pages_.reset();
+  for (void* p : params_)
+    if (p) cudaFree(p);
+  shared_->counters->weight_bytes_device -= weight_bytes_;
+  if (clip_) cudaFree(clip_);
+  if (host_segments_) cudaFreeHost(host_segments_);
+  if (device_segments_) cudaFree(device_segments_);
+  if (host_jobs_) cudaFreeHost(host_jobs_);
+  if (device_jobs_) cudaFree(device_jobs_);
+  for (char* s : staging_)
+    if (s) cudaFree(s);
+  for (cudaEvent_t e : staging_free_)
+    if (e) cudaEventDestroy(e);
+  if (staging_ready_) cudaEventDestroy(staging_ready_);
+  for (cudaStream_t s : {stream_, h2d_, d2h_})
+    if (s) cudaStreamDestroy(s);
+  std::lock_guard<std::mutex> lock(shared_->mu);
+  shared_->reserved_bytes -= reserved_;
+}
+
+absl::Status CudaGroup::EnsureCapacity(size_t segments, size_t clip_jobs) {
+  if (segments > segment_capacity_) {
+    if (host_segments_) cudaFreeHost(host_segments_);
+    if (device_segments_) cudaFree(device_segments_);
+    host_segments_ = nullptr;
+    device_segments_ = nullptr;
+    segment_capacity_ = 0;
+    OPTD_CUDA_RETURN_IF_ERROR(cudaMallocHost(&host_segments_, segments * sizeof(Segment)),
+                              "cudaMallocHost(segments)");
+    OPTD_CUDA_RETURN_IF_ERROR(cudaMalloc(&device_segments_, segments * sizeof(Segment)),
+                              "cudaMalloc(segments)");
+    segment_capacity_ = segments;
+  }
+  if (clip_jobs > job_capacity_) {
+    if (host_jobs_) cudaFreeHost(host_jobs_);
+    if (device_jobs_) cudaFree(device_jobs_);
+    host_jobs_ = nullptr;
+    device_jobs_ = nullptr;
+    job_capacity_ = 0;
+    OPTD_CUDA_RETURN_IF_ERROR(cudaMallocHost(&host_jobs_, clip_jobs * sizeof(ClipJob)),
+                              "cudaMallocHost(jobs)");
+    OPTD_CUDA_RETURN_IF_ERROR(cudaMalloc(&device_jobs_, clip_jobs * sizeof(ClipJob)),
+                              "cudaMalloc(jobs)");
+    job_capacity_ = clip_jobs;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaGroup::EnsureStaging() {
+  // Allocated on the first step with host gradients and kept: later steps never allocate.
+  for (char*& s : staging_) {
+    if (s != nullptr) continue;
+    const cudaError_t err = cudaMalloc(&s, kStagingBytes);
+    if (err == cudaErrorMemoryAllocation) {
+      cudaGetLastError();
+      return absl::ResourceExhaustedError("out of device memory for gradient staging");
+    }
+    OPTD_CUDA_RETURN_IF_ERROR(err, "cudaMalloc(staging)");
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaGroup::CheckTensor(int tensor) const {
+  if (tensor < 0 || tensor >= num_tensors())
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensor index ", tensor, " out of range [0, ", num_tensors(), ")"));
+  return absl::OkStatus();
+}
+
+Hyper CudaGroup::HyperFor(const StepArgs& args) const {
+  const AdamWOptions& o = spec_.options;
+  Hyper h;
+  h.lr = args.lr.has_value() ? *args.lr : o.lr;
+  h.beta1 = o.beta1;
+  h.beta2 = o.beta2;
+  h.eps = o.eps;
+  h.weight_decay = o.weight_decay;
+  return h;
+}
+
+void CudaGroup::AddUnits(int tensor, int64_t offset, ConstTensorView grad, int32_t step,
+                         std::vector<Unit>* units) const {
+  const int64_t gsize = static_cast<int64_t>(DTypeSize(grad.dtype));
+  const int64_t end = offset + grad.numel;
+  const int64_t chunk = grad.memory == MemoryKind::kHost
+                            ? kStagingBytes / gsize / kBlockSize * kBlockSize
+                            : std::numeric_limits<int64_t>::max();
+  for (int p = first_page_[tensor]; p < first_page_[tensor + 1]; ++p) {
+    const PageSpec& ps = pages_->page(p);
+    const int64_t lo = std::max(offset, ps.offset);
+    const int64_t hi = std::min(end, ps.offset + ps.count);
+    for (int64_t a = lo; a < hi; a += chunk) {
+      const int64_t b = std::min(hi, a + std::min(chunk, hi - a));
+      Unit u;
+      u.tensor = tensor;
+      u.page = p;
+      u.offset = a;
+      u.count = b - a;
+      u.grad = grad;
+      u.grad.data = static_cast<const char*>(grad.data) + (a - offset) * gsize;
+      u.grad.numel = u.count;
+      u.step = step;
+      units->push_back(u);
+    }
+  }
+}
+
+absl::Status CudaGroup::Run(const std::vector<Unit>& units, Pass pass, const Hyper& hyper) {
+  batch_.clear();
+  int64_t blocks = 0;
+  bool staged = false;
+  for (const Unit& u : units) {
+    const bool streamed = pass == Pass::kUpdate && !pages_->resident(u.page);
+    const bool host = u.grad.memory == MemoryKind::kHost;
+    const int64_t gbytes = u.count * static_cast<int64_t>(DTypeSize(u.grad.dtype));
+    if (!batch_.empty() && (streamed || (host && staging_used_ + gbytes > kStagingBytes))) {
+      OPTD_RETURN_IF_ERROR(Flush(0, static_cast<int>(batch_.size()), pass, hyper, staged));
+      batch_.clear();
+      blocks = 0;
+      staged = false;
+    }
+    Segment s;
+    s.numel = u.count;
+    s.first_block = blocks;
+    s.step = u.step;
+    s.param_dtype = static_cast<uint8_t>(spec_.tensors[u.tensor].dtype);
+    s.grad_dtype = static_cast<uint8_t>(u.grad.dtype);
+    s.sumsq = clip_ + static_cast<size_t>(num_tensors()) * kGnormHistory + u.tensor;
+    s.gnorm_scale = clipping() ? clip_ + static_cast<size_t>(num_tensors()) * (kGnormHistory + 1) +
+                                     u.tensor
+                               : nullptr;
+    if (host) {
+      if (!staged) {
+        OPTD_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(h2d_, staging_free_[staging_buf_], 0),
+                                  "cudaStreamWaitEvent");
+        staging_used_ = 0;
+        staged = true;
+      }
+      char* dst = staging_[staging_buf_] + staging_used_;
+      OPTD_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(dst, u.grad.data, gbytes, cudaMemcpyHostToDevice, h2d_),
+          "cudaMemcpyAsync(gradient)");
+      staging_used_ += (gbytes + 255) / 256 * 256;
+      s.grad = dst;
+    } else {
+      s.grad = u.grad.data;
+    }
+    s.grad_aligned = reinterpret_cast<uintptr_t>(s.grad) % (4 * DTypeSize(u.grad.dtype)) == 0;
+    if (pass == Pass::kUpdate) {
+      absl::StatusOr<char*> base = pages_->Acquire(u.page, stream_);
+      if (!base.ok()) return base.status();
+      const PageSpec& ps = pages_->page(u.page);
+      const PageLayout& l = pages_->layout(u.page);
+      const int64_t rel = u.offset - ps.offset;
+      s.param = static_cast<char*>(params_[u.tensor]) +
+                u.offset * static_cast<int64_t>(DTypeSize(spec_.tensors[u.tensor].dtype));
+      s.eight_bit = ps.eight_bit;
+      if (ps.eight_bit) {
+        s.state1 = reinterpret_cast<uint8_t*>(*base + l.state1) + rel;
+        s.state2 = reinterpret_cast<uint8_t*>(*base + l.state2) + rel;
+        s.absmax1 = reinterpret_cast<float*>(*base + l.absmax1) + rel / kBlockSize;
+        s.absmax2 = reinterpret_cast<float*>(*base + l.absmax2) + rel / kBlockSize;
+      } else {
+        s.m = reinterpret_cast<float*>(*base + l.state1) + rel;
+        s.v = reinterpret_cast<float*>(*base + l.state2) + rel;
+      }
+    }
+    batch_.push_back(s);
+    blocks += CeilDiv(u.count, kBlockSize);
+    if (streamed) {
+      OPTD_RETURN_IF_ERROR(Flush(0, static_cast<int>(batch_.size()), pass, hyper, staged));
+      OPTD_RETURN_IF_ERROR(pages_->Release(u.page, stream_));
+      batch_.clear();
+      blocks = 0;
+      staged = false;
+    }
+  }
+  if (!batch_.empty())
+    OPTD_RETURN_IF_ERROR(Flush(0, static_cast<int>(batch_.size()), pass, hyper, staged));
+  batch_.clear();
+  return absl::OkStatus();
+}
+
+absl::Status CudaGroup::Flush(int begin, int end, Pass pass, const Hyper& hyper, bool staged) {
+  const size_t n = static_cast<size_t>(end - begin);
+  if (segments_used_ + n > segment_capacity_)
+    return absl::InternalError("launch descriptor buffer too small");  // sized before the step
+  Segment* host = host_segments_ + segments_used_;
+  Segment* dev = device_segments_ + segments_used_;
+  std::memcpy(host, batch_.data() + begin, n * sizeof(Segment));
+  segments_used_ += n;
+  if (staged) {
+    OPTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(staging_ready_, h2d_), "cudaEventRecord");
+    OPTD_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(stream_, staging_ready_, 0),
+                              "cudaStreamWaitEvent");
+  }
+  OPTD_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dev, host, n * sizeof(Segment), cudaMemcpyHostToDevice, stream_),
+      "cudaMemcpyAsync(segments)");
+  LaunchParams lp;
+  lp.segments = dev;
+  lp.num_segments = static_cast<int>(n);
+  const Segment& last = batch_[end - 1];
+  lp.total_blocks = last.first_block + CeilDiv(last.numel, kBlockSize);
+  lp.qmap1 = shared_->qmaps;
+  lp.qmap2 = shared_->qmaps + 256;
+  lp.hyper = hyper;
+  OPTD_CUDA_RETURN_IF_ERROR(pass == Pass::kUpdate ? LaunchAdamWUpdate(lp, stream_)
+                                                  : LaunchGradSumSquares(lp, stream_),
+                            pass == Pass::kUpdate ? "AdamWUpdateKernel" : "SumSquaresKernel");
+  if (staged) {
+    OPTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(staging_free_[staging_buf_], stream_),
+                              "cudaEventRecord");
+    staging_buf_ ^= 1;
+    staging_used_ = 0;
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CudaGroup::Finish() {
+  segments_used_ = 0;
+  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(step)");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(h2d_), "cudaStreamSynchronize(h2d)");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d2h_), "cudaStreamSynchronize(d2h)");
+  return pages_->FinishStep();
+}
+
+absl::Status CudaGroup::Step(absl::Span<const TensorGradient> grads, const StepArgs& args) {
+  if (args.lr.has_value() && !(*args.lr > 0))
+    return absl::InvalidArgumentError(absl::StrCat("lr must be > 0, got ", *args.lr));
+  absl::flat_hash_set<int> seen;
+  bool any_host = false;
+  for (size_t i = 0; i < grads.size(); ++i) {
+    const TensorGradient& g = grads[i];
+    OPTD_RETURN_IF_ERROR(CheckTensor(g.tensor));
+    if (!seen.insert(g.tensor).second)
+      return absl::InvalidArgumentError(absl::StrCat(
+          "grads[", i, "]: tensor ", spec_.tensors[g.tensor].name, " appears more than once"));
+    if (g.grad.numel != numel_[g.tensor])
+      return absl::InvalidArgumentError(absl::StrCat(
+          "grads[", i, "].grad.numel is ", g.grad.numel, ", tensor ",
+          spec_.tensors[g.tensor].name, " has ", numel_[g.tensor], " elements"));
+    if (g.grad.numel > 0 && g.grad.data == nullptr)
+      return absl::InvalidArgumentError(absl::StrCat("grads[", i, "].grad.data is null"));
+    if (steps_[g.tensor] >= std::numeric_limits<int32_t>::max())
+      return absl::FailedPreconditionError("step counter past 2^31 - 1");
+    any_host |= g.grad.memory == MemoryKind::kHost;
+  }
+  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
+  if (any_host) OPTD_RETURN_IF_ERROR(EnsureStaging());
+  std::vector<Unit> units;
+  for (const TensorGradient& g : grads)
+    AddUnits(g.tensor, 0, g.grad, static_cast<int32_t>(steps_[g.tensor] + 1), &units);
+  OPTD_RETURN_IF_ERROR(EnsureCapacity(2 * units.size() + 1, grads.size()));
+  const Hyper hyper = HyperFor(args);
+  if (clipping() && !units.empty()) {
+    const size_t n = static_cast<size_t>(num_tensors());
+    OPTD_CUDA_RETURN_IF_ERROR(
+        cudaMemsetAsync(clip_ + n * kGnormHistory, 0, n * sizeof(float), stream_),
+        "cudaMemsetAsync(sumsq)");
+    OPTD_RETURN_IF_ERROR(Run(units, Pass::kSumSquares, hyper));
+    for (size_t i = 0; i < grads.size(); ++i) {
+      const int t = grads[i].tensor;
+      ClipJob& j = host_jobs_[i];
+      j.sumsq = clip_ + n * kGnormHistory + t;
+      j.gnorm_vec = clip_ + static_cast<size_t>(t) * kGnormHistory;
+      j.scale = clip_ + n * (kGnormHistory + 1) + t;
+      j.step = static_cast<int32_t>(steps_[t] + 1);
+      j.percentile = spec_.options.percentile_clipping;
+    }
+    OPTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(device_jobs_, host_jobs_,
+                                              grads.size() * sizeof(ClipJob),
+                                              cudaMemcpyHostToDevice, stream_),
+                              "cudaMemcpyAsync(jobs)");
+    OPTD_CUDA_RETURN_IF_ERROR(
+        LaunchClipScale(device_jobs_, static_cast<int>(grads.size()), stream_), "ClipScaleKernel");
+  }
+  OPTD_RETURN_IF_ERROR(Run(units, Pass::kUpdate, hyper));
+  OPTD_RETURN_IF_ERROR(Finish());
+  for (const TensorGradient& g : grads) ++steps_[g.tensor];
+  return absl::OkStatus();
+}
+
+absl::Status CudaGroup::ApplyRange(const RangeGradient& range, int64_t step,
+                                   const StepArgs& args) {
+  OPTD_RETURN_IF_ERROR(CheckTensor(range.tensor));
+  if (clipping())
+    return absl::FailedPreconditionError(
+        "ApplyRange is unavailable with percentile_clipping < 100 (it needs the whole gradient; "
+        "use Step)");
+  if (args.lr.has_value() && !(*args.lr > 0))
+    return absl::InvalidArgumentError(absl::StrCat("lr must be > 0, got ", *args.lr));
+  const int64_t n = numel_[range.tensor];
+  if (range.offset < 0 || range.offset % kBlockSize != 0 || range.offset > n)
+    return absl::InvalidArgumentError(absl::StrCat(
+        "range.offset ", range.offset, " must be a multiple of ", kBlockSize, " in [0, ", n, "]"));
+  if (range.grad.numel <= 0 || range.offset + range.grad.numel > n ||
+      (range.grad.numel % kBlockSize != 0 && range.offset + range.grad.numel != n))
+    return absl::InvalidArgumentError(absl::StrCat(
+        "range.grad.numel ", range.grad.numel, " at offset ", range.offset,
+        " must be a positive multiple of ", kBlockSize, " or reach the tensor's end ", n));
+  if (range.grad.data == nullptr)
+    return absl::InvalidArgumentError("range.grad.data is null");
+  if (step < 1 || step > std::numeric_limits<int32_t>::max())
+    return absl::InvalidArgumentError(absl::StrCat("step must be in [1, 2^31), got ", step));
+  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
+  if (range.grad.memory == MemoryKind::kHost) OPTD_RETURN_IF_ERROR(EnsureStaging());
+  std::vector<Unit> units;
+  AddUnits(range.tensor, range.offset, range.grad, static_cast<int32_t>(step), &units);
+  OPTD_RETURN_IF_ERROR(EnsureCapacity(2 * units.size() + 1, 1));
+  OPTD_RETURN_IF_ERROR(Run(units, Pass::kUpdate, HyperFor(args)));
+  return Finish();
+}
+
+absl::Status CudaGroup::SetStep(int tensor, int64_t step) {
+  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
+  if (step < 0 || step > std::numeric_limits<int32_t>::max())
+    return absl::InvalidArgumentError(absl::StrCat("step must be in [0, 2^31), got ", step));
+  steps_[tensor] = step;
+  return absl::OkStatus();
+}
+
+absl::Status CudaGroup::SetOptions(const AdamWOptions& options) {
+  OPTD_RETURN_IF_ERROR(ValidateOptions(options));
+  bool layout_changes = false;
+  const bool clip_changes = (options.percentile_clipping < 100) != clipping();
+  for (int t = 0; t < num_tensors(); ++t) {
+    const bool changes = EightBit(numel_[t], options) != EightBit(numel_[t], spec_.options);
+    if ((changes || clip_changes) && steps_[t] > 0)
+      return absl::FailedPreconditionError(absl::StrCat(
+          changes ? "min_8bit_size" : "percentile_clipping", " would change the state layout of ",
+          spec_.tensors[t].name, ", which has taken ", steps_[t], " steps"));
+    layout_changes |= changes;
+  }
+  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
+  if (layout_changes) {
+    if (pages_->paging())
+      return absl::FailedPreconditionError(
+          "changing min_8bit_size of a group whose states are paged is not supported");
+    // Keep the states of tensors whose layout stays; the others restart from zero.
+    std::vector<std::optional<TensorState>> kept(num_tensors());
+    for (int t = 0; t < num_tensors(); ++t) {
+      if (EightBit(numel_[t], options) != EightBit(numel_[t], spec_.options)) continue;
+      absl::StatusOr<TensorState> st = ExportState(t);
+      if (!st.ok()) return st.status();
+      kept[t] = std::move(*st);
+    }
+    OPTD_RETURN_IF_ERROR(BuildPages(options));
+    spec_.options = options;
+    for (int t = 0; t < num_tensors(); ++t)
+      if (kept[t].has_value()) {
+        if (kept[t]->gnorm_vec.size() != static_cast<size_t>(kGnormHistory))
+          kept[t]->gnorm_vec.assign(kGnormHistory, 0.0f);
+        OPTD_RETURN_IF_ERROR(CopyState(t, 0, numel_[t], &*kept[t], /*to_device=*/true));
+      }
+    OPTD_RETURN_IF_ERROR(EnsureCapacity(static_cast<size_t>(pages_->num_pages()) + 16, 1));
+  }
+  if (clip_changes) {
+    const size_t n = static_cast<size_t>(num_tensors());
+    OPTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(clip_, 0, n * kGnormHistory * sizeof(float), stream_),
+                              "cudaMemsetAsync(gnorm_vec)");
+    OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
+  spec_.options = options;
+  return absl::OkStatus();
+}
+
+absl::Status CudaGroup::WriteParam(int tensor, int64_t offset, ConstTensorView src) {
+  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
+  const TensorSpec& ts = spec_.tensors[tensor];
+  if (src.dtype != ts.dtype)
+    return absl::InvalidArgumentError(absl::StrCat("src.dtype is ", std::string(DTypeName(src.dtype)),
+                                                   ", tensor ", ts.name, " is ",
+                                                   std::string(DTypeName(ts.dtype))));
+  if (offset < 0 || src.numel < 0 || offset + src.numel > numel_[tensor])
+    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " + src.numel ", src.numel,
+                                                   " out of range for tensor ", ts.name, " of ",
+                                                   numel_[tensor], " elements"));
+  if (src.numel == 0) return absl::OkStatus();
+  if (src.data == nullptr) return absl::InvalidArgumentError("src.data is null");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
+  const int64_t es = static_cast<int64_t>(DTypeSize(ts.dtype));
+  OPTD_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(static_cast<char*>(params_[tensor]) + offset * es, src.data,
+                      src.numel * es, cudaMemcpyDefault, stream_),
+      "cudaMemcpyAsync(WriteParam)");
+  return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(WriteParam)");
+}
+
+absl::Status CudaGroup::ReadParam(int tensor, int64_t offset, TensorView dst) const {
+  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
+  const TensorSpec& ts = spec_.tensors[tensor];
+  if (dst.dtype != ts.dtype)
+    return absl::InvalidArgumentError(absl::StrCat("dst.dtype is ", std::string(DTypeName(dst.dtype)),
+                                                   ", tensor ", ts.name, " is ",
+                                                   std::string(DTypeName(ts.dtype))));
+  if (offset < 0 || dst.numel < 0 || offset + dst.numel > numel_[tensor])
+    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " + dst.numel ", dst.numel,
+                                                   " out of range for tensor ", ts.name, " of ",
+                                                   numel_[tensor], " elements"));
+  if (dst.numel == 0) return absl::OkStatus();
+  if (dst.data == nullptr) return absl::InvalidArgumentError("dst.data is null");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
+  const int64_t es = static_cast<int64_t>(DTypeSize(ts.dtype));
+  OPTD_CUDA_RETURN_IF_ERROR(
+      cudaMemcpyAsync(dst.data, static_cast<const char*>(params_[tensor]) + offset * es,
+                      dst.numel * es, cudaMemcpyDefault, stream_),
+      "cudaMemcpyAsync(ReadParam)");
+  return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(ReadParam)");
+}
+
+TensorView CudaGroup::ParamStorage(int tensor) {
+  return {params_[tensor], spec_.tensors[tensor].dtype, numel_[tensor], MemoryKind::kDevice};
+}
+
+absl::Status CudaGroup::CopyState(int tensor, int64_t offset, int64_t count, TensorState* st,
+                                  bool to_device) const {
+  auto* self = const_cast<CudaGroup*>(this);  // Write needs the mutable manager
+  for (int p = first_page_[tensor]; p < first_page_[tensor + 1]; ++p) {
+    const PageSpec& ps = pages_->page(p);
+    const PageLayout& l = pages_->layout(p);
+    const int64_t lo = std::max(offset, ps.offset);
+    const int64_t hi = std::min(offset + count, ps.offset + ps.count);
+    if (lo >= hi) continue;
+    const int64_t rel = lo - ps.offset;    // in the page
+    const int64_t at = lo - offset;        // in the state arrays
+    const int64_t n = hi - lo;
+    const int64_t nb = CeilDiv(n, kBlockSize);
+    struct Piece { int64_t page_off; void* host; int64_t bytes; };
+    std::vector<Piece> pieces;
+    if (ps.eight_bit) {
+      pieces = {{l.state1 + rel, st->state1.data() + at, n},
+                {l.state2 + rel, st->state2.data() + at, n},
+                {l.absmax1 + rel / kBlockSize * 4, st->absmax1.data() + at / kBlockSize, nb * 4},
+                {l.absmax2 + rel / kBlockSize * 4, st->absmax2.data() + at / kBlockSize, nb * 4}};
+    } else {
+      pieces = {{l.state1 + rel * 4, st->state1_f32.data() + at, n * 4},
+                {l.state2 + rel * 4, st->state2_f32.data() + at, n * 4}};
+    }
+    for (const Piece& pc : pieces) {
+      OPTD_RETURN_IF_ERROR(to_device
+                               ? self->pages_->Write(p, pc.page_off, pc.bytes, pc.host, stream_)
+                               : pages_->Read(p, pc.page_off, pc.bytes, pc.host, stream_));
+    }
+  }
+  if (clipping()) {
+    if (to_device) {
+      OPTD_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(clip_ + static_cast<size_t>(tensor) * kGnormHistory,
+                          st->gnorm_vec.data(), kGnormHistory * sizeof(float),
+                          cudaMemcpyHostToDevice, stream_),
+          "cudaMemcpyAsync(gnorm_vec)");
+    } else {
+      st->gnorm_vec.resize(kGnormHistory);
+      OPTD_CUDA_RETURN_IF_ERROR(
+          cudaMemcpyAsync(st->gnorm_vec.data(), clip_ + static_cast<size_t>(tensor) * kGnormHistory,
+                          kGnormHistory * sizeof(float), cudaMemcpyDeviceToHost, stream_),
+          "cudaMemcpyAsync(gnorm_vec)");
+    }
+    OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<TensorState> CudaGroup::ExportStateRange(int tensor, int64_t offset,
+                                                        int64_t count) const {
+  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
+  const int64_t n = numel_[tensor];
+  if (offset < 0 || offset % kBlockSize != 0 || offset > n)
+    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " must be a multiple of ",
+                                                   kBlockSize, " in [0, ", n, "]"));
+  if (count < 0 || offset + count > n || (count % kBlockSize != 0 && offset + count != n))
+    return absl::InvalidArgumentError(absl::StrCat("count ", count, " at offset ", offset,
+                                                   " must be a multiple of ", kBlockSize,
+                                                   " or reach the tensor's end ", n));
+  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
+  TensorState st;
+  st.step = steps_[tensor];
+  st.eight_bit = pages_->num_pages() > 0 && first_page_[tensor] < first_page_[tensor + 1]
+                     ? pages_->page(first_page_[tensor]).eight_bit
+                     : EightBit(n, spec_.options);
+  if (st.eight_bit) {
+    st.state1.resize(count);
+    st.state2.resize(count);
+    st.absmax1.resize(CeilDiv(count, kBlockSize));
+    st.absmax2.resize(CeilDiv(count, kBlockSize));
+  } else {
+    st.state1_f32.resize(count);
+    st.state2_f32.resize(count);
+  }
+  OPTD_RETURN_IF_ERROR(CopyState(tensor, offset, count, &st, /*to_device=*/false));
+  return st;
+}
+
+absl::StatusOr<TensorState> CudaGroup::ExportState(int tensor) const {
+  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
+  return ExportStateRange(tensor, 0, numel_[tensor]);
+}
+
+absl::Status CudaGroup::ImportState(int tensor, const TensorState& state) {
+  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
+  OPTD_RETURN_IF_ERROR(ValidateTensorState(state, numel_[tensor], clipping()));
+  if (state.eight_bit != EightBit(numel_[tensor], spec_.options))
+    return absl::InvalidArgumentError(absl::StrCat(
+        "state.eight_bit is ", state.eight_bit ? "true" : "false", " but tensor ",
+        spec_.tensors[tensor].name, " of ", numel_[tensor], " elements uses ",
+        EightBit(numel_[tensor], spec_.options) ? "8-bit" : "32-bit", " states"));
+  if (state.step < 0 || state.step > std::numeric_limits<int32_t>::max())
+    return absl::InvalidArgumentError(absl::StrCat("state.step out of range: ", state.step));
+  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
+  TensorState copy = state;
+  OPTD_RETURN_IF_ERROR(CopyState(tensor, 0, numel_[tensor], &copy, /*to_device=*/true));
+  steps_[tensor] = state.step;
+  return absl::OkStatus();
+}
+
+absl::Status CudaGroup::ImportStateRange(int tensor, int64_t offset, const TensorState& state) {
+  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
+  const int64_t n = numel_[tensor];
+  const bool eight = EightBit(n, spec_.options);
+  if (state.eight_bit != eight)
+    return absl::InvalidArgumentError(absl::StrCat("state.eight_bit does not match tensor ",
+                                                   spec_.tensors[tensor].name));
+  const int64_t count = static_cast<int64_t>(eight ? state.state1.size() : state.state1_f32.size());
+  if (offset < 0 || offset % kBlockSize != 0 || offset + count > n ||
+      (count % kBlockSize != 0 && offset + count != n))
+    return absl::InvalidArgumentError(absl::StrCat("range [", offset, ", ", offset + count,
+                                                   ") is not block-aligned inside [0, ", n, ")"));
+  const size_t nb = static_cast<size_t>(CeilDiv(count, kBlockSize));
+  if (eight && (state.state2.size() != static_cast<size_t>(count) || state.absmax1.size() != nb ||
+                state.absmax2.size() != nb))
+    return absl::InvalidArgumentError(absl::StrCat("state2/absmax1/absmax2 sizes do not match ",
+                                                   count, " elements (", nb, " blocks)"));
+  if (!eight && state.state2_f32.size() != static_cast<size_t>(count))
+    return absl::InvalidArgumentError(absl::StrCat("state2_f32 has ", state.state2_f32.size(),
+                                                   " entries, expected ", count));
+  if (clipping() && state.gnorm_vec.size() != static_cast<size_t>(kGnormHistory))
+    return absl::InvalidArgumentError(absl::StrCat("gnorm_vec has ", state.gnorm_vec.size(),
+                                                   " entries, expected ", kGnormHistory));
+  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
+  TensorState copy = state;
+  OPTD_RETURN_IF_ERROR(CopyState(tensor, offset, count, &copy, /*to_device=*/true));
+  steps_[tensor] = state.step;
+  return absl::OkStatus();
+}
+
+}  // namespace optd::core::internal::cuda

@@ -1,0 +1,60 @@
+// Device helpers shared by the kernels: element conversion and the 8-bit requantization search.
+// Compiled with --use_fast_math, like the reference kernel, so that the same source expressions
+// yield the same instructions (see Note [Bit-exact numerics] in adamw_kernels.cu).
+#pragma once
+
+#include <cuda_bf16.h>
+#include <cuda_fp16.h>
+
+#include <cstdint>
+
+namespace optd::core::internal::cuda {
+
+__device__ __forceinline__ float ToFloat(float x) { return x; }
+__device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+
+template <typename T>
+__device__ __forceinline__ T FromFloat(float x);
+template <>
+__device__ __forceinline__ float FromFloat<float>(float x) { return x; }
+template <>
+__device__ __forceinline__ __half FromFloat<__half>(float x) { return __float2half_rn(x); }
+template <>
+__device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
+  return __float2bfloat16_rn(x);
+}
+
+// Index of the table entry nearest to x: a 7-step binary search from index 127, then a comparison
+// with the midpoint of the bracketing pair, in the order the reference uses (the tie rule and the
+// NaN result, code 0, follow from that order).
+template <bool kSigned>
+__device__ __forceinline__ uint8_t QuantizeCode(const float* __restrict__ table, float x) {
+  int pivot = 127;
+  int upper_pivot = 255;
+  int lower_pivot = 0;
+  float lower = kSigned ? -1.0f : 0.0f;
+  float upper = 1.0f;
+  float val = table[pivot];
+#pragma unroll
+  for (int half = 64; half > 0; half >>= 1) {
+    if (x > val) {
+      lower_pivot = pivot;
+      lower = val;
+      pivot += half;
+    } else {
+      upper_pivot = pivot;
+      upper = val;
+      pivot -= half;
+    }
+    val = table[pivot];
+  }
+  if (x > val) {
+    const float midpoint = (upper + val) * 0.5f;
+    return static_cast<uint8_t>(x > midpoint ? upper_pivot : pivot);
+  }
+  const float midpoint = (lower + val) * 0.5f;
+  return static_cast<uint8_t>(x < midpoint ? lower_pivot : pivot);
+}
+
+}  // namespace optd::core::internal::cuda
