@@ -1,0 +1,256 @@
+// optd_client and ShardedClient against real optd server processes on loopback.
+#include <memory>
+#include <random>
+#include <string>
+#include <vector>
+
+#include "absl/strings/str_cat.h"
+#include "gtest/gtest.h"
+#include "optd/client/client.h"
+#include "optd/client/sharded_client.h"
+#include "tests/client/server_process.h"
+
+namespace optd::client {
+namespace {
+
+using testing::ServerProcess;
+
+std::vector<float> Random(size_t n, uint32_t seed) {
+  std::mt19937 rng(seed);
+  std::normal_distribution<float> dist;
+  std::vector<float> v(n);
+  for (float& x : v) x = dist(rng);
+  return v;
+}
+
+class ClientServerTest : public ::testing::Test {
+ protected:
+  void SetUp() override {
+    binary_ = testing::ServerBinary();
+    if (binary_.empty()) GTEST_SKIP() << "OPTD_SERVER_BIN is not set (ctest sets it)";
+    dir_ = testing::MakeTempDir("optd-client-test");
+  }
+  ServerProcess* Start() {
+    auto s = ServerProcess::Start(binary_, absl::StrCat(dir_, "/s", servers_.size()));
+    EXPECT_TRUE(s.ok()) << s.status();
+    if (!s.ok()) return nullptr;
+    servers_.emplace_back(*s);
+    return *s;
+  }
+  std::unique_ptr<Client> Connect(ServerProcess* s, ClientOptions options = {}) {
+    auto c = Client::Create(s->target(), options);
+    EXPECT_TRUE(c.ok()) << c.status();
+    return std::move(*c);
+  }
+
+  std::string binary_, dir_;
+  std::vector<std::unique_ptr<ServerProcess>> servers_;
+};
+
+TEST_F(ClientServerTest, CreateUploadStepPull) {
+  ServerProcess* s = Start();
+  ASSERT_NE(s, nullptr);
+  auto c = Connect(s);
+  const std::vector<TensorSpec> specs = {{"a", DType::kFloat32, {50, 100}},
+                                         {"b", DType::kFloat32, {300}}};
+  GroupOptions opts;
+  opts.hyperparameters.lr = 2e-3f;
+  auto info = c->CreateGroup("g", specs, opts);
+  ASSERT_TRUE(info.ok()) << info.status();
+  EXPECT_EQ(info->tensors_size(), 2);
+  EXPECT_FLOAT_EQ(info->hyperparameters().lr(), 2e-3f);
+
+  std::vector<float> a = Random(5000, 1), b = Random(300, 2);
+  const std::vector<float> a0 = a;
+  auto up = c->UploadWeights("g", {{"a", DType::kFloat32, a.data(), 5000},
+                                   {"b", DType::kFloat32, b.data(), 300}});
+  ASSERT_TRUE(up.ok()) << up.status();
+  EXPECT_EQ(*up, 5300);
+
+  for (int k = 1; k <= 3; ++k) {
+    std::vector<float> ga = Random(5000, 10 + k), gb = Random(300, 20 + k);
+    auto r = c->Step("g", k, {{"a", DType::kFloat32, ga.data(), 5000},
+                              {"b", DType::kFloat32, gb.data(), 300}},
+                     {{"a", DType::kFloat32, a.data(), 5000},
+                      {"b", DType::kFloat32, b.data(), 300}});
+    ASSERT_TRUE(r.ok()) << r.status();
+    EXPECT_EQ(r->step, k);
+    EXPECT_EQ(r->version, k);
+    EXPECT_FALSE(r->duplicate);
+    EXPECT_EQ(r->weight_elements_received, 5300);
+  }
+  EXPECT_NE(a, a0);  // weights were written into the caller's buffer
+  std::vector<float> pulled(5000);
+  auto v = c->PullWeights("g", {{"a", DType::kFloat32, pulled.data(), 5000}});
+  ASSERT_TRUE(v.ok()) << v.status();
+  EXPECT_EQ(*v, 3);
+  EXPECT_EQ(pulled, a);
+
+  // A retry of step 3 is acknowledged, not applied.
+  std::vector<float> g = Random(300, 99);
+  auto dup = c->Step("g", 3, {{"b", DType::kFloat32, g.data(), 300}}, {});
+  ASSERT_TRUE(dup.ok()) << dup.status();
+  EXPECT_TRUE(dup->duplicate);
+}
+
+TEST_F(ClientServerTest, ErrorsKeepTheServersMessage) {
+  ServerProcess* s = Start();
+  ASSERT_NE(s, nullptr);
+  auto c = Connect(s);
+  auto missing = c->GetGroup("no-such-group");
+  EXPECT_EQ(missing.status().code(), absl::StatusCode::kNotFound);
+  EXPECT_NE(missing.status().message().find("no-such-group"), std::string::npos)
+      << missing.status();
+  EXPECT_NE(missing.status().message().find(s->target()), std::string::npos);
+
+  GroupOptions bad;
+  bad.hyperparameters.lr = -1.0f;
+  auto created = c->CreateGroup("bad", {{"a", DType::kFloat32, {10}}}, bad);
+  EXPECT_EQ(created.status().code(), absl::StatusCode::kInvalidArgument);
+  EXPECT_NE(created.status().message().find("lr"), std::string::npos) << created.status();
+
+  ASSERT_TRUE(c->CreateGroup("g", {{"a", DType::kFloat32, {10}}}).ok());
+  std::vector<float> w(10, 1.0f);
+  auto r = c->Step("g", 1, {{"zzz", DType::kFloat32, w.data(), 10}}, {});
+  EXPECT_FALSE(r.ok());
+  EXPECT_NE(r.status().message().find("zzz"), std::string::npos) << r.status();
+
+  auto unreachable = Client::Create("127.0.0.1:1");
+  ASSERT_TRUE(unreachable.ok());
+  EXPECT_EQ((*unreachable)->GetGroup("g").status().code(), absl::StatusCode::kUnavailable);
+}
+
+TEST_F(ClientServerTest, SmallChunksGiveTheSameWeights) {
+  ServerProcess* s = Start();
+  ASSERT_NE(s, nullptr);
+  ClientOptions small;
+  small.chunk_bytes = 4096;  // 1024 fp32 elements a message: 10 chunks for this tensor
+  auto c1 = Connect(s);
+  auto c2 = Connect(s, small);
+  const size_t n = 10000;
+  std::vector<float> w1 = Random(n, 5), w2 = w1;
+  for (auto* c : {c1.get(), c2.get()}) {
+    const std::string g = c == c1.get() ? "big" : "small";
+    ASSERT_TRUE(c->CreateGroup(g, {{"t", DType::kFloat32, {int64_t(n)}}}).ok());
+    std::vector<float>& w = c == c1.get() ? w1 : w2;
+    ASSERT_TRUE(c->UploadWeights(g, {{"t", DType::kFloat32, w.data(), int64_t(n)}}).ok());
+    for (int k = 1; k <= 2; ++k) {
+      std::vector<float> grad = Random(n, 50 + k);
+      auto r = c->Step(g, k, {{"t", DType::kFloat32, grad.data(), int64_t(n)}},
+                       {{"t", DType::kFloat32, w.data(), int64_t(n)}});
+      ASSERT_TRUE(r.ok()) << r.status();
+    }
+  }
+  EXPECT_EQ(w1, w2);
+}
+
+TEST_F(ClientServerTest, SubscriberSeesNewVersion) {
+  ServerProcess* s = Start();
+  ASSERT_NE(s, nullptr);
+  auto c = Connect(s);
+  ASSERT_TRUE(c->CreateGroup("p", {{"t", DType::kFloat32, {512}}}).ok());
+  std::vector<float> w(512, 0.5f), seen(512, 0.0f);
+  ASSERT_TRUE(c->UploadWeights("p", {{"t", DType::kFloat32, w.data(), 512}}).ok());
+  auto sub = c->Subscribe("p", /*send_current=*/true);
+  auto v0 = sub->Next({{"t", DType::kFloat32, seen.data(), 512}});
+  ASSERT_TRUE(v0.ok()) << v0.status();
+  EXPECT_EQ(*v0, 0);
+  EXPECT_EQ(seen, w);
+  std::vector<float> g(512, 1.0f);
+  ASSERT_TRUE(c->Step("p", 1, {{"t", DType::kFloat32, g.data(), 512}},
+                      {{"t", DType::kFloat32, w.data(), 512}}).ok());
+  auto v1 = sub->Next({{"t", DType::kFloat32, seen.data(), 512}});
+  ASSERT_TRUE(v1.ok()) << v1.status();
+  EXPECT_EQ(*v1, 1);
+  EXPECT_EQ(seen, w);
+  sub->Cancel();
+}
+
+class ShardedTest : public ClientServerTest {
+ protected:
+  std::vector<TensorSpec> Specs() {
+    std::vector<TensorSpec> specs;
+    for (int i = 0; i < 8; ++i) {
+      specs.push_back({absl::StrCat("layer", i), DType::kFloat32, {int64_t(1000 + 700 * i)}});
+    }
+    return specs;
+  }
+  // Trains `steps` steps through `client`; returns all weights.
+  std::vector<std::vector<float>> Train(ShardedClient* client, int steps) {
+    const auto specs = Specs();
+    EXPECT_TRUE(client->CreateGroup("model", specs).ok());
+    std::vector<std::vector<float>> w;
+    std::vector<ConstBuffer> up;
+    for (size_t i = 0; i < specs.size(); ++i) w.push_back(Random(specs[i].numel(), i));
+    for (size_t i = 0; i < specs.size(); ++i) {
+      up.push_back({specs[i].name, DType::kFloat32, w[i].data(), specs[i].numel()});
+    }
+    absl::Status s = client->UploadWeights("model", up);
+    EXPECT_TRUE(s.ok()) << s;
+    for (int k = 1; k <= steps; ++k) {
+      std::vector<std::vector<float>> g;
+      std::vector<ConstBuffer> gb;
+      std::vector<MutableBuffer> ob;
+      for (size_t i = 0; i < specs.size(); ++i) g.push_back(Random(specs[i].numel(), 100 * k + i));
+      for (size_t i = 0; i < specs.size(); ++i) {
+        gb.push_back({specs[i].name, DType::kFloat32, g[i].data(), specs[i].numel()});
+        ob.push_back({specs[i].name, DType::kFloat32, w[i].data(), specs[i].numel()});
+      }
+      auto r = client->Step("model", k, gb, ob);
+      EXPECT_TRUE(r.ok()) << r.status();
+    }
+    return w;
+  }
+};
+
+TEST_F(ShardedTest, ThreeShardsEqualOneServer) {
+  ServerProcess* one = Start();
+  ServerProcess* a = Start();
+  ServerProcess* b = Start();
+  ServerProcess* c = Start();
+  ASSERT_TRUE(one && a && b && c);
+  auto single = ShardedClient::Create({one->target()});
+  auto triple = ShardedClient::Create({a->target(), b->target(), c->target()});
+  ASSERT_TRUE(single.ok() && triple.ok());
+  const auto w1 = Train(single->get(), 3);
+  const auto w3 = Train(triple->get(), 3);
+  EXPECT_EQ(w1, w3);
+  // The tensors really are spread, and each shard holds exactly its own.
+  int used = 0;
+  for (size_t i = 0; i < 3; ++i) {
+    auto info = (*triple)->shard(i).GetGroup("model");
+    if (!info.ok()) continue;
+    ++used;
+    for (const auto& t : info->tensors()) EXPECT_EQ((*triple)->ShardOf("model", t.name()), i);
+  }
+  EXPECT_GE(used, 2);
+}
+
+TEST_F(ShardedTest, KilledShardIsReportedByAddress) {
+  ServerProcess* a = Start();
+  ServerProcess* b = Start();
+  ServerProcess* c = Start();
+  ASSERT_TRUE(a && b && c);
+  std::vector<ServerProcess*> procs = {a, b, c};
+  auto sharded = ShardedClient::Create({a->target(), b->target(), c->target()});
+  ASSERT_TRUE(sharded.ok());
+  Train(sharded->get(), 1);
+  const size_t victim = (*sharded)->ShardOf("model", "layer0");
+  procs[victim]->Kill();
+  const auto specs = Specs();
+  std::vector<std::vector<float>> g;
+  std::vector<ConstBuffer> gb;
+  for (const auto& s : specs) g.push_back(Random(s.numel(), 7));
+  for (size_t i = 0; i < specs.size(); ++i) {
+    gb.push_back({specs[i].name, DType::kFloat32, g[i].data(), specs[i].numel()});
+  }
+  auto r = (*sharded)->Step("model", 2, gb, {});
+  ASSERT_FALSE(r.ok());
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
+  EXPECT_NE(r.status().message().find(absl::StrCat("shard ", procs[victim]->target())),
+            std::string::npos)
+      << r.status();
+}
+
+}  // namespace
+}  // namespace optd::client
