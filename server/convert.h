@@ -1,0 +1,44 @@
+// Conversions between optd.v1 messages and optim_core types, with validation that names the
+// request field at fault.
+#pragma once
+
+#include <string_view>
+
+#include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
+#include "optd/core/dtype.h"
+#include "optd/core/options.h"
+#include "optd/v1/optd.pb.h"
+#include "server/checkpoint_file.h"
+
+namespace optd::server {
+
+// Default payload bytes per TensorChunk / StateChunk message (shared/spec/wire.md: 1 to 4 MiB is
+// the sweet spot; 4 MiB halves the per-message overhead of 1 MiB and stays under 16 MiB limits).
+inline constexpr int64_t kDefaultChunkBytes = int64_t{4} << 20;
+
+// InvalidArgument naming `field` for DTYPE_UNSPECIFIED or an unknown value.
+absl::StatusOr<core::DType> FromProtoDType(v1::DType dtype, std::string_view field);
+v1::DType ToProtoDType(core::DType dtype);
+// core::DTypeName as absl::string_view (Debian's Abseil does not alias std::string_view, so
+// absl::StrCat does not take the latter).
+inline absl::string_view DTypeStr(core::DType dtype) {
+  const std::string_view name = core::DTypeName(dtype);
+  return absl::string_view(name.data(), name.size());
+}
+
+// `base` with the fields set in `hp` replaced (unset fields keep base's values). Not validated.
+core::AdamWOptions MergeHyperparameters(const v1::Hyperparameters& hp, core::AdamWOptions base);
+// Every field set.
+void ToProtoHyperparameters(const core::AdamWOptions& options, v1::Hyperparameters* hp);
+
+// Validates a CreateGroupRequest (group name, tensors, hyperparameters, workers, mode, timeouts)
+// and turns it into a record at version 0.
+absl::StatusOr<GroupRecord> RecordFromCreateRequest(const v1::CreateGroupRequest& request);
+
+// Bytes the group's states take: 8-bit codes + block scales, or fp32 m and v below
+// min_8bit_size, plus the clipping history.
+int64_t StateBytes(const core::GroupSpec& spec);
+int64_t WeightBytes(const core::GroupSpec& spec);
+
+}  // namespace optd::server

@@ -1,0 +1,153 @@
+#include "server/group.h"
+
+#include <algorithm>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "server/convert.h"
+
+namespace optd::server {
+
+void Subscriber::Push(std::shared_ptr<const WeightSnapshot> snapshot) {
+  absl::MutexLock lock(&mu_);
+  auto has_room = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+    return closed_ || queue_.size() < kCapacity;
+  };
+  mu_.Await(absl::Condition(&has_room));
+  if (!closed_) queue_.push_back(std::move(snapshot));
+}
+
+std::shared_ptr<const WeightSnapshot> Subscriber::Pop(absl::Duration timeout) {
+  absl::MutexLock lock(&mu_);
+  auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) { return closed_ || !queue_.empty(); };
+  mu_.AwaitWithTimeout(absl::Condition(&ready), timeout);
+  if (closed_ || queue_.empty()) return nullptr;
+  auto s = std::move(queue_.front());
+  queue_.pop_front();
+  return s;
+}
+
+void Subscriber::Close() {
+  absl::MutexLock lock(&mu_);
+  closed_ = true;
+  queue_.clear();
+}
+
+Group::Group(GroupRecord record, std::unique_ptr<core::ParamGroup> params,
+             std::shared_ptr<GroupMetrics> metrics, bool weights_initialized)
+    : name_(record.name),
+      tensors_(record.spec.tensors),
+      record_(std::move(record)),
+      params_(std::move(params)),
+      uploaded_(tensors_.size()),
+      metrics_(std::move(metrics)) {
+  if (weights_initialized) {
+    for (size_t t = 0; t < tensors_.size(); ++t) uploaded_[t].InsertMerge(0, tensors_[t].numel());
+  }
+}
+
+Group::~Group() { CloseSubscribers(); }
+
+int Group::FindTensor(std::string_view name) const {
+  for (size_t t = 0; t < tensors_.size(); ++t) {
+    if (tensors_[t].name == name) return static_cast<int>(t);
+  }
+  return -1;
+}
+
+bool Group::weights_initialized() const {
+  for (size_t t = 0; t < tensors_.size(); ++t) {
+    if (uploaded_[t].covered() != tensors_[t].numel()) return false;
+  }
+  return true;
+}
+
+void Group::FillInfo(v1::GroupInfo* info) const {
+  info->Clear();
+  info->set_group(name_);
+  for (const core::TensorSpec& t : tensors_) {
+    v1::TensorInfo* ti = info->add_tensors();
+    ti->set_name(t.name);
+    ti->set_dtype(ToProtoDType(t.dtype));
+    for (int64_t d : t.shape) ti->add_shape(d);
+  }
+  ToProtoHyperparameters(params_->options(), info->mutable_hyperparameters());
+  info->set_num_workers(record_.num_workers);
+  info->set_mode(static_cast<v1::SyncMode>(record_.mode));
+  info->set_sync_timeout_ms(record_.sync_timeout_ms);
+  info->set_max_staleness(record_.max_staleness);
+  info->set_version(record_.version);
+  info->set_weight_bytes(WeightBytes(params_->spec()));
+  info->set_state_bytes(StateBytes(params_->spec()));
+  info->set_weights_initialized(weights_initialized());
+}
+
+absl::StatusOr<std::shared_ptr<const WeightSnapshot>> Group::Snapshot(
+    const std::vector<int>& tensors) const {
+  auto snap = std::make_shared<WeightSnapshot>();
+  snap->version = record_.version;
+  if (tensors.empty()) {
+    for (int t = 0; t < num_tensors(); ++t) snap->tensors.push_back(t);
+  } else {
+    snap->tensors = tensors;
+  }
+  for (int t : snap->tensors) {
+    const core::TensorSpec& spec = tensor(t);
+    std::vector<uint8_t> data(static_cast<size_t>(spec.numel()) * core::DTypeSize(spec.dtype));
+    core::TensorView view{data.data(), spec.dtype, spec.numel(), core::MemoryKind::kHost};
+    if (absl::Status s = params_->ReadParam(t, 0, view); !s.ok()) return s;
+    snap->data.push_back(std::move(data));
+  }
+  return std::shared_ptr<const WeightSnapshot>(std::move(snap));
+}
+
+void Group::Publish() {
+  if (subscribers_.empty()) return;
+  auto snap = Snapshot({});
+  if (!snap.ok()) {
+    // The weights could not be read back: subscribers would miss this version silently, so
+    // end their streams instead; they resubscribe with send_current.
+    for (auto& s : subscribers_) s->Close();
+    subscribers_.clear();
+    return;
+  }
+  for (auto& s : subscribers_) s->Push(*snap);
+}
+
+void Group::UpdateByteMetrics(core::Backend backend) {
+  const int64_t weights = WeightBytes(params_->spec());
+  const int64_t states = StateBytes(params_->spec());
+  // The engine reports placement only as totals over all groups; per group, a CUDA engine keeps
+  // weights and (within budget) states on the device.
+  if (backend == core::Backend::kCuda) {
+    metrics_->SetBytes(weights, 0, states, 0);
+  } else {
+    metrics_->SetBytes(0, weights, 0, states);
+  }
+}
+
+absl::Status Group::AddSubscriber(std::shared_ptr<Subscriber> s, bool send_current) {
+  absl::MutexLock lock(&mu_);
+  if (send_current) {
+    auto snap = Snapshot({});
+    if (!snap.ok()) return snap.status();
+    s->Push(*std::move(snap));
+  }
+  subscribers_.push_back(std::move(s));
+  return absl::OkStatus();
+}
+
+void Group::RemoveSubscriber(const Subscriber* s) {
+  absl::MutexLock lock(&mu_);
+  subscribers_.erase(std::remove_if(subscribers_.begin(), subscribers_.end(),
+                                    [s](const auto& p) { return p.get() == s; }),
+                     subscribers_.end());
+}
+
+void Group::CloseSubscribers() {
+  absl::MutexLock lock(&mu_);
+  for (auto& s : subscribers_) s->Close();
+  subscribers_.clear();
+}
+
+}  // namespace optd::server

@@ -1,0 +1,100 @@
+// optd: the PagedAdamW8bit optimizer server. The only place that reads flags.
+#include <signal.h>
+
+#include <cstdio>
+#include <cstdlib>
+#include <fstream>
+#include <string>
+
+#include "absl/flags/flag.h"
+#include "absl/flags/parse.h"
+#include "absl/flags/usage.h"
+#include "absl/strings/str_cat.h"
+#include "server/server.h"
+
+ABSL_FLAG(std::string, listen, "127.0.0.1:50051", "gRPC listen address (port 0: any free port)");
+ABSL_FLAG(std::string, metrics_listen, "127.0.0.1:9400",
+          "Prometheus /metrics listen address; empty: no endpoint");
+ABSL_FLAG(std::string, backend, "auto", "auto, cpu or cuda");
+ABSL_FLAG(int, gpu, 0, "CUDA device ordinal");
+ABSL_FLAG(int64_t, device_budget_bytes, 0,
+          "CUDA: device bytes the optimizer states may occupy; 0 = the free memory");
+ABSL_FLAG(int, cpu_threads, 0, "CPU engine threads; 0 = all hardware threads");
+ABSL_FLAG(std::string, checkpoint_dir, "", "directory of checkpoints; empty: disabled");
+ABSL_FLAG(int, max_message_bytes, 16 << 20, "largest gRPC message accepted or sent");
+ABSL_FLAG(int64_t, chunk_bytes, int64_t{4} << 20, "payload bytes per weights/state message sent");
+ABSL_FLAG(std::string, port_file, "",
+          "once serving, write the bound gRPC port here (decimal, newline)");
+ABSL_FLAG(std::string, metrics_port_file, "", "once serving, write the bound metrics port here");
+ABSL_FLAG(std::string, hostname, "", "hostname label of the metrics; empty: gethostname()");
+ABSL_FLAG(int, shutdown_grace_seconds, 30, "on SIGTERM, how long in-flight calls may finish");
+
+namespace {
+
+// Writes atomically (temp file + rename) so that a watcher never reads a partial number.
+bool WritePortFile(const std::string& path, int port) {
+  if (path.empty()) return true;
+  const std::string tmp = absl::StrCat(path, ".tmp");
+  {
+    std::ofstream out(tmp, std::ios::trunc);
+    out << port << "\n";
+    if (!out.good()) return false;
+  }
+  return std::rename(tmp.c_str(), path.c_str()) == 0;
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+  absl::SetProgramUsageMessage("optd --listen=HOST:PORT [--backend=auto|cpu|cuda] ...");
+  absl::ParseCommandLine(argc, argv);
+
+  // Block SIGTERM/SIGINT in every thread (gRPC's threads inherit this mask); main waits for them.
+  sigset_t signals;
+  sigemptyset(&signals);
+  sigaddset(&signals, SIGTERM);
+  sigaddset(&signals, SIGINT);
+  pthread_sigmask(SIG_BLOCK, &signals, nullptr);
+
+  optd::server::ServerOptions options;
+  options.listen_address = absl::GetFlag(FLAGS_listen);
+  options.metrics_listen_address = absl::GetFlag(FLAGS_metrics_listen);
+  options.backend = absl::GetFlag(FLAGS_backend);
+  options.gpu = absl::GetFlag(FLAGS_gpu);
+  options.device_budget_bytes = absl::GetFlag(FLAGS_device_budget_bytes);
+  options.cpu_threads = absl::GetFlag(FLAGS_cpu_threads);
+  options.checkpoint_dir = absl::GetFlag(FLAGS_checkpoint_dir);
+  options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
+  options.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
+  options.hostname = absl::GetFlag(FLAGS_hostname);
+
+  auto server = optd::server::Server::BuildAndStart(options);
+  if (!server.ok()) {
+    std::fprintf(stderr, "optd: failed to start: %s\n", server.status().ToString().c_str());
+    return 1;
+  }
+  const std::string metrics =
+      (*server)->metrics_port() > 0
+          ? absl::StrCat("metrics ", options.metrics_listen_address.substr(
+                                         0, options.metrics_listen_address.rfind(':')),
+                         ":", (*server)->metrics_port())
+          : std::string("metrics off");
+  if (!WritePortFile(absl::GetFlag(FLAGS_port_file), (*server)->port()) ||
+      !WritePortFile(absl::GetFlag(FLAGS_metrics_port_file), (*server)->metrics_port())) {
+    std::fprintf(stderr, "optd: failed to start: cannot write --port_file or --metrics_port_file\n");
+    return 1;
+  }
+  std::fprintf(stderr, "optd: serving on %s (backend %s, %s)\n", (*server)->address().c_str(),
+               std::string(optd::core::BackendName((*server)->backend())).c_str(),
+               metrics.c_str());
+
+  int sig = 0;
+  sigwait(&signals, &sig);
+  std::fprintf(stderr, "optd: stopping on %s: finishing in-flight calls\n",
+               sig == SIGTERM ? "SIGTERM" : "SIGINT");
+  (*server)->Shutdown(absl::Seconds(absl::GetFlag(FLAGS_shutdown_grace_seconds)));
+  (*server)->Wait();
+  server->reset();
+  std::fprintf(stderr, "optd: stopped\n");
+  return 0;
+}

@@ -1,0 +1,123 @@
+#include "server/server.h"
+
+#include <unistd.h>
+
+#include <string>
+#include <utility>
+
+#include "absl/strings/str_cat.h"
+#include "grpcpp/ext/proto_server_reflection_plugin.h"
+#include "grpcpp/health_check_service_interface.h"
+#include "grpcpp/security/server_credentials.h"
+#include "grpcpp/server_builder.h"
+
+namespace optd::server {
+namespace {
+
+absl::StatusOr<std::unique_ptr<core::Engine>> MakeEngine(const ServerOptions& options) {
+  core::EngineOptions eo;
+  eo.device = options.gpu;
+  eo.device_budget_bytes = options.device_budget_bytes;
+  eo.num_threads = options.cpu_threads;
+  if (options.backend == "cpu") {
+    eo.backend = core::Backend::kCpu;
+    return core::CreateEngine(eo);
+  }
+  if (options.backend == "cuda") {
+    eo.backend = core::Backend::kCuda;
+    return core::CreateEngine(eo);
+  }
+  if (options.backend != "auto") {
+    return absl::InvalidArgumentError(
+        absl::StrCat("backend must be auto, cpu or cuda, got '", options.backend, "'"));
+  }
+  if (core::CudaEngineCompiled()) {
+    eo.backend = core::Backend::kCuda;
+    auto engine = core::CreateEngine(eo);
+    if (engine.ok()) return engine;
+  }
+  eo.backend = core::Backend::kCpu;
+  return core::CreateEngine(eo);
+}
+
+std::string HostPart(const std::string& address) {
+  const size_t colon = address.rfind(':');
+  return colon == std::string::npos ? address : address.substr(0, colon);
+}
+
+}  // namespace
+
+absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOptions& options) {
+  std::unique_ptr<Server> s(new Server());
+  auto engine = MakeEngine(options);
+  if (!engine.ok()) return engine.status();
+  s->engine_ = *std::move(engine);
+
+  MetricsOptions mo;
+  mo.listen_address = options.metrics_listen_address;
+  mo.gpu_label = s->engine_->backend() == core::Backend::kCuda ? std::to_string(options.gpu) : "";
+  mo.hostname = options.hostname;
+  if (mo.hostname.empty()) {
+    char name[256] = {};
+    if (gethostname(name, sizeof(name) - 1) == 0) mo.hostname = name;
+  }
+  auto metrics = Metrics::Create(mo);
+  if (!metrics.ok()) return metrics.status();
+  s->metrics_ = *std::move(metrics);
+  core::Engine* engine_ptr = s->engine_.get();
+  Metrics* metrics_ptr = s->metrics_.get();
+  // Fresh engine figures at every scrape, besides the per-step updates.
+  s->metrics_->SetScrapeCallback(
+      [engine_ptr, metrics_ptr] { metrics_ptr->UpdateEngine(engine_ptr->Stats()); });
+
+  CoreOptions co;
+  co.checkpoint_dir = options.checkpoint_dir;
+  co.chunk_bytes = options.chunk_bytes;
+  s->core_ = std::make_unique<OptimizerCore>(s->engine_.get(), s->metrics_.get(), co);
+  s->service_ = std::make_unique<OptimizerService>(s->core_.get(), s->metrics_.get());
+
+  grpc::EnableDefaultHealthCheckService(true);
+  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
+  grpc::ServerBuilder builder;
+  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.SetMaxReceiveMessageSize(options.max_message_bytes);
+  builder.SetMaxSendMessageSize(options.max_message_bytes);
+  builder.RegisterService(s->service_.get());
+  s->server_ = builder.BuildAndStart();
+  if (s->server_ == nullptr || s->port_ == 0) {
+    return absl::UnavailableError(
+        absl::StrCat("cannot listen on --listen=", options.listen_address));
+  }
+  s->host_ = HostPart(options.listen_address);
+  return s;
+}
+
+Server::~Server() {
+  Shutdown(absl::ZeroDuration());
+  Wait();
+}
+
+std::string Server::address() const {
+  const std::string host = host_.empty() || host_ == "0.0.0.0" || host_ == "[::]" ? "127.0.0.1" : host_;
+  return absl::StrCat(host, ":", port_);
+}
+
+void Server::Wait() {
+  if (server_ != nullptr) server_->Wait();
+}
+
+void Server::Shutdown(absl::Duration grace) {
+  {
+    absl::MutexLock lock(&shutdown_mu_);
+    if (shut_down_) return;
+    shut_down_ = true;
+  }
+  if (server_ == nullptr) return;
+  if (auto* health = server_->GetHealthCheckService(); health != nullptr) {
+    health->SetServingStatus(false);
+  }
+  core_->BeginShutdown();
+  server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+}
+
+}  // namespace optd::server

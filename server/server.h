@@ -1,0 +1,71 @@
+// The optd server: engine, metrics, the Optimizer service, health checking and reflection on one
+// gRPC server.
+#pragma once
+
+#include <cstdint>
+#include <memory>
+#include <string>
+
+#include "absl/status/statusor.h"
+#include "absl/time/time.h"
+#include "grpcpp/server.h"
+#include "optd/core/engine.h"
+#include "server/metrics.h"
+#include "server/optimizer_core.h"
+#include "server/service.h"
+
+namespace optd::server {
+
+struct ServerOptions {
+  // gRPC address; port 0 picks a free port (see Server::port()).
+  std::string listen_address = "127.0.0.1:0";
+  // Prometheus /metrics address; empty = no HTTP endpoint.
+  std::string metrics_listen_address;
+  // "auto" (CUDA when compiled in and a device works, else CPU), "cpu" or "cuda".
+  std::string backend = "auto";
+  int gpu = 0;                       // CUDA device ordinal
+  int64_t device_budget_bytes = 0;   // CUDA: bytes the states may occupy; 0 = free memory
+  int cpu_threads = 0;               // CPU engine threads; 0 = all hardware threads
+  std::string checkpoint_dir;        // empty = SaveCheckpoint/RestoreCheckpoint disabled
+  // Largest gRPC message either way. The default leaves room for 4 MiB chunks plus headers and
+  // for clients that choose 8 MiB.
+  int max_message_bytes = 16 << 20;
+  int64_t chunk_bytes = int64_t{4} << 20;  // payload per message the server sends
+  std::string hostname;              // `hostname` metric label; empty = gethostname()
+};
+
+// Thread safety: Wait and Shutdown may be called from different threads.
+class Server {
+ public:
+  // Creates the engine and metrics, binds both ports and starts serving. Errors name what
+  // failed: the backend (Unavailable), a port that cannot bind (Unavailable naming the address).
+  static absl::StatusOr<std::unique_ptr<Server>> BuildAndStart(const ServerOptions& options);
+  ~Server();
+
+  int port() const { return port_; }
+  int metrics_port() const { return metrics_->port(); }
+  core::Backend backend() const { return engine_->backend(); }
+  // "127.0.0.1:PORT" style address clients can dial.
+  std::string address() const;
+
+  // Blocks until the server has shut down.
+  void Wait();
+  // Stops accepting calls, ends Subscribe streams, lets in-flight calls finish for up to `grace`,
+  // then cancels the rest. Idempotent.
+  void Shutdown(absl::Duration grace = absl::Seconds(30));
+
+ private:
+  Server() = default;
+
+  std::string host_;
+  int port_ = 0;
+  std::unique_ptr<core::Engine> engine_;
+  std::unique_ptr<Metrics> metrics_;
+  std::unique_ptr<OptimizerCore> core_;
+  std::unique_ptr<OptimizerService> service_;
+  std::unique_ptr<grpc::Server> server_;
+  absl::Mutex shutdown_mu_;
+  bool shut_down_ ABSL_GUARDED_BY(shutdown_mu_) = false;
+};
+
+}  // namespace optd::server
