@@ -5,7 +5,6 @@
 #include <limits>
 #include <utility>
 
-#include "absl/container/flat_hash_set.h"
 #include "absl/strings/str_cat.h"
 #include "cuda/cuda_status.h"
 #include "optd/core/group_spec.h"
@@ -356,14 +355,15 @@ absl::Status CudaGroup::Finish() {
 absl::Status CudaGroup::Step(absl::Span<const TensorGradient> grads, const StepArgs& args) {
   if (args.lr.has_value() && !(*args.lr > 0))
     return absl::InvalidArgumentError(absl::StrCat("lr must be > 0, got ", *args.lr));
-  absl::flat_hash_set<int> seen;
+  std::vector<bool> seen(num_tensors(), false);
   bool any_host = false;
   for (size_t i = 0; i < grads.size(); ++i) {
     const TensorGradient& g = grads[i];
     OPTD_RETURN_IF_ERROR(CheckTensor(g.tensor));
-    if (!seen.insert(g.tensor).second)
+    if (seen[g.tensor])
       return absl::InvalidArgumentError(absl::StrCat(
           "grads[", i, "]: tensor ", spec_.tensors[g.tensor].name, " appears more than once"));
+    seen[g.tensor] = true;
     if (g.grad.numel != numel_[g.tensor])
       return absl::InvalidArgumentError(absl::StrCat(
           "grads[", i, "].grad.numel is ", g.grad.numel, ", tensor ",
