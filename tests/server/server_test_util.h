@@ -1,0 +1,112 @@
+// Helpers of the server tests: a server in process or as a child process, and a minimal client
+// of the optd.v1 API (deliberately independent of client/, so the server is tested on its own).
+#pragma once
+
+#include <sys/types.h>
+
+#include <cstdint>
+#include <map>
+#include <memory>
+#include <optional>
+#include <string>
+#include <vector>
+
+#include "absl/status/statusor.h"
+#include "grpcpp/grpcpp.h"
+#include "optd/v1/optd.grpc.pb.h"
+#include "server/server.h"
+
+namespace optd::testing {
+
+using Bytes = std::vector<uint8_t>;
+
+absl::Status FromGrpc(const grpc::Status& s);
+
+std::unique_ptr<v1::Optimizer::Stub> MakeStub(const std::string& address,
+                                              int max_message_bytes = 64 << 20);
+
+// A server in this process on 127.0.0.1:0 with the CPU backend.
+struct InProcessServer {
+  std::unique_ptr<server::Server> server;
+  std::unique_ptr<v1::Optimizer::Stub> stub;
+};
+InProcessServer StartInProcess(server::ServerOptions options = {});
+
+// The built optd binary as a child process on 127.0.0.1:0.
+class ChildServer {
+ public:
+  // Starts `OPTD_SERVER_BINARY --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --backend=cpu`
+  // plus `extra_args`, and waits until its --port_file appears.
+  static absl::StatusOr<std::unique_ptr<ChildServer>> Start(std::vector<std::string> extra_args);
+  ~ChildServer();
+  int port() const { return port_; }
+  int metrics_port() const { return metrics_port_; }
+  std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
+  // Sends `sig` and waits; returns the exit status as waitpid reports it.
+  int Kill(int sig);
+
+ private:
+  pid_t pid_ = -1;
+  int port_ = 0;
+  int metrics_port_ = 0;
+  std::string dir_;
+};
+
+// A fresh temporary directory.
+std::string MakeTempDir();
+
+// One tensor of a CreateGroupRequest.
+v1::TensorInfo Tensor(const std::string& name, v1::DType dtype, std::vector<int64_t> shape);
+
+// Uploads `data` (raw, in `dtype`) in chunks of `chunk_elements`.
+absl::StatusOr<v1::UploadWeightsResponse> Upload(v1::Optimizer::Stub& stub,
+                                                 const std::string& group,
+                                                 const std::string& tensor, v1::DType dtype,
+                                                 const Bytes& data, int64_t chunk_elements = 1 << 20);
+
+struct Grad {
+  std::string tensor;
+  v1::DType dtype;
+  Bytes data;  // whole tensor
+};
+
+struct StepOptions {
+  int worker = 0;
+  std::optional<float> lr;
+  v1::WeightsReturn weights = v1::UPDATED;
+  std::optional<int64_t> base_version;
+  int64_t chunk_elements = 1 << 20;  // gradient elements per message (multiple of 256)
+};
+
+struct StepResult {
+  absl::Status status;
+  v1::StepDone done;
+  std::map<std::string, Bytes> weights;  // assembled from the weight chunks received
+};
+
+// Runs one step on its own stream.
+StepResult RunStep(v1::Optimizer::Stub& stub, const std::string& group, int64_t step,
+                   const std::vector<Grad>& grads, const StepOptions& options = {});
+
+// All weights of the group (PullWeights), by tensor; `version` gets the version when non-null.
+absl::StatusOr<std::map<std::string, Bytes>> Pull(v1::Optimizer::Stub& stub,
+                                                  const std::string& group,
+                                                  int64_t* version = nullptr);
+
+// ExportState as tensor -> key -> raw bytes.
+absl::StatusOr<std::map<std::string, std::map<std::string, Bytes>>> Export(
+    v1::Optimizer::Stub& stub, const std::string& group);
+
+// Fixed-seed random fp32 values in [-scale, scale).
+std::vector<float> RandomFloats(int64_t n, uint32_t seed, float scale = 1.0f);
+Bytes AsBytes(const std::vector<float>& v);
+std::vector<float> AsFloats(const Bytes& b);
+
+// Plain HTTP GET of http://127.0.0.1:port/path over a raw socket; returns the body.
+absl::StatusOr<std::string> HttpGet(int port, const std::string& path);
+
+// Value of the first sample of `metric` whose label set contains `label_substring`, or -1.
+double MetricValue(const std::string& exposition, const std::string& metric,
+                   const std::string& label_substring = "");
+
+}  // namespace optd::testing
