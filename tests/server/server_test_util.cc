@@ -36,7 +36,6 @@ std::unique_ptr<v1::Optimizer::Stub> MakeStub(const std::string& address, int ma
 
 InProcessServer StartInProcess(server::ServerOptions options) {
   options.listen_address = "127.0.0.1:0";
-  if (options.metrics_listen_address.empty()) options.metrics_listen_address = "127.0.0.1:0";
   options.backend = "cpu";
   auto server = server::Server::BuildAndStart(options);
   EXPECT_TRUE(server.ok()) << server.status();

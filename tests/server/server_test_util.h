@@ -25,7 +25,8 @@ absl::Status FromGrpc(const grpc::Status& s);
 std::unique_ptr<v1::Optimizer::Stub> MakeStub(const std::string& address,
                                               int max_message_bytes = 64 << 20);
 
-// A server in this process on 127.0.0.1:0 with the CPU backend.
+// A server in this process on 127.0.0.1:0 with the CPU backend (metrics endpoint only when
+// options.metrics_listen_address is set).
 struct InProcessServer {
   std::unique_ptr<server::Server> server;
   std::unique_ptr<v1::Optimizer::Stub> stub;
