@@ -244,7 +244,9 @@ TEST_F(ShardedTest, KilledShardIsReportedByAddress) {
   for (size_t i = 0; i < specs.size(); ++i) {
     gb.push_back({specs[i].name, DType::kFloat32, g[i].data(), specs[i].numel()});
   }
-  auto r = (*sharded)->Step("model", 2, gb, {});
+  StepOptions no_weights;
+  no_weights.weights = WeightsReturn::kNone;
+  auto r = (*sharded)->Step("model", 2, gb, {}, no_weights);
   ASSERT_FALSE(r.ok());
   EXPECT_EQ(r.status().code(), absl::StatusCode::kUnavailable) << r.status();
   EXPECT_NE(r.status().message().find(absl::StrCat("shard ", procs[victim]->target())),
