@@ -467,7 +467,7 @@ absl::StatusOr<StepOutcome> RunSync(Group& group, const StepPlan& plan,
     round->workers[static_cast<size_t>(plan.worker)] = std::move(mine);
     round->arrived += 1;
     group.metrics().SetAccumulationBytes(round->accumulated_bytes());
-    group.metrics().SetWorkersPending(round->arrived);
+    group.metrics().SetWorkersPending(num_workers - round->arrived);  // still missing
     if (round->arrived == num_workers) {
       round->applying = true;
       apply = true;
