@@ -69,7 +69,11 @@ absl::Status OptimizerCore::Subscribe(grpc::ServerContext* context,
   }
   subscriber->Close();
   group->RemoveSubscriber(subscriber.get());
-  if (result.ok() && shutting_down()) result = absl::UnavailableError("the server is shutting down");
+  if (result.ok() && context->IsCancelled()) {
+    result = absl::CancelledError("the subscriber cancelled");
+  } else if (result.ok() && shutting_down()) {
+    result = absl::UnavailableError("the server is shutting down");
+  }
   return result;
 }
 
