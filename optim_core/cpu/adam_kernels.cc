@@ -3,6 +3,7 @@
 #include <algorithm>
 #include <cmath>
 
+#include "cpu/adam_kernels_avx2.h"
 #include "cpu/element.h"
 #include "internal/quantize.h"
 #include "optd/core/quant_maps.h"
@@ -190,9 +191,23 @@ StepConstants MakeStepConstants(const AdamWOptions& options, float lr, int64_t s
   return k;
 }
 
+int64_t Update8BitBlocksPortable(const TensorBuffers& t, const StepConstants& k,
+                                 int64_t first_block, int64_t end_block) {
+  return Dispatch<Blocks8Fn>(t.param_dtype, t.grad_dtype, t, k, first_block, end_block);
+}
+
 int64_t Update8BitBlocks(const TensorBuffers& t, const StepConstants& k, int64_t first_block,
                          int64_t end_block) {
-  return Dispatch<Blocks8Fn>(t.param_dtype, t.grad_dtype, t, k, first_block, end_block);
+  if (!Avx2Available()) return Update8BitBlocksPortable(t, k, first_block, end_block);
+  // The AVX2 kernel takes full blocks; a partial last block goes the portable way.
+  const int64_t full_end = std::min(end_block, t.numel / kBlockSize);
+  int64_t nonfinite = 0;
+  if (full_end > first_block) {
+    nonfinite += Update8BitFullBlocksAvx2(t, k, first_block, full_end);
+  }
+  const int64_t rest = std::max(first_block, full_end);
+  if (end_block > rest) nonfinite += Update8BitBlocksPortable(t, k, rest, end_block);
+  return nonfinite;
 }
 
 int64_t Update32Bit(const TensorBuffers& t, const StepConstants& k, int64_t begin, int64_t end) {

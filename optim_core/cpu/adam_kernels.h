@@ -46,10 +46,15 @@ struct TensorBuffers {
   float* state2_f32 = nullptr;
 };
 
-// Updates blocks [first_block, end_block) (of kBlockSize elements; the last may be partial).
+// Updates blocks [first_block, end_block) (of kBlockSize elements; the last may be partial),
+// with the AVX2 kernel where the CPU has it (bit-identical results either way).
 // Returns the number of non-finite gradient elements seen.
 int64_t Update8BitBlocks(const TensorBuffers& t, const StepConstants& k, int64_t first_block,
                          int64_t end_block);
+
+// The same with the portable code only (tests compare it with the AVX2 kernel).
+int64_t Update8BitBlocksPortable(const TensorBuffers& t, const StepConstants& k,
+                                 int64_t first_block, int64_t end_block);
 
 // Updates elements [begin, end) on the 32-bit path. Returns the non-finite gradient count.
 int64_t Update32Bit(const TensorBuffers& t, const StepConstants& k, int64_t begin, int64_t end);

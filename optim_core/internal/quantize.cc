@@ -41,7 +41,7 @@ CodeFinder::CodeFinder(const float* table) {
   max_key_ = MonotoneKey(1.0f);
   bucket_base_ = min_key_ >> kShift;
   const int32_t buckets = (max_key_ >> kShift) - bucket_base_ + 1;
-  bucket_code_.resize(buckets);
+  bucket_code_.resize(buckets + 4);  // padding for 32-bit gathers (see Tables)
   for (int32_t b = 0; b < buckets; ++b) {
     // The smallest key of bucket b, clamped into range, turned back into a float.
     int32_t key = (b + bucket_base_) * (int32_t{1} << kShift);

@@ -36,13 +36,25 @@ class CodeFinder {
     return static_cast<uint8_t>(x == x ? code + up : 0);  // NaN: code 0, as the reference
   }
 
+  // The raw lookup data, for vectorized versions of Find (cpu/adam_kernels_avx2.cc).
+  // `bucket_code` has 4 readable bytes past its last entry, so 32-bit gathers stay in bounds.
+  struct Tables {
+    const uint8_t* bucket_code;
+    const float* midpoint;
+    int32_t min_key;
+    int32_t max_key;
+    int32_t bucket_base;
+  };
+  Tables tables() const {
+    return {bucket_code_.data(), midpoint_, min_key_, max_key_, bucket_base_};
+  }
+  static constexpr int kShift = 16;
+
   // The two tables of bitsandbytes, built once.
   static const CodeFinder& Signed();
   static const CodeFinder& Unsigned();
 
  private:
-  static constexpr int kShift = 16;
-
   // Integer order equals float order: non-negative floats keep their bits, negative ones map
   // to minus their magnitude's bits. Both zeros map to 0.
   static int32_t MonotoneKey(float x) {
