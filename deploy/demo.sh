@@ -36,6 +36,7 @@ if [[ -z "$python" ]]; then
 fi
 
 workdir=$(mktemp -d)
+mkdir -p "$workdir/checkpoints"
 server_pid=
 cleanup() {
   if [[ -n "$server_pid" ]] && kill -0 "$server_pid" 2>/dev/null; then

@@ -38,6 +38,7 @@ std::string MakeTempDir(const std::string& prefix) {
 absl::StatusOr<ServerProcess*> ServerProcess::Start(const std::string& binary,
                                                     const std::string& workdir) {
   mkdir(workdir.c_str(), 0755);
+  mkdir((workdir + "/ckpt").c_str(), 0755);  // the server does not create it
   const std::string port_file = workdir + "/port";
   const std::string log = workdir + "/server.log";
   std::vector<std::string> args = {binary,

@@ -17,7 +17,8 @@ sys.path.insert(0, os.path.join(_HERE, "..", "..", "client", "python"))
 
 class ServerProcess:
     def __init__(self, binary, workdir, backend):
-        os.makedirs(workdir, exist_ok=True)
+        # The server does not create its checkpoint directory (as of 6190664): we do.
+        os.makedirs(os.path.join(workdir, "ckpt"), exist_ok=True)
         self.port_file = os.path.join(workdir, "port")
         self.metrics_port_file = os.path.join(workdir, "metrics_port")
         self.log_path = os.path.join(workdir, "server.log")

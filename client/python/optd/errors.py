@@ -36,12 +36,28 @@ class UnavailableError(OptdError, ConnectionError):
 
 
 class ShardError(OptdError):
-    """A call on one shard of a sharded group failed; `target` names the shard."""
+    """A call on one shard of a sharded group failed; `target` names the shard. Use
+    shard_error() to build one: it is also an instance of the cause's class (e.g.
+    InvalidArgumentError), so callers can catch either."""
 
     def __init__(self, target, cause):
         code = getattr(cause, "code", grpc.StatusCode.UNKNOWN)
-        super().__init__(f"shard {target} failed: {cause}", code, target)
+        OptdError.__init__(self, f"shard {target} failed: {cause}", code, target)
         self.cause = cause
+
+
+_SHARD_CLASSES = {}
+
+
+def shard_error(target, cause):
+    base = type(cause)
+    if base is ShardError or not issubclass(base, OptdError):
+        return ShardError(target, cause)
+    cls = _SHARD_CLASSES.get(base)
+    if cls is None:
+        cls = type(f"Shard{base.__name__}", (ShardError, base), {})
+        _SHARD_CLASSES[base] = cls
+    return cls(target, cause)
 
 
 _BY_CODE = {

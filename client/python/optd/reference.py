@@ -38,23 +38,40 @@ def round_to_dtype(x, dtype):
     raise ValueError(f"dtype: unknown dtype {dtype!r}; expected one of {DTYPES}")
 
 
-def _pow(base, t):
-    # Correctly rounded fp32 power (the CPU engine's powf); the reference's __powf differs by
-    # about 3e-5 relative in 1 - beta2^t, inside the tolerances.
-    return _F32(math.pow(float(base), t))
+def _corrections(beta1, beta2, t):
+    """c1 = 1 - beta1^t and c2 = sqrt(1 - beta2^t) in fp32, as the CPU engine computes them
+    (powf: the exact power rounded once to fp32; the reference's __powf differs by about 3e-5
+    relative in 1 - beta2^t, inside the tolerances)."""
+    p1 = _F32(math.pow(float(beta1), t))
+    p2 = _F32(math.pow(float(beta2), t))
+    return _F32(1) - p1, np.sqrt(_F32(1) - p2, dtype=np.float32)
 
 
-def _quantize(table, x):
-    """Index of the nearest table entry, ties to the even index; NaN -> 0 (as the reference)."""
-    hi = np.clip(np.searchsorted(table, x, side="right"), 1, 255)
-    lo = hi - 1
-    mid = (table[lo] + table[hi]) * _F32(0.5)
-    code = np.where(x > mid, hi, lo)
-    tie = x == mid
-    if tie.any():
-        code = np.where(tie, np.where(lo % 2 == 0, lo, hi), code)
-    code = np.where(np.isnan(x), 0, code)
-    return code.astype(np.int64)
+def _quantize(table, x, signed):
+    """The reference's code search, vectorized: a 7-step binary search from index 127, then a
+    comparison with the midpoint of the bracketing pair (ties keep the searched index).
+    NaN ends at code 0."""
+    pivot = np.full(x.shape, 127, np.int64)
+    upper_pivot = np.full(x.shape, 255, np.int64)
+    lower_pivot = np.zeros(x.shape, np.int64)
+    lower = np.full(x.shape, -1.0 if signed else 0.0, np.float32)
+    upper = np.ones(x.shape, np.float32)
+    val = table[pivot]
+    i = 64
+    while i > 0:
+        gt = x > val
+        lower_pivot = np.where(gt, pivot, lower_pivot)
+        lower = np.where(gt, val, lower)
+        upper_pivot = np.where(gt, upper_pivot, pivot)
+        upper = np.where(gt, upper, val)
+        pivot = np.where(gt, pivot + i, pivot - i)
+        val = table[pivot]
+        i >>= 1
+    gt = x > val
+    mid_up = (upper + val) * _F32(0.5)
+    mid_lo = (lower + val) * _F32(0.5)
+    return np.where(gt, np.where(x > mid_up, upper_pivot, pivot),
+                    np.where(x < mid_lo, lower_pivot, pivot))
 
 
 class TensorState:
@@ -129,9 +146,9 @@ def step_tensor(param, grad, state, hp, dtype, lr=None):
     b1, b2, eps, wd = hp.beta1, hp.beta2, hp.eps, hp.weight_decay
     state.step += 1
     t = state.step
-    c1 = _F32(1) - _pow(b1, t)
-    c2 = np.sqrt(_F32(1) - _pow(b2, t), dtype=np.float32)
-    step_size = -lr * c2 / c1
+    c1, c2 = _corrections(b1, b2, t)
+    step_size = (-lr * c2) / c1
+    eps_term = c2 * eps
     decay = _F32(1) - lr * wd
     g = np.asarray(grad, dtype=np.float32).reshape(-1)
     p = param.reshape(-1)
@@ -143,10 +160,10 @@ def step_tensor(param, grad, state, hp, dtype, lr=None):
     if not state.eight_bit:
         g = g * scale
         m = state.state1 * b1 + (_F32(1) - b1) * g
-        v = state.state2 * b2 + (_F32(1) - b2) * g * g
+        v = state.state2 * b2 + (_F32(1) - b2) * (g * g)
         state.state1[:] = m
         state.state2[:] = v
-        new = round_to_dtype(p32 + step_size * (m / (np.sqrt(v) + c2 * eps)), dtype)
+        new = round_to_dtype(p32 + step_size * (m / (np.sqrt(v) + eps_term)), dtype)
         if wd > 0:
             new = round_to_dtype(new.astype(np.float32) * decay, dtype)
         p[:] = new
@@ -159,7 +176,7 @@ def step_tensor(param, grad, state, hp, dtype, lr=None):
     finite = np.isfinite(g)
     g = np.where(finite, g, _F32(0)) * scale
     m = q1[state.state1] * state.absmax1[blk] * b1 + (_F32(1) - b1) * g
-    v = q2[state.state2] * state.absmax2[blk] * b2 + (_F32(1) - b2) * g * g
+    v = q2[state.state2] * state.absmax2[blk] * b2 + ((_F32(1) - b2) * g) * g
     m = np.where(finite, m, _F32(0)).astype(np.float32)
     v = np.where(finite, v, _F32(0)).astype(np.float32)
 
@@ -175,7 +192,7 @@ def step_tensor(param, grad, state, hp, dtype, lr=None):
     a1 = am.reshape(nb, BLOCK).max(axis=1)
     a2 = vv.reshape(nb, BLOCK).max(axis=1)
 
-    upd = p32 + step_size * (m / (np.sqrt(v) + c2 * eps))
+    upd = p32 + step_size * (m / (np.sqrt(v) + eps_term))
     new = round_to_dtype(upd, dtype)
     if wd > 0:
         new = round_to_dtype(new.astype(np.float32) * decay, dtype)
@@ -184,11 +201,11 @@ def step_tensor(param, grad, state, hp, dtype, lr=None):
     with np.errstate(invalid="ignore", divide="ignore"):
         x1 = m / a1[blk]
         x2 = v / a2[blk]
-    c1s = _quantize(q1, x1)
+    c1s = _quantize(q1, x1, True)
     flip = np.signbit(q1[c1s]) != np.signbit(m)
     c1s = np.where(flip, np.where(m > 0, c1s + 1, c1s - 1), c1s) % 256
     state.state1[:] = c1s.astype(np.uint8)
-    state.state2[:] = _quantize(q2, x2).astype(np.uint8)
+    state.state2[:] = _quantize(q2, x2, False).astype(np.uint8)
     state.absmax1[:] = a1
     state.absmax2[:] = a2
 

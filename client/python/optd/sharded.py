@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 
 from optd import sharding
 from optd.client import Client, TensorSpec
-from optd.errors import AlreadyExistsError, OptdError, ShardError
+from optd.errors import AlreadyExistsError, OptdError, shard_error
 
 
 class ShardedGroup:
@@ -45,7 +45,7 @@ class ShardedGroup:
                 results[i] = f.result()
             except OptdError as e:
                 if first_error is None:
-                    first_error = ShardError(self.targets[i], e)
+                    first_error = shard_error(self.targets[i], e)
         if first_error is not None:
             raise first_error
         return results
