@@ -2,11 +2,14 @@
 //
 // Note [Work mapping]: a launch covers a list of segments (tensor ranges); every segment is cut
 // into blocks of 256 elements (the 8-bit block size), numbered consecutively across segments.
-// One warp updates one such block: lane l owns elements 4l..4l+3 and 128+4l..128+4l+3, so each
+// One warp updates one such block at a time: lane l owns elements 4l..4l+3 and 128+4l..128+4l+3, so each
 // load and store of the warp is one coalesced 512-byte (fp32), 256-byte (16-bit) or 128-byte
 // (codes) access, and the block's absmax is a warp shuffle reduction with no shared memory or
-// barrier. A thread block of 8 warps covers 8 consecutive blocks; a warp finds its segment by a
-// binary search over the segments' first_block. Element indices are 64-bit.
+// barrier. The grid is persistent and each warp walks a contiguous run of blocks (see
+// AdamWUpdateKernel). The table lookups of the dequantization and of the requantization search
+// go to per-lane copies of the tables in shared memory, which never bank-conflict: with one copy
+// the data-dependent lookups conflicted and bounded the kernel well below memory bandwidth.
+// Element indices are 64-bit.
 //
 // Note [Bit-exact numerics]: this file is compiled with --use_fast_math, as the reference is,
 // and writes each formula with the same intrinsics, operand order and parenthesization as the
@@ -18,6 +21,7 @@
 #include <cuda_bf16.h>
 #include <cuda_fp16.h>
 
+#include <algorithm>
 #include <cfloat>
 #include <cstdint>
 
@@ -160,7 +164,7 @@ __device__ __forceinline__ int FindSegment(const Segment* segs, int n, int64_t b
 // One block of 256 elements of an 8-bit tensor (see Note [Bit-exact numerics]).
 template <typename P, typename G>
 __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, int lane,
-                                                const Hyper& h, const float* q1, const float* q2) {
+                                                const Hyper& h, LaneTable q1, LaneTable q2) {
   const float beta1 = h.beta1, beta2 = h.beta2, eps = h.eps, lr = h.lr;
   const float weight_decay = h.weight_decay;
   const float correction1 = 1.0f - __powf(beta1, s.step);
@@ -285,7 +289,7 @@ __device__ __forceinline__ void Update32bitBlock(const Segment& s, int64_t blk, 
 
 template <typename P>
 __device__ __forceinline__ void DispatchGrad(const Segment& s, int64_t blk, int lane,
-                                             const Hyper& h, const float* q1, const float* q2) {
+                                             const Hyper& h, LaneTable q1, LaneTable q2) {
   switch (s.grad_dtype) {
     case 0:
       if (s.eight_bit) Update8bitBlock<P, float>(s, blk, lane, h, q1, q2);
@@ -302,24 +306,44 @@ __device__ __forceinline__ void DispatchGrad(const Segment& s, int64_t blk, int 
   }
 }
 
-__global__ void __launch_bounds__(kThreads) AdamWUpdateKernel(const LaunchParams params) {
-  __shared__ float q1[kQuantBlock];
-  __shared__ float q2[kQuantBlock];
-  q1[threadIdx.x] = params.qmap1[threadIdx.x];
-  q2[threadIdx.x] = params.qmap2[threadIdx.x];
+constexpr int kCtasPerSm = 3;
+constexpr size_t kTableSmemBytes = 2 * kQuantBlock * kTableCopies * sizeof(float);  // 64 KiB
+
+__device__ __forceinline__ int64_t SegmentEnd(const Segment& s) {
+  return s.first_block + (s.numel + kQuantBlock - 1) / kQuantBlock;
+}
+
+// A persistent grid (kCtasPerSm thread blocks per multiprocessor, so the 64 KiB of replicated
+// tables is filled once per thread block); each warp owns a contiguous run of blocks, so it
+// searches for its first segment once and then walks forward.
+__global__ void __launch_bounds__(kThreads, kCtasPerSm) AdamWUpdateKernel(const LaunchParams params) {
+  extern __shared__ float tables[];  // [2][256][kTableCopies]
+  for (int i = threadIdx.x; i < kQuantBlock * kTableCopies; i += kThreads) {
+    tables[i] = params.qmap1[i / kTableCopies];
+    tables[kQuantBlock * kTableCopies + i] = params.qmap2[i / kTableCopies];
+  }
   __syncthreads();
 
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  const int64_t block = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
-  if (block >= params.total_blocks) return;
-  const int si = FindSegment(params.segments, params.num_segments, block);
-  const Segment s = params.segments[si];
-  const int64_t blk = block - s.first_block;
-  switch (s.param_dtype) {
-    case 0: DispatchGrad<float>(s, blk, lane, params.hyper, q1, q2); break;
-    case 1: DispatchGrad<__half>(s, blk, lane, params.hyper, q1, q2); break;
-    default: DispatchGrad<__nv_bfloat16>(s, blk, lane, params.hyper, q1, q2); break;
+  const LaneTable q1{tables + lane};
+  const LaneTable q2{tables + kQuantBlock * kTableCopies + lane};
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  const int64_t per_warp = (params.total_blocks + warps - 1) / warps;
+  const int64_t begin = (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp) * per_warp;
+  const int64_t end = min(params.total_blocks, begin + per_warp);
+  if (begin >= end) return;
+  int si = FindSegment(params.segments, params.num_segments, begin);
+  int64_t seg_end = SegmentEnd(params.segments[si]);
+  for (int64_t block = begin; block < end; ++block) {
+    while (block >= seg_end) seg_end = SegmentEnd(params.segments[++si]);
+    const Segment& s = params.segments[si];
+    const int64_t blk = block - s.first_block;
+    switch (s.param_dtype) {
+      case 0: DispatchGrad<float>(s, blk, lane, params.hyper, q1, q2); break;
+      case 1: DispatchGrad<__half>(s, blk, lane, params.hyper, q1, q2); break;
+      default: DispatchGrad<__nv_bfloat16>(s, blk, lane, params.hyper, q1, q2); break;
+    }
   }
 }
 
@@ -337,52 +361,41 @@ __device__ __forceinline__ float BlockSumSquares(const Segment& s, int64_t blk, 
   return WarpSum(local_sum);
 }
 
-// Sum of squares per segment: warp sums, merged per thread block by segment, one atomic each.
+// sum(g^2) of each block of 256, written to the segment's partials (no atomics: deterministic).
 __global__ void __launch_bounds__(kThreads) SumSquaresKernel(const LaunchParams params) {
-  __shared__ float sums[kWarpsPerBlock];
-  __shared__ int seg_of[kWarpsPerBlock];
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   const int64_t block = static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp;
-  float sum = 0.0f;
-  int si = -1;
-  if (block < params.total_blocks) {
-    si = FindSegment(params.segments, params.num_segments, block);
-    const Segment s = params.segments[si];
-    const int64_t blk = block - s.first_block;
-    switch (s.grad_dtype) {
-      case 0: sum = BlockSumSquares<float>(s, blk, lane); break;
-      case 1: sum = BlockSumSquares<__half>(s, blk, lane); break;
-      default: sum = BlockSumSquares<__nv_bfloat16>(s, blk, lane); break;
-    }
+  if (block >= params.total_blocks) return;
+  const Segment& s = params.segments[FindSegment(params.segments, params.num_segments, block)];
+  const int64_t blk = block - s.first_block;
+  float sum;
+  switch (s.grad_dtype) {
+    case 0: sum = BlockSumSquares<float>(s, blk, lane); break;
+    case 1: sum = BlockSumSquares<__half>(s, blk, lane); break;
+    default: sum = BlockSumSquares<__nv_bfloat16>(s, blk, lane); break;
   }
-  if (lane == 0) {
-    sums[warp] = sum;
-    seg_of[warp] = si;
-  }
-  __syncthreads();
-  if (threadIdx.x == 0) {
-    float run = 0.0f;
-    for (int w = 0; w < kWarpsPerBlock; ++w) {
-      if (seg_of[w] < 0) break;
-      run += sums[w];
-      const bool last = w + 1 == kWarpsPerBlock || seg_of[w + 1] < 0 ||
-                        params.segments[seg_of[w + 1]].sumsq != params.segments[seg_of[w]].sumsq;
-      if (last) {
-        atomicAdd(params.segments[seg_of[w]].sumsq, run);
-        run = 0.0f;
-      }
-    }
-  }
+  if (lane == 0) s.partials[blk] = sum;
 }
+
+constexpr int kClipThreads = 256;
 
 // One thread block per tensor: records the squared norm in the history and derives the scale
 // as the reference's percentile_clipping does (sorted history, IEEE sqrt and division).
-__global__ void __launch_bounds__(128) ClipScaleKernel(const ClipJob* jobs) {
+__global__ void __launch_bounds__(kClipThreads) ClipScaleKernel(const ClipJob* jobs) {
   const ClipJob job = jobs[blockIdx.x];
   __shared__ float hist[kHistory];
   __shared__ float kth;
-  const float s = *job.sumsq;
+  __shared__ float sums[kClipThreads];
+  float acc = 0.0f;
+  for (int64_t i = threadIdx.x; i < job.num_blocks; i += kClipThreads) acc += job.partials[i];
+  sums[threadIdx.x] = acc;
+  __syncthreads();
+  for (int w = kClipThreads / 2; w > 0; w >>= 1) {
+    if (static_cast<int>(threadIdx.x) < w) sums[threadIdx.x] += sums[threadIdx.x + w];
+    __syncthreads();
+  }
+  const float s = sums[0];
   const int slot = job.step % kHistory;
   if (threadIdx.x < kHistory) {
     const float old = job.gnorm_vec[threadIdx.x];
@@ -417,7 +430,12 @@ unsigned GridFor(int64_t total_blocks) {
 
 cudaError_t LaunchAdamWUpdate(const LaunchParams& params, cudaStream_t stream) {
   if (params.total_blocks == 0) return cudaSuccess;
-  AdamWUpdateKernel<<<GridFor(params.total_blocks), kThreads, 0, stream>>>(params);
+  const cudaError_t err = cudaFuncSetAttribute(
+      AdamWUpdateKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kTableSmemBytes);
+  if (err != cudaSuccess) return err;
+  const unsigned grid =
+      std::min<unsigned>(GridFor(params.total_blocks), params.sm_count * kCtasPerSm);
+  AdamWUpdateKernel<<<grid, kThreads, kTableSmemBytes, stream>>>(params);
   return cudaGetLastError();
 }
 
@@ -429,7 +447,7 @@ cudaError_t LaunchGradSumSquares(const LaunchParams& params, cudaStream_t stream
 
 cudaError_t LaunchClipScale(const ClipJob* jobs, int num_jobs, cudaStream_t stream) {
   if (num_jobs == 0) return cudaSuccess;
-  ClipScaleKernel<<<num_jobs, 128, 0, stream>>>(jobs);
+  ClipScaleKernel<<<num_jobs, kClipThreads, 0, stream>>>(jobs);
   return cudaGetLastError();
 }
 

@@ -21,7 +21,7 @@ struct Segment {
   float* m = nullptr;            // 32-bit path states
   float* v = nullptr;
   const float* gnorm_scale = nullptr;  // device scalar from percentile clipping; null means 1
-  float* sumsq = nullptr;        // norm kernel: accumulator of sum(g^2) for the whole tensor
+  float* partials = nullptr;     // norm kernel: sum(g^2) of each block of this range
   int64_t numel = 0;             // elements in this range
   int64_t first_block = 0;       // prefix sum of blocks of 256 over the launch's segments
   int32_t step = 1;              // the tensor's step counter t for this update
@@ -46,18 +46,22 @@ struct LaunchParams {
   int64_t total_blocks = 0;            // sum of ceil(numel / 256)
   const float* qmap1 = nullptr;        // device copies of the two tables
   const float* qmap2 = nullptr;
+  int sm_count = 132;                  // multiprocessors of the device (sizes the grid)
   Hyper hyper;
 };
 
 // The update of every segment, one launch.
 cudaError_t LaunchAdamWUpdate(const LaunchParams& params, cudaStream_t stream);
 
-// Adds sum(g^2) of every segment into its segment's sumsq (which the caller zeroes first).
+// Writes sum(g^2) of every block of 256 of every segment into the segment's partials.
 cudaError_t LaunchGradSumSquares(const LaunchParams& params, cudaStream_t stream);
 
 // Percentile clipping of one tensor: writes its gnorm_vec slot(s) from *sumsq and the scale.
+// The tensor's sum(g^2) is the sum of its block partials in a fixed order (deterministic: a
+// paged or chunked step gives the same bits as a resident one).
 struct ClipJob {
-  const float* sumsq = nullptr;
+  const float* partials = nullptr;
+  int64_t num_blocks = 0;
   float* gnorm_vec = nullptr;    // 100 floats, device
   float* scale = nullptr;        // out: gnorm_scale
   int32_t step = 1;

@@ -82,6 +82,9 @@ absl::StatusOr<std::unique_ptr<Engine>> CreateCudaEngine(const EngineOptions& op
   auto shared = std::make_shared<EngineShared>();
   shared->device = options.device;
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(options.device), "cudaSetDevice");
+  OPTD_CUDA_RETURN_IF_ERROR(
+      cudaDeviceGetAttribute(&shared->sm_count, cudaDevAttrMultiProcessorCount, options.device),
+      "cudaDeviceGetAttribute");
   size_t free_b = 0, total_b = 0;
   OPTD_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
   shared->budget_bytes =

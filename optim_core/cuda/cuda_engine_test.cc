@@ -116,8 +116,12 @@ int CircularDistance(uint8_t a, uint8_t b) {
 }
 
 // GPU (fast-math, the reference's intrinsics) against the CPU engine (exact arithmetic): the
-// tolerances of the conformance tool's default mode, which an exact implementation meets.
+// tolerances of the conformance tool's default mode, which an exact implementation meets. After
+// one step from the same state codes differ in rare elements, by one; over several free-running
+// steps such a difference can move a later code further (the tables are logarithmic), so then
+// only the fraction of identical codes is bounded (looser).
 void ExpectClose(const Problem& p, const Outcome& gpu, const Outcome& cpu) {
+  const bool one_step = p.grads.size() == 1;
   ASSERT_EQ(gpu.params.size(), cpu.params.size());
   for (size_t t = 0; t < gpu.params.size(); ++t) {
     const TensorSpec& ts = p.spec.tensors[t];
@@ -133,7 +137,9 @@ void ExpectClose(const Problem& p, const Outcome& gpu, const Outcome& cpu) {
       moved += (double(b[i]) - p0[i]) * (double(b[i]) - p0[i]);
     }
     const double tol = ts.dtype == DType::kFloat32 ? 2e-4 : 5e-3;
-    if (moved > 0) EXPECT_LE(std::sqrt(diff / moved), tol);
+    if (moved > 0) {
+      EXPECT_LE(std::sqrt(diff / moved), tol);
+    }
     const TensorState& sa = gpu.states[t];
     const TensorState& sb = cpu.states[t];
     EXPECT_EQ(sa.step, sb.step);
@@ -145,9 +151,13 @@ void ExpectClose(const Problem& p, const Outcome& gpu, const Outcome& cpu) {
         int64_t same = 0;
         for (size_t i = 0; i < ca->size(); ++i) {
           same += (*ca)[i] == (*cb)[i];
-          ASSERT_LE(CircularDistance((*ca)[i], (*cb)[i]), 1) << "code " << i;
+          if (one_step) {
+            ASSERT_LE(CircularDistance((*ca)[i], (*cb)[i]), 1) << "code " << i;
+          }
         }
-        if (!ca->empty()) EXPECT_GE(double(same) / ca->size(), 0.999);
+        if (!ca->empty()) {
+          EXPECT_GE(double(same) / ca->size(), one_step ? 0.999 : 0.99);
+        }
       }
       for (const auto& [xa, xb] : {std::pair(&sa.absmax1, &sb.absmax1),
                                    std::pair(&sa.absmax2, &sb.absmax2)}) {
@@ -161,7 +171,13 @@ void ExpectClose(const Problem& p, const Outcome& gpu, const Outcome& cpu) {
         d += std::pow(double(sa.state1_f32[i]) - sb.state1_f32[i], 2);
         nrm += std::pow(double(sb.state1_f32[i]), 2);
       }
-      if (nrm > 0) EXPECT_LE(std::sqrt(d / nrm), 1e-4);
+      // With clipping the GPU rounds the scaled gradient to the gradient's type, as the
+      // reference's 32-bit kernel does; the CPU engine keeps it in fp32.
+      const bool rounded = p.spec.options.percentile_clipping < 100 &&
+                           p.grad_dtypes[t] != DType::kFloat32;
+      if (nrm > 0) {
+        EXPECT_LE(std::sqrt(d / nrm), rounded ? 5e-3 : 1e-4);
+      }
     }
     ASSERT_EQ(sa.gnorm_vec.size(), sb.gnorm_vec.size());
     for (size_t i = 0; i < sa.gnorm_vec.size(); ++i)
@@ -203,11 +219,14 @@ Problem MixedProblem(int steps, uint64_t seed, AdamWOptions options = {}) {
 
 TEST(CudaEngine, MatchesCpuOnMixedGroup) {
   OPTD_SKIP_WITHOUT_GPU();
-  const Problem p = MixedProblem(5, 11);
   auto gpu = MakeEngine(Backend::kCuda);
   auto cpu = MakeEngine(Backend::kCpu);
   ASSERT_TRUE(gpu && cpu);
-  ExpectClose(p, RunOn(*gpu, p, Feed::kDevice), RunOn(*cpu, p, Feed::kHost));
+  for (int steps : {1, 5}) {
+    SCOPED_TRACE(steps);
+    const Problem p = MixedProblem(steps, 11);
+    ExpectClose(p, RunOn(*gpu, p, Feed::kDevice), RunOn(*cpu, p, Feed::kHost));
+  }
 }
 
 TEST(CudaEngine, MatchesCpuWithPercentileClipping) {
@@ -234,11 +253,13 @@ TEST(CudaEngine, MatchesCpuOnManyTensors) {
     tensors.push_back({"t" + std::to_string(i), static_cast<DType>(dt(rng)), {size(rng)}});
     gd.push_back(static_cast<DType>(dt(rng)));
   }
-  const Problem p = MakeProblem(tensors, gd, 3, 14);
   auto gpu = MakeEngine(Backend::kCuda);
   auto cpu = MakeEngine(Backend::kCpu);
   ASSERT_TRUE(gpu && cpu);
-  ExpectClose(p, RunOn(*gpu, p, Feed::kDevice), RunOn(*cpu, p, Feed::kHost));
+  for (int steps : {1, 3}) {
+    const Problem p = MakeProblem(tensors, gd, steps, 14);
+    ExpectClose(p, RunOn(*gpu, p, Feed::kDevice), RunOn(*cpu, p, Feed::kHost));
+  }
 }
 
 TEST(CudaEngine, NonFiniteGradientsMatchCpu) {
@@ -301,8 +322,8 @@ TEST(CudaEngine, PagedStatesMatchResidentBitForBit) {
   auto paged = MakeEngine(Backend::kCuda, state_bytes / 4);
   ASSERT_TRUE(resident && paged);
   const Outcome a = RunOn(*resident, p, Feed::kDevice);
-  const Outcome b = RunOn(*paged, p, Feed::kHost);
-  ExpectIdentical(a, b);
+  ExpectIdentical(a, RunOn(*paged, p, Feed::kHost));
+  ExpectIdentical(a, RunOn(*paged, p, Feed::kDevice));
   const EngineStats s = paged->Stats();
   EXPECT_GT(s.paged_bytes_to_device, 0);
   EXPECT_GT(s.paged_bytes_to_host, 0);

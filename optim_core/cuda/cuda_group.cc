@@ -71,6 +71,9 @@ absl::Status CudaGroup::Init() {
     OPTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(clip_, 0, clip_floats * sizeof(float), stream_),
                               "cudaMemsetAsync");
   }
+  block_offset_.assign(n + 1, 0);
+  for (int t = 0; t < n; ++t) block_offset_[t + 1] = block_offset_[t] + CeilDiv(numel_[t], kBlockSize);
+  if (clipping()) OPTD_RETURN_IF_ERROR(EnsurePartials());
   OPTD_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&staging_ready_, cudaEventDisableTiming),
                             "cudaEventCreate");
   for (cudaEvent_t& e : staging_free_)
@@ -130,6 +133,7 @@ CudaGroup::~CudaGroup() {
     if (p) cudaFree(p);
   shared_->counters->weight_bytes_device -= weight_bytes_;
   if (clip_) cudaFree(clip_);
+  if (partials_) cudaFree(partials_);
   if (host_segments_) cudaFreeHost(host_segments_);
   if (device_segments_) cudaFree(device_segments_);
   if (host_jobs_) cudaFreeHost(host_jobs_);
@@ -173,6 +177,17 @@ absl::Status CudaGroup::EnsureCapacity(size_t segments, size_t clip_jobs) {
   return absl::OkStatus();
 }
 
+absl::Status CudaGroup::EnsurePartials() {
+  if (partials_ != nullptr || block_offset_.back() == 0) return absl::OkStatus();
+  const size_t bytes = static_cast<size_t>(block_offset_.back()) * sizeof(float);
+  const cudaError_t err = cudaMalloc(&partials_, bytes);
+  if (err == cudaErrorMemoryAllocation) {
+    cudaGetLastError();
+    return absl::ResourceExhaustedError("out of device memory for gradient norm partials");
+  }
+  return CudaStatus(err, "cudaMalloc(partials)");
+}
+
 absl::Status CudaGroup::EnsureStaging() {
   // Allocated on the first step with host gradients and kept: later steps never allocate.
   for (char*& s : staging_) {
@@ -209,15 +224,15 @@ void CudaGroup::AddUnits(int tensor, int64_t offset, ConstTensorView grad, int32
                          std::vector<Unit>* units) const {
   const int64_t gsize = static_cast<int64_t>(DTypeSize(grad.dtype));
   const int64_t end = offset + grad.numel;
-  const int64_t chunk = grad.memory == MemoryKind::kHost
-                            ? kStagingBytes / gsize / kBlockSize * kBlockSize
-                            : std::numeric_limits<int64_t>::max();
+  // Host gradients are cut to fit a staging buffer; device gradients only at page boundaries.
+  const int64_t host_chunk = kStagingBytes / gsize / kBlockSize * kBlockSize;
   for (int p = first_page_[tensor]; p < first_page_[tensor + 1]; ++p) {
     const PageSpec& ps = pages_->page(p);
     const int64_t lo = std::max(offset, ps.offset);
     const int64_t hi = std::min(end, ps.offset + ps.count);
+    const int64_t chunk = grad.memory == MemoryKind::kHost ? host_chunk : hi - lo;
     for (int64_t a = lo; a < hi; a += chunk) {
-      const int64_t b = std::min(hi, a + std::min(chunk, hi - a));
+      const int64_t b = std::min(hi, a + chunk);
       Unit u;
       u.tensor = tensor;
       u.page = p;
@@ -252,7 +267,7 @@ absl::Status CudaGroup::Run(const std::vector<Unit>& units, Pass pass, const Hyp
     s.step = u.step;
     s.param_dtype = static_cast<uint8_t>(spec_.tensors[u.tensor].dtype);
     s.grad_dtype = static_cast<uint8_t>(u.grad.dtype);
-    s.sumsq = clip_ + static_cast<size_t>(num_tensors()) * kGnormHistory + u.tensor;
+    if (partials_ != nullptr) s.partials = partials_ + block_offset_[u.tensor] + u.offset / kBlockSize;
     s.gnorm_scale = clipping() ? clip_ + static_cast<size_t>(num_tensors()) * (kGnormHistory + 1) +
                                      u.tensor
                                : nullptr;
@@ -331,6 +346,7 @@ absl::Status CudaGroup::Flush(int begin, int end, Pass pass, const Hyper& hyper,
   lp.total_blocks = last.first_block + CeilDiv(last.numel, kBlockSize);
   lp.qmap1 = shared_->qmaps;
   lp.qmap2 = shared_->qmaps + 256;
+  lp.sm_count = shared_->sm_count;
   lp.hyper = hyper;
   OPTD_CUDA_RETURN_IF_ERROR(pass == Pass::kUpdate ? LaunchAdamWUpdate(lp, stream_)
                                                   : LaunchGradSumSquares(lp, stream_),
@@ -383,14 +399,12 @@ absl::Status CudaGroup::Step(absl::Span<const TensorGradient> grads, const StepA
   const Hyper hyper = HyperFor(args);
   if (clipping() && !units.empty()) {
     const size_t n = static_cast<size_t>(num_tensors());
-    OPTD_CUDA_RETURN_IF_ERROR(
-        cudaMemsetAsync(clip_ + n * kGnormHistory, 0, n * sizeof(float), stream_),
-        "cudaMemsetAsync(sumsq)");
     OPTD_RETURN_IF_ERROR(Run(units, Pass::kSumSquares, hyper));
     for (size_t i = 0; i < grads.size(); ++i) {
       const int t = grads[i].tensor;
       ClipJob& j = host_jobs_[i];
-      j.sumsq = clip_ + n * kGnormHistory + t;
+      j.partials = partials_ + block_offset_[t];
+      j.num_blocks = CeilDiv(numel_[t], kBlockSize);
       j.gnorm_vec = clip_ + static_cast<size_t>(t) * kGnormHistory;
       j.scale = clip_ + n * (kGnormHistory + 1) + t;
       j.step = static_cast<int32_t>(steps_[t] + 1);
@@ -484,6 +498,7 @@ absl::Status CudaGroup::SetOptions(const AdamWOptions& options) {
     OPTD_RETURN_IF_ERROR(EnsureCapacity(static_cast<size_t>(pages_->num_pages()) + 16, 1));
   }
   if (clip_changes) {
+    if (options.percentile_clipping < 100) OPTD_RETURN_IF_ERROR(EnsurePartials());
     const size_t n = static_cast<size_t>(num_tensors());
     OPTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(clip_, 0, n * kGnormHistory * sizeof(float), stream_),
                               "cudaMemsetAsync(gnorm_vec)");

@@ -26,6 +26,7 @@ struct EngineShared {
   std::mutex mu;
   int64_t budget_bytes = 0;        // states of all groups, device side
   int64_t reserved_bytes = 0;      // GUARDED_BY(mu)
+  int sm_count = 132;              // multiprocessors of the device
   ~EngineShared();
 };
 
@@ -75,6 +76,7 @@ class CudaGroup final : public ParamGroup {
   absl::Status Flush(int begin, int end, Pass pass, const Hyper& hyper, bool staged);
   absl::Status EnsureCapacity(size_t segments, size_t clip_jobs);
   absl::Status EnsureStaging();
+  absl::Status EnsurePartials();
   absl::Status Finish();
   absl::Status CheckTensor(int tensor) const;
   absl::Status CopyState(int tensor, int64_t offset, int64_t count, TensorState* state,
@@ -94,7 +96,9 @@ class CudaGroup final : public ParamGroup {
   int64_t page_elems_ = 0;                 // 0: tensors are not split
   int64_t weight_bytes_ = 0;
 
-  float* clip_ = nullptr;                  // device: gnorm_vec[T][100], sumsq[T], scale[T]
+  float* clip_ = nullptr;                  // device: gnorm_vec[T][100], (unused)[T], scale[T]
+  float* partials_ = nullptr;              // device: sum(g^2) per block, when clipping
+  std::vector<int64_t> block_offset_;      // first block of tensor t among all the group's
   cudaStream_t stream_ = nullptr;          // compute
   cudaStream_t h2d_ = nullptr;
   cudaStream_t d2h_ = nullptr;

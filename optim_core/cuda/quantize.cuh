@@ -28,8 +28,16 @@ __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
 // Index of the table entry nearest to x: a 7-step binary search from index 127, then a comparison
 // with the midpoint of the bracketing pair, in the order the reference uses (the tie rule and the
 // NaN result, code 0, follow from that order).
+// A table replicated once per lane, entry-major ([256][32]), so that lane l always reads bank
+// l: the data-dependent lookups of a warp never conflict.
+inline constexpr int kTableCopies = 32;
+struct LaneTable {
+  const float* lane_base;  // &table[0][lane]
+  __device__ __forceinline__ float operator[](int i) const { return lane_base[i * kTableCopies]; }
+};
+
 template <bool kSigned>
-__device__ __forceinline__ uint8_t QuantizeCode(const float* __restrict__ table, float x) {
+__device__ __forceinline__ uint8_t QuantizeCode(LaneTable table, float x) {
   int pivot = 127;
   int upper_pivot = 255;
   int lower_pivot = 0;
