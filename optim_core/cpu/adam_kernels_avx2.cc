@@ -16,7 +16,9 @@ bool Avx2Available() {
 // Everything below is compiled for AVX2 + F16C and has internal linkage, so no inline function
 // shared with portable code is ever emitted with these instructions.
 #pragma GCC push_options
-#pragma GCC target("avx2,f16c")
+#pragma GCC target("avx2,f16c,fma")
+// Only the explicit _mm256_fmadd/fnmadd below may fuse; every other product stays rounded.
+#pragma GCC optimize("fp-contract=off")
 
 namespace {
 
@@ -89,7 +91,7 @@ inline void StoreCodes(uint8_t* p, __m256i c) {
   _mm_storel_epi64(reinterpret_cast<__m128i*>(p), _mm_packus_epi16(w, w));
 }
 
-// CodeFinder::Find on 8 lanes.
+// CodeFinder::Find on 8 lanes: one gather of the packed bucket entries.
 inline __m256i Find8(const internal::CodeFinder::Tables& f, __m256 x) {
   const __m256i bits = _mm256_castps_si256(x);
   const __m256i sign = _mm256_srai_epi32(bits, 31);
@@ -99,17 +101,34 @@ inline __m256i Find8(const internal::CodeFinder::Tables& f, __m256 x) {
   key = _mm256_min_epi32(key, _mm256_set1_epi32(f.max_key));
   const __m256i bucket = _mm256_sub_epi32(_mm256_srai_epi32(key, internal::CodeFinder::kShift),
                                           _mm256_set1_epi32(f.bucket_base));
-  const __m256i code = _mm256_and_si256(
-      _mm256_i32gather_epi32(reinterpret_cast<const int*>(f.bucket_code), bucket, 1),
-      _mm256_set1_epi32(0xff));
-  const __m256 mid = _mm256_i32gather_ps(f.midpoint, code, 4);
-  const __m256i above = _mm256_castps_si256(_mm256_cmp_ps(x, mid, _CMP_GT_OQ));
-  const __m256i tie = _mm256_castps_si256(_mm256_cmp_ps(x, mid, _CMP_EQ_OQ));
+  const __m256i e =
+      _mm256_i32gather_epi32(reinterpret_cast<const int*>(f.entry), bucket, 4);
+  const __m256i code = _mm256_and_si256(e, _mm256_set1_epi32(internal::CodeFinder::kCodeMask));
+  const __m256i mid_key =
+      _mm256_or_si256(_mm256_and_si256(key, _mm256_set1_epi32(static_cast<int>(0xffff0000u))),
+                      _mm256_srli_epi32(e, 16));
+  const __m256i has_mid = _mm256_cmpeq_epi32(
+      _mm256_and_si256(e, _mm256_set1_epi32(internal::CodeFinder::kHasMidpoint)),
+      _mm256_set1_epi32(internal::CodeFinder::kHasMidpoint));
   const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(code, _mm256_set1_epi32(1)),
                                          _mm256_set1_epi32(1));
-  const __m256i up = _mm256_or_si256(above, _mm256_and_si256(tie, odd));  // -1 where up
+  const __m256i above = _mm256_cmpgt_epi32(key, mid_key);
+  const __m256i tie = _mm256_and_si256(_mm256_cmpeq_epi32(key, mid_key), odd);
+  const __m256i up = _mm256_and_si256(has_mid, _mm256_or_si256(above, tie));  // -1 where up
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
   return _mm256_andnot_si256(nan, _mm256_sub_epi32(code, up));
+}
+
+// m / a correctly rounded, from the block's reciprocal: q = m * r, then one correction with the
+// exact residual m - q * a (Markstein: with r = RN(1/a), RN(q + (m - q a) r) = RN(m / a)).
+// REQUIRES: 2^-60 <= a <= 2^100, r = 1 / a rounded. Then every quotient that can decide a code
+// (|m / a| >= 2^-24; the tables' smallest midpoint is 1.6e-7) has |m| >= 2^-84, so the residual
+// is exact and the result correctly rounded; smaller quotients may be off by an ulp, which
+// cannot move them across a midpoint.
+inline __m256 DivideByBlockMax(__m256 m, __m256 a, __m256 r) {
+  const __m256 q = _mm256_mul_ps(m, r);
+  const __m256 residual = _mm256_fnmadd_ps(q, a, m);
+  return _mm256_fmadd_ps(residual, r, q);
 }
 
 inline float HorizontalMax(__m256 v) {
@@ -190,12 +209,19 @@ int64_t FullBlock(const TensorBuffers& t, const StepConstants& k, int64_t block,
 
   const __m256 max1v = _mm256_set1_ps(new_max1);
   const __m256 max2v = _mm256_set1_ps(new_max2);
+  // The reciprocal trick needs maxima in a safe range (see DivideByBlockMax); zero (an
+  // all-zero block: 0/0 = NaN), tiny, huge or non-finite ones take true division.
+  const bool fast1 = new_max1 >= 0x1p-60f && new_max1 <= 0x1p100f;
+  const bool fast2 = new_max2 >= 0x1p-60f && new_max2 <= 0x1p100f;
+  const __m256 recip1 = _mm256_set1_ps(1.0f / new_max1);
+  const __m256 recip2 = _mm256_set1_ps(1.0f / new_max2);
   const __m256i below_zero_code = _mm256_set1_epi32(127);
   const __m256i one = _mm256_set1_epi32(1);
   const __m256i minus_one = _mm256_set1_epi32(-1);
   for (int j = 0; j < kBlockSize; j += 8) {
     const __m256 mj = _mm256_load_ps(m + j);
-    __m256i code1 = Find8(f1, _mm256_div_ps(mj, max1v));
+    const __m256 x1 = fast1 ? DivideByBlockMax(mj, max1v, recip1) : _mm256_div_ps(mj, max1v);
+    __m256i code1 = Find8(f1, x1);
     // Sign fix: the table entry is negative below code 127; m's sign is its sign bit.
     const __m256i table_negative = _mm256_cmpgt_epi32(below_zero_code, code1);
     const __m256i m_negative = _mm256_srai_epi32(_mm256_castps_si256(mj), 31);
@@ -206,7 +232,9 @@ int64_t FullBlock(const TensorBuffers& t, const StepConstants& k, int64_t block,
     code1 = _mm256_and_si256(_mm256_add_epi32(code1, _mm256_and_si256(differ, delta)),
                              _mm256_set1_epi32(0xff));
     StoreCodes(c1 + j, code1);
-    StoreCodes(c2 + j, Find8(f2, _mm256_div_ps(_mm256_load_ps(v + j), max2v)));
+    const __m256 vj = _mm256_load_ps(v + j);
+    const __m256 x2 = fast2 ? DivideByBlockMax(vj, max2v, recip2) : _mm256_div_ps(vj, max2v);
+    StoreCodes(c2 + j, Find8(f2, x2));
   }
   return nonfinite;
 }
@@ -246,6 +274,14 @@ int64_t Update8BitFullBlocksAvx2(const TensorBuffers& t, const StepConstants& k,
       return WithGrad<BF16>(t, k, first_block, end_block);
   }
   return 0;
+}
+
+void DivideByBlockMaxForTesting(const float* m, int64_t n, float a, float* out) {
+  const __m256 av = _mm256_set1_ps(a);
+  const __m256 r = _mm256_set1_ps(1.0f / a);
+  for (int64_t i = 0; i < n; i += 8) {
+    _mm256_storeu_ps(out + i, DivideByBlockMax(_mm256_loadu_ps(m + i), av, r));
+  }
 }
 
 #pragma GCC pop_options

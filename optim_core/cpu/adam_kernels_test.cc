@@ -109,6 +109,64 @@ TEST(AdamKernelsTest, Avx2MatchesPortableBitForBit) {
   }
 }
 
+TEST(AdamKernelsTest, Avx2MatchesPortableAcrossMagnitudes) {
+  // Block maxima and gradients over many binades, so the quantizer's divisions (done with a
+  // reciprocal and one correction in the AVX2 kernel) meet every kind of operand.
+  if (!Avx2Available()) GTEST_SKIP() << "this CPU has no AVX2/F16C/FMA";
+  const int64_t blocks = 3000, n = blocks * kBlockSize;
+  Buffers a = MakeBuffers(DType::kFloat32, DType::kFloat32, n, 5);
+  std::mt19937 rng(6);
+  std::uniform_real_distribution<float> expo(-60.0f, 30.0f);
+  std::normal_distribution<float> normal(0.0f, 1.0f);
+  for (int64_t k = 0; k < blocks; ++k) {
+    const float block_scale = std::exp2(expo(rng));
+    a.a1[k] = block_scale * std::fabs(normal(rng));
+    a.a2[k] = block_scale * block_scale * std::fabs(normal(rng));
+    for (int64_t i = k * kBlockSize; i < (k + 1) * kBlockSize; ++i) {
+      const float g = block_scale * normal(rng);
+      std::memcpy(a.grad.data() + 4 * i, &g, 4);
+    }
+  }
+  Buffers b = a;
+  AdamWOptions o;
+  for (int64_t step = 1; step <= 3; ++step) {
+    const StepConstants k = MakeStepConstants(o, 1e-3f, step, 1.0f);
+    Update8BitBlocks(View(a, DType::kFloat32, DType::kFloat32, n), k, 0, blocks);
+    Update8BitBlocksPortable(View(b, DType::kFloat32, DType::kFloat32, n), k, 0, blocks);
+    ASSERT_EQ(a.s1, b.s1) << "step " << step;
+    ASSERT_EQ(a.s2, b.s2) << "step " << step;
+    ASSERT_EQ(a.param, b.param) << "step " << step;
+  }
+}
+
+TEST(AdamKernelsTest, ReciprocalDivisionIsCorrectlyRounded) {
+  if (!Avx2Available()) GTEST_SKIP() << "this CPU has no AVX2/F16C/FMA";
+  std::mt19937 rng(8);
+  std::uniform_int_distribution<uint32_t> mantissa(0, (1u << 23) - 1);
+  std::uniform_int_distribution<int> exponent(-60, 99);
+  std::vector<float> m(4096), out(4096);
+  int64_t checked = 0;
+  for (int round = 0; round < 400; ++round) {
+    // A divisor in the kernel's fast range; dividends up to it (as |m| <= absmax) with
+    // quotients down to 2^-24 (smaller ones cannot meet a table midpoint).
+    const float a = std::ldexp(1.0f + mantissa(rng) * 0x1.0p-23f, exponent(rng));  // 2^-60..2^99
+    for (float& x : m) {
+      const int shift = -static_cast<int>(rng() % 24) - 1;  // quotients 2^-24 .. 1
+      const float frac = std::ldexp(1.0f + mantissa(rng) * 0x1.0p-23f, shift);
+      x = (rng() & 1 ? -frac : frac) * a;
+    }
+    DivideByBlockMaxForTesting(m.data(), static_cast<int64_t>(m.size()), a, out.data());
+    for (size_t i = 0; i < m.size(); ++i) {
+      const float want = m[i] / a;
+      if (std::fabs(want) < 0x1p-24f) continue;
+      ASSERT_EQ(internal::FloatBits(out[i]), internal::FloatBits(want))
+          << m[i] << " / " << a;
+      ++checked;
+    }
+  }
+  EXPECT_GT(checked, 1000000);
+}
+
 TEST(AdamKernelsTest, StepConstants) {
   AdamWOptions o;
   o.lr = 1e-3f;

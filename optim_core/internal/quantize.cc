@@ -1,6 +1,5 @@
 #include "internal/quantize.h"
 
-#include <limits>
 
 #include "optd/core/quant_maps.h"
 
@@ -35,20 +34,28 @@ uint8_t QuantizeReference(const float* table, bool is_signed, float x) {
 
 CodeFinder::CodeFinder(const float* table) {
   const bool is_signed = table[0] < 0.0f;
-  for (int i = 0; i < 255; ++i) midpoint_[i] = (table[i] + table[i + 1]) * 0.5f;
-  midpoint_[255] = std::numeric_limits<float>::infinity();
-  min_key_ = MonotoneKey(table[0] < 0.0f ? -1.0f : 0.0f);
+  float midpoint[255];
+  for (int i = 0; i < 255; ++i) midpoint[i] = (table[i] + table[i + 1]) * 0.5f;
+  min_key_ = MonotoneKey(is_signed ? -1.0f : 0.0f);
   max_key_ = MonotoneKey(1.0f);
   bucket_base_ = min_key_ >> kShift;
   const int32_t buckets = (max_key_ >> kShift) - bucket_base_ + 1;
-  bucket_code_.resize(buckets + 4);  // padding for 32-bit gathers (see Tables)
+  entry_.resize(buckets);
   for (int32_t b = 0; b < buckets; ++b) {
     // The smallest key of bucket b, clamped into range, turned back into a float.
-    int32_t key = (b + bucket_base_) * (int32_t{1} << kShift);
-    key = key < min_key_ ? min_key_ : key;
+    const int32_t bucket_key = (b + bucket_base_) * (int32_t{1} << kShift);
+    const int32_t key = bucket_key < min_key_ ? min_key_ : bucket_key;
     const float x = key >= 0 ? BitsToFloat(static_cast<uint32_t>(key))
                              : -BitsToFloat(static_cast<uint32_t>(-key));
-    bucket_code_[b] = QuantizeReference(table, is_signed, x);
+    const uint32_t code = QuantizeReference(table, is_signed, x);
+    uint32_t e = code;
+    if (code < 255) {
+      const int32_t mid_key = MonotoneKey(midpoint[code]);
+      if ((mid_key >> kShift) == b + bucket_base_) {
+        e |= kHasMidpoint | (static_cast<uint32_t>(mid_key) << 16);
+      }
+    }
+    entry_[b] = e;
   }
 }
 

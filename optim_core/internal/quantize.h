@@ -16,8 +16,12 @@ namespace optd::core::internal {
 uint8_t QuantizeReference(const float* table, bool is_signed, float x);
 
 // Constant-time equivalent of QuantizeReference for one table. A value's float bits, made
-// monotone in the value, select a bucket of 2^16 consecutive floats; every bucket holds at most
-// one midpoint of either table (quantize_test.cc checks it around every midpoint), so one comparison finishes the search.
+// monotone in the value (the "key"), select a bucket of 2^16 consecutive floats. Every bucket
+// holds at most one midpoint of either table (quantize_test.cc checks it around every
+// midpoint), so one packed 32-bit entry per bucket finishes the search: the code of the
+// bucket's smallest value, whether the midpoint above that code lies in the bucket, and that
+// midpoint's key (its low 16 bits; the high bits are the bucket's). Comparing keys is comparing
+// the floats, so no second table is read.
 //
 // Thread safety: immutable after construction.
 class CodeFinder {
@@ -25,36 +29,35 @@ class CodeFinder {
   // `table`: 256 ascending values in [-1, 1].
   explicit CodeFinder(const float* table);
 
+  // Entry layout: bits 0-7 code, bit 8 "midpoint in bucket", bits 16-31 the midpoint's low
+  // key bits.
+  static constexpr uint32_t kCodeMask = 0xff;
+  static constexpr uint32_t kHasMidpoint = 0x100;
+  static constexpr int kShift = 16;
+
   uint8_t Find(float x) const {
     int32_t key = MonotoneKey(x);
     key = key < min_key_ ? min_key_ : key;
     key = key > max_key_ ? max_key_ : key;
-    const int32_t code = bucket_code_[(key >> kShift) - bucket_base_];
-    const float mid = midpoint_[code];
+    const uint32_t e = entry_[(key >> kShift) - bucket_base_];
+    const int32_t code = static_cast<int32_t>(e & kCodeMask);
+    const int32_t mid_key = static_cast<int32_t>((static_cast<uint32_t>(key) & 0xffff0000u) |
+                                                 (e >> 16));
     // Past the midpoint, or on it when the upper neighbour is the even index (ties to even).
-    const int32_t up = (x > mid) | ((x == mid) & (code & 1));
+    const int32_t up = ((e & kHasMidpoint) != 0) &
+                       ((key > mid_key) | ((key == mid_key) & (code & 1)));
     return static_cast<uint8_t>(x == x ? code + up : 0);  // NaN: code 0, as the reference
   }
 
   // The raw lookup data, for vectorized versions of Find (cpu/adam_kernels_avx2.cc).
-  // `bucket_code` has 4 readable bytes past its last entry, so 32-bit gathers stay in bounds.
   struct Tables {
-    const uint8_t* bucket_code;
-    const float* midpoint;
+    const uint32_t* entry;
     int32_t min_key;
     int32_t max_key;
     int32_t bucket_base;
   };
-  Tables tables() const {
-    return {bucket_code_.data(), midpoint_, min_key_, max_key_, bucket_base_};
-  }
-  static constexpr int kShift = 16;
+  Tables tables() const { return {entry_.data(), min_key_, max_key_, bucket_base_}; }
 
-  // The two tables of bitsandbytes, built once.
-  static const CodeFinder& Signed();
-  static const CodeFinder& Unsigned();
-
- private:
   // Integer order equals float order: non-negative floats keep their bits, negative ones map
   // to minus their magnitude's bits. Both zeros map to 0.
   static int32_t MonotoneKey(float x) {
@@ -63,11 +66,15 @@ class CodeFinder {
     return bits < 0 ? -magnitude : magnitude;
   }
 
+  // The two tables of bitsandbytes, built once.
+  static const CodeFinder& Signed();
+  static const CodeFinder& Unsigned();
+
+ private:
   int32_t min_key_ = 0;
   int32_t max_key_ = 0;
   int32_t bucket_base_ = 0;
-  std::vector<uint8_t> bucket_code_;  // code of the smallest value in each bucket
-  float midpoint_[256];               // midpoint_[i]: between table[i] and table[i+1]; [255]=inf
+  std::vector<uint32_t> entry_;
 };
 
 }  // namespace optd::core::internal
