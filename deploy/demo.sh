@@ -5,7 +5,8 @@
 # Usage: deploy/demo.sh [BUILD_DIR]   (default: build)
 # Environment: PYTHON (an interpreter with grpcio, protobuf, numpy, torch; default: the first of
 # python3 and /usr/bin/python3 that has them), DEMO_ARGS (extra demo_train.py arguments),
-# PARAM_SERVER=1 (also run the two-worker parameter-server example).
+# PARAM_SERVER=1 (also run the two-worker parameter-server example), OPTD_BIN (use this optd
+# binary and skip the build).
 set -euo pipefail
 cd "$(dirname "$0")/.."
 build_dir=${1:-build}
@@ -15,9 +16,13 @@ if { command -v nvcc >/dev/null 2>&1 || [[ -x /usr/local/cuda/bin/nvcc ]]; } &&
    nvidia-smi -L >/dev/null 2>&1; then
   cuda=ON backend=cuda
 fi
-echo "demo: building optd (OPTD_CUDA=$cuda) in $build_dir"
-cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DOPTD_CUDA=$cuda >/dev/null
-cmake --build "$build_dir" -j"$(nproc)" --target optd
+optd_bin=${OPTD_BIN:-}
+if [[ -z "$optd_bin" ]]; then
+  echo "demo: building optd (OPTD_CUDA=$cuda) in $build_dir"
+  cmake -S . -B "$build_dir" -DCMAKE_BUILD_TYPE=Release -DOPTD_CUDA=$cuda >/dev/null
+  cmake --build "$build_dir" -j"$(nproc)" --target optd
+  optd_bin=$build_dir/server/optd
+fi
 
 python=${PYTHON:-}
 if [[ -z "$python" ]]; then
@@ -47,7 +52,7 @@ cleanup() {
 }
 trap cleanup EXIT
 
-"$build_dir/server/optd" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
+"$optd_bin" --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 \
   --backend="$backend" --checkpoint_dir="$workdir/checkpoints" \
   --port_file="$workdir/port" --metrics_port_file="$workdir/metrics_port" &
 server_pid=$!
