@@ -6,6 +6,7 @@ import torch
 
 import optd
 import optd.torch
+from optd import reference
 from model_util import (clone, flat_params, free_running_metric, loss_of, make_data, make_model,
                         train_reference)
 
@@ -25,18 +26,48 @@ def _train_remote(model, x, y, target, steps, **kw):
     return opt, losses
 
 
-def test_training_matches_local_reference(server):
+def test_training_matches_local_reference(server, backend):
+    """Closed loop: each side computes its gradients from its own weights. The CPU engine and
+    optd.reference use the same fp32 operations, so the runs agree (bit for bit in practice).
+    The CUDA engine uses the reference kernel's intrinsics (__powf, fast division): those
+    differences of ~3e-5 per update are amplified by the feedback of training (measured:
+    metric 1e-3..1e-2 after 60 steps for a 3e-5 change), so there only the loss is compared;
+    the open-loop test below checks the update itself on every backend."""
     x, y = make_data()
     remote, local = make_model(), make_model()
     p0 = flat_params(local)
     opt, remote_losses = _train_remote(remote, x, y, server.target, STEPS)
     local_losses = train_reference(local, x, y, STEPS)
     metric = free_running_metric(flat_params(remote), flat_params(local), p0)
-    assert metric <= 2e-4, metric
     assert remote_losses[-1] < 0.7 * remote_losses[0]
-    assert abs(remote_losses[-1] - local_losses[-1]) <= 1e-4 * max(1.0, local_losses[0])
+    if backend == "cpu":
+        assert metric <= 2e-4, metric
+        assert abs(remote_losses[-1] - local_losses[-1]) <= 1e-4 * max(1.0, local_losses[0])
+    else:
+        assert abs(remote_losses[-1] - local_losses[-1]) <= 0.05 * local_losses[-1], metric
     info = optd.Client(server.target).get_group(opt.server_group(0))
     assert info.version == STEPS
+
+
+def test_open_loop_training_matches_local_reference(server):
+    """The same gradient sequence (from the locally trained model) goes through
+    optd.torch.PagedAdamW8bit and through optd.reference: the golden free-running setting."""
+    x, y = make_data()
+    local, remote = make_model(), make_model()
+    p0 = flat_params(local)
+    opt = optd.torch.PagedAdamW8bit(remote.parameters(), target=server.target)
+    ref = reference.PagedAdamW8bit()
+    params = list(local.parameters())
+    for _ in range(STEPS):
+        local.zero_grad()
+        loss_of(local, x, y).backward()
+        for p_remote, p_local in zip(remote.parameters(), params):
+            p_remote.grad = p_local.grad.detach().clone().to(p_remote.device)
+        opt.step()
+        ref.step({f"p{i}": p.data.numpy() for i, p in enumerate(params)},
+                 {f"p{i}": p.grad.numpy() for i, p in enumerate(params)})
+    metric = free_running_metric(flat_params(remote), flat_params(local), p0)
+    assert metric <= 2e-4, metric
 
 
 def test_lr_scheduler_reaches_the_server(server):
@@ -149,9 +180,30 @@ def test_server_error_becomes_exception_naming_the_field(server):
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="no CUDA device")
 def test_cuda_tensors(server):
+    """CUDA parameters and gradients: copied to the host once per tensor, weights copied back.
+    Open loop (gradients from the local CPU model), so only the optimizer is compared."""
     x, y = make_data()
-    remote, local = make_model().cuda(), make_model()
+    local = make_model()
+    remote = make_model().cuda()
     p0 = flat_params(local)
-    _train_remote(remote, x.cuda(), y.cuda(), server.target, 20)
-    train_reference(local, x, y, 20)
+    opt = optd.torch.PagedAdamW8bit(remote.parameters(), target=server.target)
+    ref = reference.PagedAdamW8bit()
+    params = list(local.parameters())
+    for _ in range(20):
+        local.zero_grad()
+        loss_of(local, x, y).backward()
+        for p_remote, p_local in zip(remote.parameters(), params):
+            p_remote.grad = p_local.grad.detach().cuda()
+        opt.step()
+        ref.step({f"p{i}": p.data.numpy() for i, p in enumerate(params)},
+                 {f"p{i}": p.grad.numpy() for i, p in enumerate(params)})
+    assert all(p.is_cuda for p in remote.parameters())
     assert free_running_metric(flat_params(remote), flat_params(local), p0) <= 2e-4
+    # closed loop on the GPU: the loss goes down
+    xc, yc = x.cuda(), y.cuda()
+    first = loss_of(remote, xc, yc).item()
+    for _ in range(20):
+        opt.zero_grad()
+        loss_of(remote, xc, yc).backward()
+        opt.step()
+    assert loss_of(remote, xc, yc).item() < first
