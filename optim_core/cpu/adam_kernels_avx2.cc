@@ -107,14 +107,12 @@ inline __m256i Find8(const internal::CodeFinder::Tables& f, __m256 x) {
   const __m256i mid_key =
       _mm256_or_si256(_mm256_and_si256(key, _mm256_set1_epi32(static_cast<int>(0xffff0000u))),
                       _mm256_srli_epi32(e, 16));
-  const __m256i has_mid = _mm256_cmpeq_epi32(
-      _mm256_and_si256(e, _mm256_set1_epi32(internal::CodeFinder::kHasMidpoint)),
-      _mm256_set1_epi32(internal::CodeFinder::kHasMidpoint));
-  const __m256i odd = _mm256_cmpeq_epi32(_mm256_and_si256(code, _mm256_set1_epi32(1)),
-                                         _mm256_set1_epi32(1));
+  const __m256i tie_up = _mm256_cmpeq_epi32(
+      _mm256_and_si256(e, _mm256_set1_epi32(internal::CodeFinder::kTieUp)),
+      _mm256_set1_epi32(internal::CodeFinder::kTieUp));
   const __m256i above = _mm256_cmpgt_epi32(key, mid_key);
-  const __m256i tie = _mm256_and_si256(_mm256_cmpeq_epi32(key, mid_key), odd);
-  const __m256i up = _mm256_and_si256(has_mid, _mm256_or_si256(above, tie));  // -1 where up
+  const __m256i tie = _mm256_and_si256(_mm256_cmpeq_epi32(key, mid_key), tie_up);
+  const __m256i up = _mm256_or_si256(above, tie);  // -1 where the code goes up
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
   return _mm256_andnot_si256(nan, _mm256_sub_epi32(code, up));
 }
@@ -165,7 +163,7 @@ int64_t FullBlock(const TensorBuffers& t, const StepConstants& k, int64_t block,
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   __m256 max1 = _mm256_setzero_ps();
   __m256 max2 = _mm256_setzero_ps();
-  int nonfinite = 0;
+  __m256i nonfinite_lanes = _mm256_setzero_si256();  // minus the count per lane
   for (int j = 0; j < kBlockSize; j += 8) {
     const __m256 mdq = _mm256_mul_ps(_mm256_i32gather_ps(kSignedQuantMap, LoadCodes(c1 + j), 4), a1);
     const __m256 vdq =
@@ -174,7 +172,7 @@ int64_t FullBlock(const TensorBuffers& t, const StepConstants& k, int64_t block,
     const __m256i is_inf_nan = _mm256_cmpeq_epi32(
         _mm256_and_si256(_mm256_castps_si256(gj), exponent), exponent);
     const __m256 ok = _mm256_castsi256_ps(_mm256_xor_si256(is_inf_nan, _mm256_set1_epi32(-1)));
-    nonfinite += __builtin_popcount(_mm256_movemask_ps(_mm256_castsi256_ps(is_inf_nan)));
+    nonfinite_lanes = _mm256_add_epi32(nonfinite_lanes, is_inf_nan);
     const __m256 gs = _mm256_mul_ps(gj, scale);
     const __m256 vj = _mm256_add_ps(_mm256_mul_ps(vdq, beta2),
                                     _mm256_mul_ps(_mm256_mul_ps(omb2, gs), gs));
@@ -188,6 +186,10 @@ int64_t FullBlock(const TensorBuffers& t, const StepConstants& k, int64_t block,
     max1 = _mm256_max_ps(_mm256_and_ps(mk, abs_mask), max1);
     max2 = _mm256_max_ps(_mm256_and_ps(vk, abs_mask), max2);
   }
+  alignas(32) int32_t lane_counts[8];
+  _mm256_store_si256(reinterpret_cast<__m256i*>(lane_counts), nonfinite_lanes);
+  int nonfinite = 0;
+  for (int l = 0; l < 8; ++l) nonfinite -= lane_counts[l];
   const float new_max1 = HorizontalMax(max1);
   const float new_max2 = HorizontalMax(max2);
   t.absmax1[block] = new_max1;

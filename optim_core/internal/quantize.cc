@@ -48,11 +48,11 @@ CodeFinder::CodeFinder(const float* table) {
     const float x = key >= 0 ? BitsToFloat(static_cast<uint32_t>(key))
                              : -BitsToFloat(static_cast<uint32_t>(-key));
     const uint32_t code = QuantizeReference(table, is_signed, x);
-    uint32_t e = code;
+    uint32_t e = code | 0xffff0000u;  // no midpoint: the bucket's largest key, never passed
     if (code < 255) {
       const int32_t mid_key = MonotoneKey(midpoint[code]);
       if ((mid_key >> kShift) == b + bucket_base_) {
-        e |= kHasMidpoint | (static_cast<uint32_t>(mid_key) << 16);
+        e = code | (static_cast<uint32_t>(mid_key) << 16) | ((code & 1) != 0 ? kTieUp : 0);
       }
     }
     entry_[b] = e;

@@ -19,9 +19,10 @@ uint8_t QuantizeReference(const float* table, bool is_signed, float x);
 // monotone in the value (the "key"), select a bucket of 2^16 consecutive floats. Every bucket
 // holds at most one midpoint of either table (quantize_test.cc checks it around every
 // midpoint), so one packed 32-bit entry per bucket finishes the search: the code of the
-// bucket's smallest value, whether the midpoint above that code lies in the bucket, and that
-// midpoint's key (its low 16 bits; the high bits are the bucket's). Comparing keys is comparing
-// the floats, so no second table is read.
+// bucket's smallest value, that of the midpoint above it (its low 16 bits; the high bits are
+// the bucket's), and whether a value equal to it goes up (ties to even). A bucket without a
+// midpoint stores the bucket's largest key, with "tie goes up" off, so nothing goes up there.
+// Comparing keys is comparing the floats, so no second table is read.
 //
 // Thread safety: immutable after construction.
 class CodeFinder {
@@ -29,10 +30,9 @@ class CodeFinder {
   // `table`: 256 ascending values in [-1, 1].
   explicit CodeFinder(const float* table);
 
-  // Entry layout: bits 0-7 code, bit 8 "midpoint in bucket", bits 16-31 the midpoint's low
-  // key bits.
+  // Entry layout: bits 0-7 code, bit 8 "a tie goes up", bits 16-31 the midpoint's low key bits.
   static constexpr uint32_t kCodeMask = 0xff;
-  static constexpr uint32_t kHasMidpoint = 0x100;
+  static constexpr uint32_t kTieUp = 0x100;
   static constexpr int kShift = 16;
 
   uint8_t Find(float x) const {
@@ -44,8 +44,7 @@ class CodeFinder {
     const int32_t mid_key = static_cast<int32_t>((static_cast<uint32_t>(key) & 0xffff0000u) |
                                                  (e >> 16));
     // Past the midpoint, or on it when the upper neighbour is the even index (ties to even).
-    const int32_t up = ((e & kHasMidpoint) != 0) &
-                       ((key > mid_key) | ((key == mid_key) & (code & 1)));
+    const int32_t up = (key > mid_key) | ((key == mid_key) & ((e & kTieUp) != 0));
     return static_cast<uint8_t>(x == x ? code + up : 0);  // NaN: code 0, as the reference
   }
 
