@@ -1,6 +1,8 @@
 """Fixtures: the optd package from the source tree, and real optd server processes.
 
-The server binary comes from $OPTD_SERVER_BIN (ctest passes the built one). Each server listens
+The server binary comes from $OPTD_SERVER_BIN (ctest passes the built one); $OPTD_BACKEND picks
+the backend (default cpu) and $OPTD_SERVER_EXTRA_ARGS adds flags (e.g. a device budget, so that
+several CUDA servers share one GPU). Each server listens
 on 127.0.0.1:0 and reports its port through --port_file; tests talk to it over gRPC."""
 
 import os
@@ -26,7 +28,8 @@ class ServerProcess:
         self.proc = subprocess.Popen(
             [binary, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
              f"--backend={backend}", f"--checkpoint_dir={os.path.join(workdir, 'ckpt')}",
-             f"--port_file={self.port_file}", f"--metrics_port_file={self.metrics_port_file}"],
+             f"--port_file={self.port_file}", f"--metrics_port_file={self.metrics_port_file}"]
+            + os.environ.get("OPTD_SERVER_EXTRA_ARGS", "").split(),
             stdout=self.log, stderr=subprocess.STDOUT)
         self.port = self._wait_port(self.port_file)
         self.target = f"127.0.0.1:{self.port}"
