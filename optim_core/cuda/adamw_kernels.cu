@@ -162,9 +162,16 @@ __device__ __forceinline__ int FindSegment(const Segment* segs, int n, int64_t b
 }
 
 // One block of 256 elements of an 8-bit tensor (see Note [Bit-exact numerics]).
+struct Tables {
+  LaneTable q1, q2;
+  const uint8_t* b1;
+  const uint8_t* b2;
+};
+
 template <typename P, typename G>
 __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, int lane,
-                                                const Hyper& h, LaneTable q1, LaneTable q2) {
+                                                const Hyper& h, const Tables& tab) {
+  const LaneTable q1 = tab.q1, q2 = tab.q2;
   const float beta1 = h.beta1, beta2 = h.beta2, eps = h.eps, lr = h.lr;
   const float weight_decay = h.weight_decay;
   const float correction1 = 1.0f - __powf(beta1, s.step);
@@ -175,18 +182,25 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
   const int64_t base = blk * kQuantBlock;
   const int64_t left = s.numel - base;
   const int valid = left < kQuantBlock ? static_cast<int>(left) : kQuantBlock;
+  // Every field is read once, before the first store (stores could alias the descriptor, so
+  // later reads of s would be reloads).
   P* p = static_cast<P*>(s.param) + base;
   const G* g = static_cast<const G*>(s.grad) + base;
+  uint8_t* state1 = s.state1 + base;
+  uint8_t* state2 = s.state2 + base;
+  float* absmax1_out = s.absmax1 + blk;
+  float* absmax2_out = s.absmax2 + blk;
+  const bool grad_aligned = s.grad_aligned != 0;
 
   G g_vals[kPerThread];
   P p_vals[kPerThread];
   uint8_t c1s[kPerThread], c2s[kPerThread];
-  LoadLane(g, lane, valid, s.grad_aligned != 0, FromFloat<G>(0.0f), g_vals);
-  LoadCodes(s.state1 + base, lane, valid, 128, c1s);
-  LoadCodes(s.state2 + base, lane, valid, 0, c2s);
+  LoadLane(g, lane, valid, grad_aligned, FromFloat<G>(0.0f), g_vals);
+  LoadCodes(state1, lane, valid, 128, c1s);
+  LoadCodes(state2, lane, valid, 0, c2s);
   LoadLane(p, lane, valid, true, FromFloat<P>(0.0f), p_vals);
-  const float absmax1 = s.absmax1[blk];
-  const float absmax2 = s.absmax2[blk];
+  const float absmax1 = *absmax1_out;
+  const float absmax2 = *absmax2_out;
 
   float s1_vals[kPerThread], s2_vals[kPerThread];
   float new_absmax1 = -FLT_MAX, new_absmax2 = -FLT_MAX;
@@ -210,8 +224,8 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
   new_absmax1 = WarpMax(new_absmax1);
   new_absmax2 = WarpMax(new_absmax2);
   if (lane == 0) {
-    s.absmax1[blk] = new_absmax1;
-    s.absmax2[blk] = new_absmax2;
+    *absmax1_out = new_absmax1;
+    *absmax2_out = new_absmax2;
   }
 
 #pragma unroll
@@ -227,10 +241,16 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
   }
   StoreLane(p, lane, valid, p_vals);
 
+  float x1[kPerThread], x2[kPerThread];
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
-    c1s[j] = QuantizeCode<true>(q1, __fdividef(s1_vals[j], new_absmax1));
-    c2s[j] = QuantizeCode<false>(q2, __fdividef(s2_vals[j], new_absmax2));
+    x1[j] = __fdividef(s1_vals[j], new_absmax1);
+    x2[j] = __fdividef(s2_vals[j], new_absmax2);
+  }
+  QuantizeCodesBucketed<true, kPerThread>(q1, tab.b1, x1, c1s);
+  QuantizeCodesBucketed<false, kPerThread>(q2, tab.b2, x2, c2s);
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
     // Keep m's sign through quantization (the reference's sign fix; uint8 wraps).
     if (signbit(q1[c1s[j]]) != signbit(s1_vals[j])) {
       if (s1_vals[j] > 0.0f)
@@ -239,8 +259,8 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
         c1s[j] -= 1;
     }
   }
-  StoreCodes(s.state1 + base, lane, valid, c1s);
-  StoreCodes(s.state2 + base, lane, valid, c2s);
+  StoreCodes(state1, lane, valid, c1s);
+  StoreCodes(state2, lane, valid, c2s);
 }
 
 // One block of 256 elements of a small tensor with fp32 states (the reference's 32-bit path:
@@ -289,25 +309,26 @@ __device__ __forceinline__ void Update32bitBlock(const Segment& s, int64_t blk, 
 
 template <typename P>
 __device__ __forceinline__ void DispatchGrad(const Segment& s, int64_t blk, int lane,
-                                             const Hyper& h, LaneTable q1, LaneTable q2) {
+                                             const Hyper& h, const Tables& tab) {
   switch (s.grad_dtype) {
     case 0:
-      if (s.eight_bit) Update8bitBlock<P, float>(s, blk, lane, h, q1, q2);
+      if (s.eight_bit) Update8bitBlock<P, float>(s, blk, lane, h, tab);
       else Update32bitBlock<P, float>(s, blk, lane, h);
       break;
     case 1:
-      if (s.eight_bit) Update8bitBlock<P, __half>(s, blk, lane, h, q1, q2);
+      if (s.eight_bit) Update8bitBlock<P, __half>(s, blk, lane, h, tab);
       else Update32bitBlock<P, __half>(s, blk, lane, h);
       break;
     default:
-      if (s.eight_bit) Update8bitBlock<P, __nv_bfloat16>(s, blk, lane, h, q1, q2);
+      if (s.eight_bit) Update8bitBlock<P, __nv_bfloat16>(s, blk, lane, h, tab);
       else Update32bitBlock<P, __nv_bfloat16>(s, blk, lane, h);
       break;
   }
 }
 
 constexpr int kCtasPerSm = 3;
-constexpr size_t kTableSmemBytes = 2 * kQuantBlock * kTableCopies * sizeof(float);  // 64 KiB
+constexpr size_t kReplicaBytes = 2 * kQuantBlock * kTableCopies * sizeof(float);  // 64 KiB
+constexpr size_t kTableSmemBytes = kReplicaBytes + kSignedBuckets + kUnsignedBuckets;
 
 __device__ __forceinline__ int64_t SegmentEnd(const Segment& s) {
   return s.first_block + (s.numel + kQuantBlock - 1) / kQuantBlock;
@@ -322,12 +343,16 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) AdamWUpdateKernel(const 
     tables[i] = params.qmap1[i / kTableCopies];
     tables[kQuantBlock * kTableCopies + i] = params.qmap2[i / kTableCopies];
   }
+  uint8_t* buckets = reinterpret_cast<uint8_t*>(tables) + kReplicaBytes;
+  for (int i = threadIdx.x; i < kSignedBuckets; i += kThreads) buckets[i] = params.buckets1[i];
+  for (int i = threadIdx.x; i < kUnsignedBuckets; i += kThreads)
+    buckets[kSignedBuckets + i] = params.buckets2[i];
   __syncthreads();
 
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  const LaneTable q1{tables + lane};
-  const LaneTable q2{tables + kQuantBlock * kTableCopies + lane};
+  const Tables tab{LaneTable{tables + lane}, LaneTable{tables + kQuantBlock * kTableCopies + lane},
+                   buckets, buckets + kSignedBuckets};
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
   const int64_t per_warp = (params.total_blocks + warps - 1) / warps;
   const int64_t begin = (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp) * per_warp;
@@ -340,9 +365,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) AdamWUpdateKernel(const 
     const Segment& s = params.segments[si];
     const int64_t blk = block - s.first_block;
     switch (s.param_dtype) {
-      case 0: DispatchGrad<float>(s, blk, lane, params.hyper, q1, q2); break;
-      case 1: DispatchGrad<__half>(s, blk, lane, params.hyper, q1, q2); break;
-      default: DispatchGrad<__nv_bfloat16>(s, blk, lane, params.hyper, q1, q2); break;
+      case 0: DispatchGrad<float>(s, blk, lane, params.hyper, tab); break;
+      case 1: DispatchGrad<__half>(s, blk, lane, params.hyper, tab); break;
+      default: DispatchGrad<__nv_bfloat16>(s, blk, lane, params.hyper, tab); break;
     }
   }
 }

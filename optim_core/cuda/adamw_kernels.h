@@ -46,6 +46,8 @@ struct LaunchParams {
   int64_t total_blocks = 0;            // sum of ceil(numel / 256)
   const float* qmap1 = nullptr;        // device copies of the two tables
   const float* qmap2 = nullptr;
+  const uint8_t* buckets1 = nullptr;   // device: kSignedBuckets bounds for qmap1
+  const uint8_t* buckets2 = nullptr;   // device: kUnsignedBuckets bounds for qmap2
   int sm_count = 132;                  // multiprocessors of the device (sizes the grid)
   Hyper hyper;
 };

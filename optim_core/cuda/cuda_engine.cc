@@ -2,11 +2,13 @@
 #include <cuda_runtime.h>
 
 #include <memory>
+#include <vector>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "cuda/cuda_group.h"
 #include "cuda/cuda_status.h"
+#include "cuda/quant_buckets.h"
 #include "internal/cuda_engine_factory.h"
 #include "optd/core/engine.h"
 #include "optd/core/group_spec.h"
@@ -15,7 +17,11 @@
 namespace optd::core::internal {
 namespace {
 
+using cuda::BuildBuckets;
 using cuda::CudaGroup;
+using cuda::kBucketSteps;
+using cuda::kSignedBuckets;
+using cuda::kUnsignedBuckets;
 using cuda::EngineShared;
 
 // Thread safety: thread-safe (groups are independent; the budget is guarded by shared_->mu).
@@ -91,7 +97,16 @@ absl::StatusOr<std::unique_ptr<Engine>> CreateCudaEngine(const EngineOptions& op
       options.device_budget_bytes > 0
           ? options.device_budget_bytes
           : std::max<int64_t>(0, static_cast<int64_t>(free_b) - options.device_reserve_bytes);
-  OPTD_CUDA_RETURN_IF_ERROR(cudaMalloc(&shared->qmaps, 512 * sizeof(float)), "cudaMalloc(qmaps)");
+  std::vector<uint8_t> buckets(kSignedBuckets + kUnsignedBuckets);
+  if (BuildBuckets(kSignedQuantMap, true, buckets.data()) > kBucketSteps ||
+      BuildBuckets(kUnsignedQuantMap, false, buckets.data() + kSignedBuckets) > kBucketSteps)
+    return absl::InternalError("quantization tables too dense for the search buckets");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaMalloc(&shared->qmaps, 512 * sizeof(float) + buckets.size()),
+                            "cudaMalloc(qmaps)");
+  shared->buckets = reinterpret_cast<uint8_t*>(shared->qmaps + 512);
+  OPTD_CUDA_RETURN_IF_ERROR(cudaMemcpy(shared->buckets, buckets.data(), buckets.size(),
+                                       cudaMemcpyHostToDevice),
+                            "cudaMemcpy(buckets)");
   OPTD_CUDA_RETURN_IF_ERROR(cudaMemcpy(shared->qmaps, kSignedQuantMap, 256 * sizeof(float),
                                        cudaMemcpyHostToDevice),
                             "cudaMemcpy(qmap1)");

@@ -136,7 +136,10 @@ void ExpectClose(const Problem& p, const Outcome& gpu, const Outcome& cpu) {
       diff += (double(a[i]) - b[i]) * (double(a[i]) - b[i]);
       moved += (double(b[i]) - p0[i]) * (double(b[i]) - p0[i]);
     }
-    const double tol = ts.dtype == DType::kFloat32 ? 2e-4 : 5e-3;
+    // One step: the conformance tool's bounds. Several free-running steps: 10x looser, since
+    // the CPU engine (exact arithmetic) and the GPU (the reference's fast-math intrinsics) part
+    // on rare code flips whose effect on later steps grows with outliers in the gradients.
+    const double tol = (ts.dtype == DType::kFloat32 ? 2e-4 : 5e-3) * (one_step ? 1 : 10);
     if (moved > 0) {
       EXPECT_LE(std::sqrt(diff / moved), tol);
     }
@@ -163,7 +166,8 @@ void ExpectClose(const Problem& p, const Outcome& gpu, const Outcome& cpu) {
                                    std::pair(&sa.absmax2, &sb.absmax2)}) {
         ASSERT_EQ(xa->size(), xb->size());
         for (size_t i = 0; i < xa->size(); ++i)
-          EXPECT_NEAR((*xa)[i], (*xb)[i], 1e-4 * std::fabs((*xb)[i]) + 1e-30) << "block " << i;
+          EXPECT_NEAR((*xa)[i], (*xb)[i], (one_step ? 1e-4 : 2e-2) * std::fabs((*xb)[i]) + 1e-30)
+              << "block " << i;
       }
     } else {
       double d = 0, nrm = 0;

@@ -7,6 +7,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "cuda/cuda_status.h"
+#include "cuda/quant_buckets.h"
 #include "optd/core/group_spec.h"
 #include "optd/core/options.h"
 #include "optd/core/tensor_state.h"
@@ -346,6 +347,8 @@ absl::Status CudaGroup::Flush(int begin, int end, Pass pass, const Hyper& hyper,
   lp.total_blocks = last.first_block + CeilDiv(last.numel, kBlockSize);
   lp.qmap1 = shared_->qmaps;
   lp.qmap2 = shared_->qmaps + 256;
+  lp.buckets1 = shared_->buckets;
+  lp.buckets2 = shared_->buckets + kSignedBuckets;
   lp.sm_count = shared_->sm_count;
   lp.hyper = hyper;
   OPTD_CUDA_RETURN_IF_ERROR(pass == Pass::kUpdate ? LaunchAdamWUpdate(lp, stream_)

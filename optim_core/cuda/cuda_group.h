@@ -23,6 +23,7 @@ struct EngineShared {
   int device = 0;
   std::shared_ptr<EngineCounters> counters = std::make_shared<EngineCounters>();
   float* qmaps = nullptr;          // device: kSignedQuantMap then kUnsignedQuantMap
+  uint8_t* buckets = nullptr;      // device: their search buckets (quant_buckets.h), in qmaps' block
   std::mutex mu;
   int64_t budget_bytes = 0;        // states of all groups, device side
   int64_t reserved_bytes = 0;      // GUARDED_BY(mu)

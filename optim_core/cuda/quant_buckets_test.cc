@@ -1,0 +1,95 @@
+// The bucketed requantization search (Note [Bucketed search]) against the reference's plain
+// binary search, on the host: every bucket boundary and its neighbours, the table entries and
+// their midpoints, special values and random floats. Needs no GPU.
+#include "cuda/quant_buckets.h"
+
+#include <cmath>
+#include <cstdint>
+#include <limits>
+#include <random>
+#include <vector>
+
+#include "gtest/gtest.h"
+#include "optd/core/quant_maps.h"
+
+namespace optd::core::internal::cuda {
+namespace {
+
+// The reference's search, as the kernel's QuantizeCode.
+template <bool kSigned>
+int Reference(const float* t, float x) {
+  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
+  float lower = kSigned ? -1.0f : 0.0f, upper = 1.0f, val = t[127];
+  for (int half = 64; half > 0; half >>= 1) {
+    if (x > val) { lower_pivot = pivot; lower = val; pivot += half; }
+    else { upper_pivot = pivot; upper = val; pivot -= half; }
+    val = t[pivot];
+  }
+  if (x > val) return x > (upper + val) * 0.5f ? upper_pivot : pivot;
+  return x < (lower + val) * 0.5f ? lower_pivot : pivot;
+}
+
+// The kernel's bucketed search, step for step.
+template <bool kSigned>
+int Bucketed(const float* t, const uint8_t* buckets, float x) {
+  int k = std::isnan(x) ? 0 : buckets[kSigned ? SignedBucket(x) : UnsignedBucket(x)];
+  for (int s = 0; s < kBucketSteps; ++s) k += (k < 127 && x > t[2 * k + 1]) ? 1 : 0;
+  const int p = 2 * k;
+  const float val = t[p];
+  if (x > val) return x > (t[p + 1] + val) * 0.5f ? p + 1 : p;
+  const float lower = p > 0 ? t[p - 1] : (kSigned ? -1.0f : 0.0f);
+  return x < (lower + val) * 0.5f ? (p > 0 ? p - 1 : 0) : p;
+}
+
+float FromBits(uint32_t u) {
+  float f;
+  std::memcpy(&f, &u, 4);
+  return f;
+}
+
+template <bool kSigned>
+void CheckTable(const float* t) {
+  std::vector<uint8_t> buckets(kSigned ? kSignedBuckets : kUnsignedBuckets);
+  ASSERT_LE(BuildBuckets(t, kSigned, buckets.data()), kBucketSteps);
+  std::vector<float> xs = {0.0f, -0.0f, 1.0f, -1.0f, 1.0000001f, -1.0000001f, 2.0f, 1e-30f,
+                           -1e-30f, std::numeric_limits<float>::quiet_NaN(),
+                           std::numeric_limits<float>::infinity(),
+                           -std::numeric_limits<float>::infinity()};
+  for (int i = 0; i < 256; ++i) {
+    for (float v : {t[i], i < 255 ? (t[i] + t[i + 1]) * 0.5f : t[i]}) {
+      xs.push_back(v);
+      xs.push_back(std::nextafter(v, 2.0f));
+      xs.push_back(std::nextafter(v, -2.0f));
+    }
+  }
+  for (int m = 0; m < kMagnitudeBuckets; ++m) {
+    const uint32_t base = (static_cast<uint32_t>((m >> kBucketMantissaBits) + 105) << 23) |
+                          (static_cast<uint32_t>(m & 63) << (23 - kBucketMantissaBits));
+    for (uint32_t d : {0u, 1u}) {
+      xs.push_back(FromBits(base + d));
+      xs.push_back(FromBits(base - d));
+      xs.push_back(-FromBits(base + d));
+      xs.push_back(-FromBits(base - d));
+    }
+  }
+  std::mt19937 rng(7);
+  std::uniform_real_distribution<float> uni(kSigned ? -1.0f : 0.0f, 1.0f);
+  std::uniform_int_distribution<int> expo(-30, 0);
+  for (int i = 0; i < 2000000; ++i) {
+    const float u = uni(rng);
+    xs.push_back(i % 2 ? u : std::ldexp(u, expo(rng)));
+  }
+  int64_t checked = 0;
+  for (float x : xs) {
+    if (!kSigned && x < 0) continue;  // v >= 0: the unsigned search never sees negatives
+    ASSERT_EQ(Bucketed<kSigned>(t, buckets.data(), x), Reference<kSigned>(t, x)) << "x = " << x;
+    ++checked;
+  }
+  EXPECT_GT(checked, 2000000);
+}
+
+TEST(QuantBuckets, SignedSearchEqualsTheReference) { CheckTable<true>(kSignedQuantMap); }
+TEST(QuantBuckets, UnsignedSearchEqualsTheReference) { CheckTable<false>(kUnsignedQuantMap); }
+
+}  // namespace
+}  // namespace optd::core::internal::cuda
