@@ -92,11 +92,19 @@ inline void StoreCodes(uint8_t* p, __m256i c) {
 }
 
 // CodeFinder::Find on 8 lanes: one gather of the packed bucket entries.
+// kNonNegative: x is known to have a clear sign bit (the second moment), so the key is its bits.
+// kMayBeNan: NaN lanes must give code 0 (not needed where the caller knows x is not NaN).
+template <bool kNonNegative, bool kMayBeNan>
 inline __m256i Find8(const internal::CodeFinder::Tables& f, __m256 x) {
   const __m256i bits = _mm256_castps_si256(x);
-  const __m256i sign = _mm256_srai_epi32(bits, 31);
-  const __m256i magnitude = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff));
-  __m256i key = _mm256_sub_epi32(_mm256_xor_si256(magnitude, sign), sign);  // -mag if negative
+  __m256i key;
+  if (kNonNegative) {
+    key = bits;
+  } else {
+    const __m256i sign = _mm256_srai_epi32(bits, 31);
+    const __m256i magnitude = _mm256_and_si256(bits, _mm256_set1_epi32(0x7fffffff));
+    key = _mm256_sub_epi32(_mm256_xor_si256(magnitude, sign), sign);  // -mag if negative
+  }
   key = _mm256_max_epi32(key, _mm256_set1_epi32(f.min_key));
   key = _mm256_min_epi32(key, _mm256_set1_epi32(f.max_key));
   const __m256i bucket = _mm256_sub_epi32(_mm256_srai_epi32(key, internal::CodeFinder::kShift),
@@ -113,8 +121,10 @@ inline __m256i Find8(const internal::CodeFinder::Tables& f, __m256 x) {
   const __m256i above = _mm256_cmpgt_epi32(key, mid_key);
   const __m256i tie = _mm256_and_si256(_mm256_cmpeq_epi32(key, mid_key), tie_up);
   const __m256i up = _mm256_or_si256(above, tie);  // -1 where the code goes up
+  const __m256i found = _mm256_sub_epi32(code, up);
+  if (!kMayBeNan) return found;
   const __m256i nan = _mm256_castps_si256(_mm256_cmp_ps(x, x, _CMP_UNORD_Q));
-  return _mm256_andnot_si256(nan, _mm256_sub_epi32(code, up));
+  return _mm256_andnot_si256(nan, found);
 }
 
 // m / a correctly rounded, from the block's reciprocal: q = m * r, then one correction with the
@@ -134,6 +144,67 @@ inline float HorizontalMax(__m256 v) {
   m = _mm_max_ps(m, _mm_movehl_ps(m, m));
   m = _mm_max_ss(m, _mm_shuffle_ps(m, m, 1));
   return _mm_cvtss_f32(m);
+}
+
+// Spec steps 4 and 5 for one full block, from the new moments m, v and block maxima.
+// kFast: both maxima in [2^-60, 2^100] and no NaN moment. Then x1 = m / max1 has m's sign and is
+// never NaN, so the sign fix reduces to "a negative m (or -0) that landed on code 127 (zero)
+// moves to 126": a non-negative x never gets a code below 127, a negative one never above it.
+template <typename PT, bool kFast>
+inline void UpdateAndRequantize(typename Storage<PT>::type* p, uint8_t* c1, uint8_t* c2,
+                                const float* m, const float* v, const int32_t* finite,
+                                const StepConstants& k, float max1, float max2,
+                                const internal::CodeFinder::Tables& f1,
+                                const internal::CodeFinder::Tables& f2) {
+  const __m256 step_size = _mm256_set1_ps(k.step_size);
+  const __m256 eps_term = _mm256_set1_ps(k.eps_term);
+  const __m256 decay = _mm256_set1_ps(k.decay_factor);
+  const __m256 max1v = _mm256_set1_ps(max1);
+  const __m256 max2v = _mm256_set1_ps(max2);
+  const __m256 recip1 = _mm256_set1_ps(1.0f / max1);
+  const __m256 recip2 = _mm256_set1_ps(1.0f / max2);
+  const __m256i zero_code = _mm256_set1_epi32(127);
+  const __m256i one = _mm256_set1_epi32(1);
+  const __m256i minus_one = _mm256_set1_epi32(-1);
+  for (int j = 0; j < kBlockSize; j += 8) {
+    const __m256 mj = _mm256_load_ps(m + j);
+    const __m256 vj = _mm256_load_ps(v + j);
+
+    // Parameter (non-finite gradient lanes keep the old value, without decay).
+    const __m256 pj = Load8(PT{}, p + j);
+    const __m256 update = _mm256_mul_ps(
+        step_size, _mm256_div_ps(mj, _mm256_add_ps(_mm256_sqrt_ps(vj), eps_term)));
+    const __m256 updated = Round(PT{}, _mm256_add_ps(pj, update));
+    const __m256 decayed = Round(PT{}, _mm256_mul_ps(updated, decay));
+    const __m256 ok =
+        _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<const __m256i*>(finite + j)));
+    Store8(PT{}, p + j, _mm256_blendv_ps(pj, decayed, ok));
+
+    // Requantize.
+    const __m256i m_negative = _mm256_srai_epi32(_mm256_castps_si256(mj), 31);
+    __m256i code1;
+    __m256i code2;
+    if (kFast) {
+      code1 = Find8<false, false>(f1, DivideByBlockMax(mj, max1v, recip1));
+      code1 = _mm256_add_epi32(code1,
+                               _mm256_and_si256(m_negative, _mm256_cmpeq_epi32(code1, zero_code)));
+      code2 = Find8<true, false>(f2, DivideByBlockMax(vj, max2v, recip2));
+    } else {
+      code1 = Find8<false, true>(f1, _mm256_div_ps(mj, max1v));
+      // Sign fix, general form: the table entry is negative below code 127; m's sign is its
+      // sign bit; move toward m's sign, wrapping in uint8 (all-zero block: 0 - 1 = 255).
+      const __m256i table_negative = _mm256_cmpgt_epi32(zero_code, code1);
+      const __m256i differ = _mm256_xor_si256(table_negative, m_negative);
+      const __m256i m_positive =
+          _mm256_castps_si256(_mm256_cmp_ps(mj, _mm256_setzero_ps(), _CMP_GT_OQ));
+      const __m256i delta = _mm256_blendv_epi8(minus_one, one, m_positive);
+      code1 = _mm256_and_si256(_mm256_add_epi32(code1, _mm256_and_si256(differ, delta)),
+                               _mm256_set1_epi32(0xff));
+      code2 = Find8<false, true>(f2, _mm256_div_ps(vj, max2v));
+    }
+    StoreCodes(c1 + j, code1);
+    StoreCodes(c2 + j, code2);
+  }
 }
 
 template <typename PT, typename GT>
@@ -163,6 +234,7 @@ int64_t FullBlock(const TensorBuffers& t, const StepConstants& k, int64_t block,
   const __m256 abs_mask = _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff));
   __m256 max1 = _mm256_setzero_ps();
   __m256 max2 = _mm256_setzero_ps();
+  __m256 any_nan = _mm256_setzero_ps();  // only from states that were NaN already
   __m256i nonfinite_lanes = _mm256_setzero_si256();  // minus the count per lane
   for (int j = 0; j < kBlockSize; j += 8) {
     const __m256 mdq = _mm256_mul_ps(_mm256_i32gather_ps(kSignedQuantMap, LoadCodes(c1 + j), 4), a1);
@@ -183,6 +255,7 @@ int64_t FullBlock(const TensorBuffers& t, const StepConstants& k, int64_t block,
     _mm256_store_ps(v + j, vk);
     _mm256_store_si256(reinterpret_cast<__m256i*>(finite + j), _mm256_castps_si256(ok));
     // max(value, acc): a NaN value leaves acc, like std::max(acc, value) in the portable code.
+    any_nan = _mm256_or_ps(any_nan, _mm256_cmp_ps(mk, vk, _CMP_UNORD_Q));
     max1 = _mm256_max_ps(_mm256_and_ps(mk, abs_mask), max1);
     max2 = _mm256_max_ps(_mm256_and_ps(vk, abs_mask), max2);
   }
@@ -195,48 +268,15 @@ int64_t FullBlock(const TensorBuffers& t, const StepConstants& k, int64_t block,
   t.absmax1[block] = new_max1;
   t.absmax2[block] = new_max2;
 
-  const __m256 step_size = _mm256_set1_ps(k.step_size);
-  const __m256 eps_term = _mm256_set1_ps(k.eps_term);
-  const __m256 decay = _mm256_set1_ps(k.decay_factor);
-  for (int j = 0; j < kBlockSize; j += 8) {
-    const __m256 pj = Load8(PT{}, p + j);
-    const __m256 update = _mm256_mul_ps(
-        step_size, _mm256_div_ps(_mm256_load_ps(m + j),
-                                 _mm256_add_ps(_mm256_sqrt_ps(_mm256_load_ps(v + j)), eps_term)));
-    const __m256 updated = Round(PT{}, _mm256_add_ps(pj, update));
-    const __m256 decayed = Round(PT{}, _mm256_mul_ps(updated, decay));
-    const __m256 ok = _mm256_castsi256_ps(_mm256_load_si256(reinterpret_cast<__m256i*>(finite + j)));
-    Store8(PT{}, p + j, _mm256_blendv_ps(pj, decayed, ok));
-  }
-
-  const __m256 max1v = _mm256_set1_ps(new_max1);
-  const __m256 max2v = _mm256_set1_ps(new_max2);
-  // The reciprocal trick needs maxima in a safe range (see DivideByBlockMax); zero (an
-  // all-zero block: 0/0 = NaN), tiny, huge or non-finite ones take true division.
-  const bool fast1 = new_max1 >= 0x1p-60f && new_max1 <= 0x1p100f;
-  const bool fast2 = new_max2 >= 0x1p-60f && new_max2 <= 0x1p100f;
-  const __m256 recip1 = _mm256_set1_ps(1.0f / new_max1);
-  const __m256 recip2 = _mm256_set1_ps(1.0f / new_max2);
-  const __m256i below_zero_code = _mm256_set1_epi32(127);
-  const __m256i one = _mm256_set1_epi32(1);
-  const __m256i minus_one = _mm256_set1_epi32(-1);
-  for (int j = 0; j < kBlockSize; j += 8) {
-    const __m256 mj = _mm256_load_ps(m + j);
-    const __m256 x1 = fast1 ? DivideByBlockMax(mj, max1v, recip1) : _mm256_div_ps(mj, max1v);
-    __m256i code1 = Find8(f1, x1);
-    // Sign fix: the table entry is negative below code 127; m's sign is its sign bit.
-    const __m256i table_negative = _mm256_cmpgt_epi32(below_zero_code, code1);
-    const __m256i m_negative = _mm256_srai_epi32(_mm256_castps_si256(mj), 31);
-    const __m256i differ = _mm256_xor_si256(table_negative, m_negative);
-    const __m256i m_positive =
-        _mm256_castps_si256(_mm256_cmp_ps(mj, _mm256_setzero_ps(), _CMP_GT_OQ));
-    const __m256i delta = _mm256_blendv_epi8(minus_one, one, m_positive);
-    code1 = _mm256_and_si256(_mm256_add_epi32(code1, _mm256_and_si256(differ, delta)),
-                             _mm256_set1_epi32(0xff));
-    StoreCodes(c1 + j, code1);
-    const __m256 vj = _mm256_load_ps(v + j);
-    const __m256 x2 = fast2 ? DivideByBlockMax(vj, max2v, recip2) : _mm256_div_ps(vj, max2v);
-    StoreCodes(c2 + j, Find8(f2, x2));
+  // The reciprocal division needs maxima in a safe range (see DivideByBlockMax), and the short
+  // requantization below needs no NaN; an all-zero block (0/0 = NaN), tiny, huge or
+  // non-finite maxima, or NaN states take the general one.
+  const bool fast = new_max1 >= 0x1p-60f && new_max1 <= 0x1p100f && new_max2 >= 0x1p-60f &&
+                    new_max2 <= 0x1p100f && _mm256_movemask_ps(any_nan) == 0;
+  if (fast) {
+    UpdateAndRequantize<PT, true>(p, c1, c2, m, v, finite, k, new_max1, new_max2, f1, f2);
+  } else {
+    UpdateAndRequantize<PT, false>(p, c1, c2, m, v, finite, k, new_max1, new_max2, f1, f2);
   }
   return nonfinite;
 }
