@@ -175,7 +175,9 @@ TEST(ProcessTest, MetricsScrapeShowsStepsBytesAndMemoryMove) {
   auto stub = MakeStub((*child)->address());
   auto before = HttpGet((*child)->metrics_port(), "/metrics");
   ASSERT_TRUE(before.ok()) << before.status();
-  EXPECT_LE(MetricValue(*before, "optd_engine_state_bytes", "location=\"host\""), 0);
+  // The CPU engine keeps everything in host memory; the CUDA engine on the device.
+  const std::string loc = TestBackend() == "cuda" ? "location=\"device\"" : "location=\"host\"";
+  EXPECT_LE(MetricValue(*before, "optd_engine_state_bytes", loc), 0);
 
   CreateGroups(*stub);
   Steps(*stub, 1, 2);
@@ -187,14 +189,13 @@ TEST(ProcessTest, MetricsScrapeShowsStepsBytesAndMemoryMove) {
   const double grad_bytes = 2.0 * (kW * 4 + kB * 2);
   EXPECT_EQ(MetricValue(m, "optd_gradient_bytes_received_total", "group=\"main\""), grad_bytes);
   EXPECT_EQ(MetricValue(m, "optd_weight_bytes_sent_total", "group=\"main\""), 2.0 * (kW * 4 + kB * 2));
-  EXPECT_EQ(MetricValue(m, "optd_weight_bytes", "group=\"main\",location=\"host\""),
-            kW * 4 + kB * 2);
-  EXPECT_GT(MetricValue(m, "optd_state_bytes", "group=\"main\",location=\"host\""), 0);
-  EXPECT_GT(MetricValue(m, "optd_engine_state_bytes", "location=\"host\""), 0);
-  EXPECT_GT(MetricValue(m, "optd_engine_weight_bytes", "location=\"host\""), 0);
+  EXPECT_EQ(MetricValue(m, "optd_weight_bytes", "group=\"main\"," + loc), kW * 4 + kB * 2);
+  EXPECT_GT(MetricValue(m, "optd_state_bytes", "group=\"main\"," + loc), 0);
+  EXPECT_GT(MetricValue(m, "optd_engine_state_bytes", loc), 0);
+  EXPECT_GT(MetricValue(m, "optd_engine_weight_bytes", loc), 0);
   EXPECT_EQ(MetricValue(m, "optd_rpcs_total", "code=\"OK\",method=\"Step\""), 4);
   EXPECT_THAT(m, HasSubstr("hostname=\""));
-  EXPECT_THAT(m, HasSubstr("gpu=\"\""));
+  EXPECT_THAT(m, HasSubstr(TestBackend() == "cuda" ? "gpu=\"0\"" : "gpu=\"\""));
 }
 
 TEST(ProcessTest, SigtermFinishesTheInFlightStepAndExitsZero) {

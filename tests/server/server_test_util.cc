@@ -9,6 +9,7 @@
 #include <unistd.h>
 
 #include <chrono>
+#include <cstdlib>
 #include <filesystem>
 #include <cstring>
 #include <fstream>
@@ -34,9 +35,14 @@ std::unique_ptr<v1::Optimizer::Stub> MakeStub(const std::string& address, int ma
   return v1::Optimizer::NewStub(channel);
 }
 
+std::string TestBackend() {
+  const char* b = std::getenv("OPTD_TEST_BACKEND");
+  return b == nullptr || *b == '\0' ? std::string("cpu") : std::string(b);
+}
+
 InProcessServer StartInProcess(server::ServerOptions options) {
   options.listen_address = "127.0.0.1:0";
-  options.backend = "cpu";
+  options.backend = TestBackend();
   auto server = server::Server::BuildAndStart(options);
   EXPECT_TRUE(server.ok()) << server.status();
   InProcessServer out;
@@ -69,10 +75,11 @@ absl::StatusOr<std::unique_ptr<ChildServer>> ChildServer::Start(
   child->dir_ = MakeTempDir();
   const std::string port_file = child->dir_ + "/port";
   const std::string metrics_port_file = child->dir_ + "/metrics_port";
-  std::vector<std::string> args = {OPTD_SERVER_BINARY,
+  const char* binary = std::getenv("OPTD_SERVER_BINARY");
+  std::vector<std::string> args = {binary != nullptr ? binary : OPTD_SERVER_BINARY,
                                    "--listen=127.0.0.1:0",
                                    "--metrics_listen=127.0.0.1:0",
-                                   "--backend=cpu",
+                                   "--backend=" + TestBackend(),
                                    "--cpu_threads=2",
                                    "--port_file=" + port_file,
                                    "--metrics_port_file=" + metrics_port_file};

@@ -25,7 +25,10 @@ absl::Status FromGrpc(const grpc::Status& s);
 std::unique_ptr<v1::Optimizer::Stub> MakeStub(const std::string& address,
                                               int max_message_bytes = 64 << 20);
 
-// A server in this process on 127.0.0.1:0 with the CPU backend (metrics endpoint only when
+// The backend the tests run on: $OPTD_TEST_BACKEND (cpu, cuda, auto), default cpu.
+std::string TestBackend();
+
+// A server in this process on 127.0.0.1:0 with TestBackend() (metrics endpoint only when
 // options.metrics_listen_address is set).
 struct InProcessServer {
   std::unique_ptr<server::Server> server;
@@ -36,7 +39,8 @@ InProcessServer StartInProcess(server::ServerOptions options = {});
 // The built optd binary as a child process on 127.0.0.1:0.
 class ChildServer {
  public:
-  // Starts `OPTD_SERVER_BINARY --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0 --backend=cpu`
+  // Starts `OPTD_SERVER_BINARY --listen=127.0.0.1:0 --metrics_listen=127.0.0.1:0
+  // --backend=TestBackend()`
   // plus `extra_args`, and waits until its --port_file appears.
   static absl::StatusOr<std::unique_ptr<ChildServer>> Start(std::vector<std::string> extra_args);
   ~ChildServer();
