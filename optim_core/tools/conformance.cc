@@ -56,9 +56,22 @@ std::vector<uint16_t> To16(const std::vector<float>& v, DType dtype) {
   return out;
 }
 
-#define OPTD_ASSIGN_OR_RETURN_IMPL(var, expr) \
-  auto var##_or = (expr);                     \
-  if (!var##_or.ok()) return var##_or.status();
+// Appends `value` to `out`, or returns its error.
+template <typename T>
+absl::Status Append(std::vector<T>& out, absl::StatusOr<T> value) {
+  if (!value.ok()) return value.status();
+  out.push_back(*std::move(value));
+  return absl::OkStatus();
+}
+
+absl::Status CheckCount(const GoldenCase& c, const std::string& stem, size_t have,
+                        int64_t numel) {
+  if (static_cast<int64_t>(have) != numel) {
+    return absl::InvalidArgumentError(absl::StrCat(c.dir, "/", stem, ".npy has ", have,
+                                                   " elements, the manifest's shape ", numel));
+  }
+  return absl::OkStatus();
+}
 
 absl::StatusOr<CaseData> LoadData(const GoldenCase& c) {
   CaseData d;
@@ -67,67 +80,52 @@ absl::StatusOr<CaseData> LoadData(const GoldenCase& c) {
   d.eight_bit = numel >= c.options.min_8bit_size;
   d.clipping = c.options.percentile_clipping < 100;
   const bool half = c.dtype != DType::kFloat32;
-  for (int k = 0; k <= c.steps; ++k) {
-    OPTD_ASSIGN_OR_RETURN_IMPL(p, LoadFloat(c, absl::StrCat("param_", k)));
-    if (static_cast<int64_t>(p_or->size()) != numel) {
-      return absl::InvalidArgumentError(absl::StrCat(c.dir, "/param_", k, ".npy has ",
-                                                     p_or->size(), " elements, manifest shape ",
-                                                     numel));
-    }
-    d.param.push_back(*p_or);
-    if (half) d.param16.push_back(To16(*p_or, c.dtype));
-    if (k == 0) {
-      d.grad.emplace_back();
-      d.grad16.emplace_back();
-      d.state1.emplace_back(d.eight_bit ? numel : 0, 0);
-      d.state2.emplace_back(d.eight_bit ? numel : 0, 0);
-      const int64_t blocks = d.eight_bit ? (numel + 255) / 256 : 0;
-      d.absmax1.emplace_back(blocks, 0.0f);
-      d.absmax2.emplace_back(blocks, 0.0f);
-      d.state1_f32.emplace_back(d.eight_bit ? 0 : numel, 0.0f);
-      d.state2_f32.emplace_back(d.eight_bit ? 0 : numel, 0.0f);
-      d.gnorm_vec.emplace_back(d.clipping ? core::kGnormHistory : 0, 0.0f);
-      continue;
-    }
-    OPTD_ASSIGN_OR_RETURN_IMPL(g, LoadFloat(c, absl::StrCat("grad_", k)));
-    if (static_cast<int64_t>(g_or->size()) != numel) {
-      return absl::InvalidArgumentError(
-          absl::StrCat(c.dir, "/grad_", k, ".npy has ", g_or->size(), " elements"));
-    }
-    d.grad.push_back(*g_or);
-    d.grad16.push_back(half ? To16(*g_or, c.dtype) : std::vector<uint16_t>{});
-    if (d.eight_bit) {
-      OPTD_ASSIGN_OR_RETURN_IMPL(s1, LoadU8(c, absl::StrCat("state1_", k)));
-      OPTD_ASSIGN_OR_RETURN_IMPL(s2, LoadU8(c, absl::StrCat("state2_", k)));
-      OPTD_ASSIGN_OR_RETURN_IMPL(a1, LoadFloat(c, absl::StrCat("absmax1_", k)));
-      OPTD_ASSIGN_OR_RETURN_IMPL(a2, LoadFloat(c, absl::StrCat("absmax2_", k)));
-      d.state1.push_back(*s1_or);
-      d.state2.push_back(*s2_or);
-      d.absmax1.push_back(*a1_or);
-      d.absmax2.push_back(*a2_or);
+  // Step 0: the initial parameter and the initial (zero) state.
+  if (absl::Status s = Append(d.param, LoadFloat(c, "param_0")); !s.ok()) return s;
+  if (absl::Status s = CheckCount(c, "param_0", d.param[0].size(), numel); !s.ok()) return s;
+  d.grad.emplace_back();
+  d.state1.emplace_back(d.eight_bit ? numel : 0, 0);
+  d.state2.emplace_back(d.eight_bit ? numel : 0, 0);
+  const int64_t blocks = d.eight_bit ? (numel + core::kBlockSize - 1) / core::kBlockSize : 0;
+  d.absmax1.emplace_back(blocks, 0.0f);
+  d.absmax2.emplace_back(blocks, 0.0f);
+  d.state1_f32.emplace_back(d.eight_bit ? 0 : numel, 0.0f);
+  d.state2_f32.emplace_back(d.eight_bit ? 0 : numel, 0.0f);
+  d.gnorm_vec.emplace_back(d.clipping ? core::kGnormHistory : 0, 0.0f);
+  for (int k = 1; k <= c.steps; ++k) {
+    const std::string n = absl::StrCat(k);
+    absl::Status s = Append(d.param, LoadFloat(c, "param_" + n));
+    if (s.ok()) s = CheckCount(c, "param_" + n, d.param[k].size(), numel);
+    if (s.ok()) s = Append(d.grad, LoadFloat(c, "grad_" + n));
+    if (s.ok()) s = CheckCount(c, "grad_" + n, d.grad[k].size(), numel);
+    if (s.ok() && d.eight_bit) {
+      s = Append(d.state1, LoadU8(c, "state1_" + n));
+      if (s.ok()) s = Append(d.state2, LoadU8(c, "state2_" + n));
+      if (s.ok()) s = Append(d.absmax1, LoadFloat(c, "absmax1_" + n));
+      if (s.ok()) s = Append(d.absmax2, LoadFloat(c, "absmax2_" + n));
       d.state1_f32.emplace_back();
       d.state2_f32.emplace_back();
-    } else {
-      OPTD_ASSIGN_OR_RETURN_IMPL(s1, LoadFloat(c, absl::StrCat("state1_", k)));
-      OPTD_ASSIGN_OR_RETURN_IMPL(s2, LoadFloat(c, absl::StrCat("state2_", k)));
-      d.state1_f32.push_back(*s1_or);
-      d.state2_f32.push_back(*s2_or);
+    } else if (s.ok()) {
+      s = Append(d.state1_f32, LoadFloat(c, "state1_" + n));
+      if (s.ok()) s = Append(d.state2_f32, LoadFloat(c, "state2_" + n));
       d.state1.emplace_back();
       d.state2.emplace_back();
       d.absmax1.emplace_back();
       d.absmax2.emplace_back();
     }
-    if (d.clipping) {
-      OPTD_ASSIGN_OR_RETURN_IMPL(gv, LoadFloat(c, absl::StrCat("gnorm_vec_", k)));
-      d.gnorm_vec.push_back(*gv_or);
-    } else {
+    if (s.ok() && d.clipping) {
+      s = Append(d.gnorm_vec, LoadFloat(c, "gnorm_vec_" + n));
+    } else if (s.ok()) {
       d.gnorm_vec.emplace_back();
     }
+    if (!s.ok()) return s;
+  }
+  if (half) {
+    for (const std::vector<float>& p : d.param) d.param16.push_back(To16(p, c.dtype));
+    for (const std::vector<float>& g : d.grad) d.grad16.push_back(To16(g, c.dtype));
   }
   return d;
 }
-
-#undef OPTD_ASSIGN_OR_RETURN_IMPL
 
 core::ConstTensorView ParamView(const GoldenCase& c, const CaseData& d, int k) {
   if (c.dtype == DType::kFloat32) {
