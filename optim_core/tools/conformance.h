@@ -8,6 +8,7 @@
 
 #include "absl/status/statusor.h"
 #include "optd/core/engine.h"
+#include "tools/golden_case.h"
 
 namespace optd::tools {
 
@@ -22,19 +23,6 @@ struct Tolerances {
 Tolerances DefaultTolerances();
 // For the CUDA engine, which can use the reference's own intrinsics.
 Tolerances TightTolerances();
-
-struct GoldenCase {
-  std::string name;
-  std::string dir;
-  core::DType dtype = core::DType::kFloat32;
-  std::vector<int64_t> shape;
-  int steps = 0;
-  core::AdamWOptions options;
-};
-
-// `path` is a case folder (its parent holds manifest.json) or a folder holding manifest.json,
-// which expands to all its cases. InvalidArgument/NotFound naming the file and field.
-absl::StatusOr<std::vector<GoldenCase>> LoadCases(const std::string& path);
 
 enum class Mode { kTeacher, kFree };
 
