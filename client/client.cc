@@ -221,7 +221,10 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
     b->set_worker(options.worker);
     b->set_step(step);
     if (options.lr) b->set_lr(*options.lr);
-    b->set_weights(static_cast<v1::WeightsReturn>(options.weights));
+    const WeightsReturn wanted = weights_out.empty() && options.weights == WeightsReturn::kUpdated
+                                     ? WeightsReturn::kNone
+                                     : options.weights;
+    b->set_weights(static_cast<v1::WeightsReturn>(wanted));
     if (options.base_version) b->set_base_version(*options.base_version);
     grpc::ByteBuffer msg;
     bool own = false;

@@ -49,6 +49,7 @@ class Client {
 
   // One step: streams `gradients`, writes returned weights into the matching `weights_out`
   // buffers (by tensor name; a returned tensor without a buffer is an InvalidArgument).
+  // With no `weights_out` and options.weights == kUpdated, no weights are asked for (kNone).
   absl::StatusOr<StepResult> Step(const std::string& group, int64_t step,
                                   absl::Span<const ConstBuffer> gradients,
                                   absl::Span<const MutableBuffer> weights_out,
