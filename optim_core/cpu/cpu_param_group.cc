@@ -227,7 +227,7 @@ void CpuParamGroup::RunWorks() {
   int64_t total_elements = 0;
   for (size_t w = 0; w < works_.size(); ++w) {
     const Work& work = works_[w];
-    const bool eight_bit = work.buffers.state1 != nullptr || work.buffers.absmax1 != nullptr;
+    const bool eight_bit = work.eight_bit;
     const int64_t chunk = eight_bit ? kBlocksPerTask : kElementsPerTask;
     for (int64_t b = work.first; b < work.end; b += chunk) {
       tasks_.push_back(Task{static_cast<int>(w), b, std::min(work.end, b + chunk)});
@@ -238,9 +238,8 @@ void CpuParamGroup::RunWorks() {
   auto run = [&](int64_t i) {
     const Task& task = tasks_[i];
     const Work& work = works_[task.work];
-    const bool eight_bit = work.buffers.absmax1 != nullptr;
     task_nonfinite_[i] =
-        eight_bit ? Update8BitBlocks(work.buffers, work.constants, task.first, task.end)
+        work.eight_bit ? Update8BitBlocks(work.buffers, work.constants, task.first, task.end)
                   : Update32Bit(work.buffers, work.constants, task.first, task.end);
   };
   if (total_elements < kParallelThreshold) {
@@ -273,6 +272,7 @@ absl::Status CpuParamGroup::Step(absl::Span<const TensorGradient> grads, const S
     w.buffers.grad_dtype = g.grad.dtype;
     w.buffers.grad_offset = 0;
     const Tensor& t = tensors_[g.tensor];
+    w.eight_bit = t.states.eight_bit;
     w.first = 0;
     w.end = t.states.eight_bit ? NumBlocks(t.numel) : t.numel;
     works_.push_back(w);
@@ -327,6 +327,7 @@ absl::Status CpuParamGroup::ApplyRange(const RangeGradient& range, int64_t step,
   w.buffers.grad_dtype = range.grad.dtype;
   w.buffers.grad_offset = range.offset;
   const int64_t end = range.offset + range.grad.numel;
+  w.eight_bit = t.states.eight_bit;
   if (t.states.eight_bit) {
     w.first = range.offset / kBlockSize;
     w.end = NumBlocks(end);

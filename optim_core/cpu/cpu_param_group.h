@@ -57,6 +57,7 @@ class CpuParamGroup final : public ParamGroup {
   // One tensor's share of a step.
   struct Work {
     int tensor = 0;
+    bool eight_bit = true;
     TensorBuffers buffers;
     StepConstants constants;
     int64_t first = 0;  // blocks on the 8-bit path, elements on the 32-bit path
