@@ -7,6 +7,7 @@
 #include <string>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "internal/float_convert.h"
 #include "optd/core/engine.h"
@@ -331,6 +332,47 @@ TEST(CpuEngineTest, ResultsDoNotDependOnTheThreadCount) {
   }
   EXPECT_TRUE(SameBits(result[0], result[1]));
   EXPECT_EQ(codes[0], codes[1]);
+}
+
+TEST(CpuEngineTest, ManyTensorStepEqualsOneGroupPerTensor) {
+  // One step over a mixed group (8-bit and 32-bit, three dtypes, odd sizes, split into many
+  // tasks) gives exactly what stepping each tensor in a group of its own gives.
+  auto e = NewEngine(3);
+  const std::vector<std::pair<DType, int64_t>> layout = {
+      {DType::kFloat32, 1000003}, {DType::kBFloat16, 4095},  {DType::kFloat16, 70001},
+      {DType::kBFloat16, 300000}, {DType::kFloat32, 17},     {DType::kFloat16, 4096}};
+  GroupSpec all;
+  for (size_t i = 0; i < layout.size(); ++i) {
+    all.tensors.push_back({absl::StrCat("t", i), layout[i].first, {layout[i].second}});
+  }
+  auto big = NewGroup(*e, all);
+  std::vector<std::unique_ptr<ParamGroup>> singles;
+  std::vector<std::vector<float>> grads;
+  std::vector<TensorGradient> tg;
+  for (size_t i = 0; i < layout.size(); ++i) {
+    singles.push_back(NewGroup(*e, OneTensor(layout[i].second, layout[i].first)));
+    grads.push_back(Random(layout[i].second, 0.05f, 40 + static_cast<uint32_t>(i)));
+  }
+  for (size_t i = 0; i < layout.size(); ++i) tg.push_back({static_cast<int>(i), View(grads[i])});
+  for (int step = 0; step < 2; ++step) {
+    ASSERT_TRUE(big->Step(tg, {}).ok());
+    for (size_t i = 0; i < layout.size(); ++i) {
+      TensorGradient one{0, View(grads[i])};
+      ASSERT_TRUE(singles[i]->Step({&one, 1}, {}).ok());
+    }
+  }
+  for (size_t i = 0; i < layout.size(); ++i) {
+    SCOPED_TRACE(i);
+    const TensorView a = big->ParamStorage(static_cast<int>(i));
+    const TensorView b = singles[i]->ParamStorage(0);
+    EXPECT_EQ(std::memcmp(a.data, b.data, a.numel * DTypeSize(a.dtype)), 0);
+    const TensorState sa = *big->ExportState(static_cast<int>(i));
+    const TensorState sb = *singles[i]->ExportState(0);
+    EXPECT_EQ(sa.state1, sb.state1);
+    EXPECT_EQ(sa.state2, sb.state2);
+    EXPECT_EQ(sa.state1_f32, sb.state1_f32);
+    EXPECT_EQ(big->GetStep(static_cast<int>(i)), 2);
+  }
 }
 
 TEST(CpuEngineTest, ApplyRangeOverAllRangesEqualsStep) {
