@@ -257,20 +257,16 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
   bool done = false;
   grpc::ByteBuffer in;
   while (stream->Read(&in)) {
-    v1::StepResponse resp;
-    if (!grpc::SerializationTraits<v1::StepResponse>::Deserialize(&in, &resp).ok()) {
-      local = absl::InternalError(absl::StrCat("step ", step, ": unparsable response from ",
-                                               target_));
-      break;
-    }
-    if (resp.has_weights()) {
-      local = internal::WriteChunk(resp.weights(), out, &result.weight_elements_received);
-      if (!local.ok()) break;
-    } else if (resp.has_done()) {
-      result.step = resp.done().step();
-      result.version = resp.done().version();
-      result.duplicate = resp.done().duplicate();
-      result.nonfinite_gradient_elements = resp.done().nonfinite_gradient_elements();
+    // Weight payloads go from gRPC's slices straight into the caller's buffers.
+    internal::DecodedStepResponse decoded;
+    local = internal::DecodeStepResponse(in, out, &decoded);
+    result.weight_elements_received += decoded.weight_elements;
+    if (!local.ok()) break;
+    if (decoded.has_done) {
+      result.step = decoded.done.step();
+      result.version = decoded.done.version();
+      result.duplicate = decoded.done.duplicate();
+      result.nonfinite_gradient_elements = decoded.done.nonfinite_gradient_elements();
       done = true;
       break;
     }

@@ -45,3 +45,21 @@ BufferMap MakeBufferMap(absl::Span<const MutableBuffer> buffers);
 absl::Status WriteChunk(const v1::TensorChunk& chunk, const BufferMap& out, int64_t* elements);
 
 }  // namespace optd::client::internal
+
+namespace optd::client::internal {
+
+// What DecodeStepResponse found in one StepResponse message.
+struct DecodedStepResponse {
+  bool has_done = false;
+  v1::StepDone done;
+  int64_t weight_elements = 0;  // elements written into `out` by this message
+};
+
+// Decodes a serialized optd.v1.StepResponse held in gRPC slices. A weight chunk's payload is
+// copied once, from the slices straight into its buffer in `out` (no protobuf string in
+// between); everything else is parsed normally. Errors: DataLoss for a malformed message, the
+// WriteChunk errors for a chunk that does not fit its buffer.
+absl::Status DecodeStepResponse(const grpc::ByteBuffer& message, const BufferMap& out,
+                                DecodedStepResponse* decoded);
+
+}  // namespace optd::client::internal
