@@ -98,7 +98,9 @@ int64_t Range32(const TensorBuffers& t, const StepConstants& k, int64_t begin, i
   for (int64_t i = begin; i < end; ++i) {
     const float gj = ToFloat(g[i - t.grad_offset]);
     nonfinite += IsFiniteBits(gj) ? 0 : 1;
-    const float gsc = gj * k.gnorm_scale;
+    // The reference's 32-bit kernel scales the gradient in place, in its own dtype, so the
+    // clipped gradient is rounded to fp16/bf16 (the 8-bit kernel keeps it in fp32).
+    const float gsc = ToFloat(FromFloat<GT>(gj * k.gnorm_scale));
     // The 32-bit kernel's order of operations differs from the 8-bit one: (1-b2)*(g*g).
     const float mj = s1[i] * k.beta1 + k.one_minus_beta1 * gsc;
     const float vj = s2[i] * k.beta2 + k.one_minus_beta2 * (gsc * gsc);

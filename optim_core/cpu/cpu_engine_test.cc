@@ -525,6 +525,31 @@ TEST(CpuEngineTest, PercentileClippingWorksForBf16Gradients) {
   for (float x : st->gnorm_vec) EXPECT_FLOAT_EQ(x, 0.25f * n);
 }
 
+TEST(CpuEngineTest, ClippedGradientIsRoundedToItsDtypeOnThe32BitPath) {
+  // bitsandbytes' 32-bit kernel multiplies the fp16 gradient by gnorm_scale in place (in fp16).
+  auto e = NewEngine();
+  AdamWOptions clip;
+  clip.percentile_clipping = 5;
+  clip.weight_decay = 0.0f;
+  const int64_t n = 1000;  // below min_8bit_size: the 32-bit path
+  auto g = NewGroup(*e, OneTensor(n, DType::kFloat16, clip));
+  std::vector<uint16_t> small(n, internal::FloatToHalf(0.01f));
+  std::vector<uint16_t> big(n, internal::FloatToHalf(0.3f));
+  TensorGradient a{0, {small.data(), DType::kFloat16, n}};
+  TensorGradient b{0, {big.data(), DType::kFloat16, n}};
+  ASSERT_TRUE(g->Step({&a, 1}, {}).ok());
+  const float m1 = g->ExportState(0)->state1_f32[0];
+  ASSERT_TRUE(g->Step({&b, 1}, {}).ok());  // clipped back to the history's norm
+  const float h = internal::HalfToFloat(small[0]);
+  const float sum_small = static_cast<float>(n) * (h * h);
+  const float gb = internal::HalfToFloat(big[0]);
+  const float sum_big = static_cast<float>(n) * (gb * gb);
+  const float scale = std::sqrt(sum_small) / std::sqrt(sum_big);
+  const float rounded = internal::HalfToFloat(internal::FloatToHalf(gb * scale));
+  ASSERT_NE(rounded, gb * scale);  // the case must tell the two apart
+  EXPECT_EQ(g->ExportState(0)->state1_f32[0], m1 * 0.9f + (1.0f - 0.9f) * rounded);
+}
+
 TEST(CpuEngineTest, LrOverrideAppliesToOneStep) {
   auto e = NewEngine();
   const int64_t n = 4096;
