@@ -1,10 +1,12 @@
 // Behaviour of the CPU engine through the public API (the numbers themselves are checked
 // against bitsandbytes by the golden tests in tests/conformance).
+#include <atomic>
 #include <cmath>
 #include <cstring>
 #include <limits>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -373,6 +375,30 @@ TEST(CpuEngineTest, ManyTensorStepEqualsOneGroupPerTensor) {
     EXPECT_EQ(sa.state1_f32, sb.state1_f32);
     EXPECT_EQ(big->GetStep(static_cast<int>(i)), 2);
   }
+}
+
+TEST(CpuEngineTest, GroupsOfOneEngineStepConcurrently) {
+  // Distinct groups may be used from different threads; they share the engine's pool.
+  auto e = NewEngine(2);
+  const int64_t n = 200000;
+  const std::vector<float> grad = Random(n, 0.05f, 50);
+  std::vector<std::unique_ptr<ParamGroup>> groups;
+  for (int i = 0; i < 4; ++i) groups.push_back(NewGroup(*e, OneTensor(n)));
+  std::vector<std::thread> threads;
+  std::atomic<int> failures{0};
+  for (int i = 0; i < 3; ++i) {
+    threads.emplace_back([&, i] {
+      TensorGradient tg{0, View(grad)};
+      for (int step = 0; step < 3; ++step) {
+        if (!groups[i]->Step({&tg, 1}, {}).ok()) failures.fetch_add(1);
+      }
+    });
+  }
+  for (auto& t : threads) t.join();
+  TensorGradient tg{0, View(grad)};
+  for (int step = 0; step < 3; ++step) ASSERT_TRUE(groups[3]->Step({&tg, 1}, {}).ok());
+  EXPECT_EQ(failures.load(), 0);
+  for (int i = 0; i < 3; ++i) EXPECT_TRUE(SameBits(ReadAll(*groups[i]), ReadAll(*groups[3]))) << i;
 }
 
 TEST(CpuEngineTest, ApplyRangeOverAllRangesEqualsStep) {
