@@ -38,6 +38,7 @@ ABSL_FLAG(bool, skip_memory, false, "skip the memory table");
 ABSL_FLAG(std::string, server_binary, OPTD_SERVER_BINARY, "the optd binary (jemalloc)");
 ABSL_FLAG(std::string, glibc_server_binary, OPTD_SERVER_GLIBC_BINARY,
           "the same server linked without jemalloc");
+ABSL_FLAG(std::string, backend, "cpu", "server backend: cpu or cuda");
 ABSL_FLAG(int64_t, chunk_bytes, int64_t{4} << 20, "payload bytes per message");
 
 namespace {
@@ -82,7 +83,7 @@ std::unique_ptr<Child> StartServer(const std::string& binary) {
   std::vector<std::string> args = {binary,
                                    "--listen=127.0.0.1:0",
                                    "--metrics_listen=127.0.0.1:0",
-                                   "--backend=cpu",
+                                   "--backend=" + absl::GetFlag(FLAGS_backend),
                                    "--max_message_bytes=67108864",
                                    "--chunk_bytes=" + std::to_string(absl::GetFlag(FLAGS_chunk_bytes)),
                                    "--port_file=" + dir + "/port",
@@ -394,7 +395,8 @@ void MemoryTable() {
   const int64_t chunk = absl::GetFlag(FLAGS_chunk_bytes);
   const std::vector<uint8_t> grad = Buffer(static_cast<size_t>(64) << 20, 3);
   std::printf("\n## Memory: TinyLlama-1.1B layout / %d per dimension (201 bf16 tensors, %.1f M "
-              "params), CPU backend, a fresh server per row group\n\n", s, params / 1e6);
+              "params), %s backend, a fresh server per row group\n\n", s, params / 1e6,
+              absl::GetFlag(FLAGS_backend).c_str());
   std::printf("| figure | bytes | bytes per parameter |\n|---|---|---|\n");
   std::vector<std::pair<const char*, optd::v1::WeightsReturn>> modes = {
       {"NONE", optd::v1::NONE}, {"UPDATED", optd::v1::UPDATED}};
@@ -430,8 +432,15 @@ void MemoryTable() {
     const int64_t rss1 = ProcStatusKb(child->pid, "VmRSS:");
     if (first) {
       const std::string m = HttpGet(child->metrics_port, "/metrics");
-      const double weights = Metric(m, "optd_engine_weight_bytes", "location=\"host\"");
-      const double states = Metric(m, "optd_engine_state_bytes", "location=\"host\"");
+      const std::string loc = absl::GetFlag(FLAGS_backend) == "cuda" ? "location=\"device\""
+                                                                      : "location=\"host\"";
+      const double weights = Metric(m, "optd_engine_weight_bytes", loc);
+      const double states = Metric(m, "optd_engine_state_bytes", loc);
+      const double used = Metric(m, "optd_device_memory_used_bytes", "");
+      if (used >= 0) {
+        std::printf("| device memory used, whole card (optd_device_memory_used_bytes; includes the "
+                    "CUDA context) | %.0f | %.3f |\n", used, used / params);
+      }
       std::printf("| engine weights (optd_engine_weight_bytes) | %.0f | %.3f |\n", weights, weights / params);
       std::printf("| engine 8-bit states + block scales (optd_engine_state_bytes) | %.0f | %.3f |\n", states, states / params);
       std::printf("| server RSS after create + upload, minus RSS at start | %lld | %.3f |\n",
@@ -449,6 +458,12 @@ void MemoryTable() {
                   "| %lld | %.3f |\n",
                   k, label, secs, bytes / secs / 1e9, static_cast<long long>((peak - rss0) * 1024),
                   (peak - rss0) * 1024.0 / params);
+    }
+    const double used_after =
+        Metric(HttpGet(child->metrics_port, "/metrics"), "optd_device_memory_used_bytes", "");
+    if (used_after >= 0) {
+      std::printf("| device memory used after 2 steps with weights %s (whole card) | %.0f | %.3f |\n",
+                  label, used_after, used_after / params);
     }
   }
   std::fflush(stdout);
