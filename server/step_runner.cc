@@ -191,6 +191,12 @@ std::vector<int> Untouched(const Group& group, const std::vector<int>& touched) 
   return out;
 }
 
+std::vector<int> AllTensors(const Group& group) {
+  std::vector<int> out(static_cast<size_t>(group.num_tensors()));
+  for (int t = 0; t < group.num_tensors(); ++t) out[static_cast<size_t>(t)] = t;
+  return out;
+}
+
 absl::Status SendDone(StepStream* stream, int64_t step, int64_t version, bool duplicate,
                       int64_t nonfinite) {
   v1::StepResponse response;
@@ -402,10 +408,10 @@ absl::StatusOr<StepOutcome> RunAccumulated(Group& group, const StepPlan& plan, S
   record.worker_steps[static_cast<size_t>(plan.worker)] = plan.step;
   group.metrics().AddNonfiniteGradientElements(nonfinite);
   if (plan.weights != v1::NONE) {
-    const std::vector<int> send = plan.weights == v1::ALL ? Untouched(group, {}) : touched;
-    if (absl::Status s = SendTensors(group, send, plan.chunk_bytes, stream); !s.ok()) {
-      return s;
-    }
+    absl::Status s = plan.weights == v1::ALL
+                         ? SendTensors(group, AllTensors(group), plan.chunk_bytes, stream)
+                         : SendTensors(group, touched, plan.chunk_bytes, stream);
+    if (!s.ok()) return s;
   }
   return StepOutcome{record.version, nonfinite};
 }
@@ -608,10 +614,10 @@ absl::Status OptimizerCore::Step(grpc::ServerContext* /*context*/, StepStream* s
       outcome = RunSync(group, plan, stream, timeout_ms, &touched);
       if (outcome.ok() && plan.weights != v1::NONE) {
         absl::MutexLock lock(&group.mu());
-        const std::vector<int> send = plan.weights == v1::ALL ? Untouched(group, {}) : touched;
-        if (absl::Status s = SendTensors(group, send, options_.chunk_bytes, stream); !s.ok()) {
-          return s;
-        }
+        absl::Status s = plan.weights == v1::ALL
+                             ? SendTensors(group, AllTensors(group), options_.chunk_bytes, stream)
+                             : SendTensors(group, touched, options_.chunk_bytes, stream);
+        if (!s.ok()) return s;
       }
     } else {
       absl::MutexLock lock(&group.mu());

@@ -4,6 +4,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/strings/str_cat.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/widen.h"
@@ -201,13 +202,13 @@ TEST(MultiWorkerTest, AsyncAppliesEachPushAndRejectsStaleGradients) {
 
 TEST(MultiWorkerTest, DifferentGroupsStepInParallel) {
   InProcessServer srv = StartInProcess();
-  for (int g = 0; g < 4; ++g) CreateGroup(*srv.stub, "g" + std::to_string(g), 1, v1::SYNC);
+  for (int g = 0; g < 4; ++g) CreateGroup(*srv.stub, absl::StrCat("g", g), 1, v1::SYNC);
   std::vector<absl::Status> status(4);
   std::vector<std::thread> threads;
   for (int g = 0; g < 4; ++g) {
     threads.emplace_back([&, g] {
       for (int k = 1; k <= 3 && status[g].ok(); ++k) {
-        status[g] = RunStep(*srv.stub, "g" + std::to_string(g), k, {WorkerGrad(0, k, "w", kW)}).status;
+        status[g] = RunStep(*srv.stub, absl::StrCat("g", g), k, {WorkerGrad(0, k, "w", kW)}).status;
       }
     });
   }

@@ -118,7 +118,9 @@ TEST(ProcessTest, SaveKill9RestoreContinueIsBitForBitTheUninterruptedRun) {
     auto sb = Export(*stub_b, name);
     ASSERT_TRUE(sr.ok() && sb.ok());
     EXPECT_TRUE(*sr == *sb) << name << ": states differ";
-    if (std::string(name) == "clip") EXPECT_EQ((*sb)["w"].count("gnorm_vec"), 1u);
+    if (std::string(name) == "clip") {
+      EXPECT_EQ((*sb)["w"].count("gnorm_vec"), 1u);
+    }
   }
   std::filesystem::remove_all(dir);
 }
