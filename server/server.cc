@@ -48,6 +48,14 @@ std::string HostPart(const std::string& address) {
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOptions& options) {
+  // Weight and state messages carry chunk_bytes of payload plus a small header.
+  constexpr int64_t kHeaderRoom = 64 << 10;
+  if (options.chunk_bytes < 4096 || options.chunk_bytes > options.max_message_bytes - kHeaderRoom) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "chunk_bytes must be in [4096, max_message_bytes - 65536 = ",
+        static_cast<int64_t>(options.max_message_bytes) - kHeaderRoom, "], got ",
+        options.chunk_bytes));
+  }
   std::unique_ptr<Server> s(new Server());
   auto engine = MakeEngine(options);
   if (!engine.ok()) return engine.status();
@@ -82,6 +90,11 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
   builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
+  // A streamed step holds its group until the commit: keepalive pings find a trainer that
+  // vanished without closing its connection (the stream then ends and the step is undone).
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIME_MS, 30000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_TIMEOUT_MS, 10000);
+  builder.AddChannelArgument(GRPC_ARG_KEEPALIVE_PERMIT_WITHOUT_CALLS, 1);
   builder.RegisterService(s->service_.get());
   s->server_ = builder.BuildAndStart();
   if (s->server_ == nullptr || s->port_ == 0) {

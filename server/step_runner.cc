@@ -15,6 +15,7 @@
 // Paths 1 and 2 hold the group's mutex for the whole step, which serializes one group's steps in
 // arrival order while other groups proceed in parallel. Path 3 holds it only to apply.
 #include <algorithm>
+#include <atomic>
 #include <cstring>
 #include <memory>
 #include <optional>
@@ -418,9 +419,9 @@ absl::StatusOr<StepOutcome> RunAccumulated(Group& group, const StepPlan& plan, S
 
 // Path 3 of Note [Three ways to apply a step]. Returns the outcome after the update was applied
 // by whichever worker arrived last.
-absl::StatusOr<StepOutcome> RunSync(Group& group, const StepPlan& plan,
-                                           StepStream* stream, int64_t timeout_ms,
-                                           std::vector<int>* touched_out) {
+absl::StatusOr<StepOutcome> RunSync(Group& group, const StepPlan& plan, StepStream* stream,
+                                    int64_t timeout_ms, const std::atomic<bool>& shutting_down,
+                                    core::Backend backend, std::vector<int>* touched_out) {
   std::shared_ptr<SyncRound> round;
   const int num_workers = [&] {
     absl::MutexLock lock(&group.mu());
@@ -480,17 +481,34 @@ absl::StatusOr<StepOutcome> RunSync(Group& group, const StepPlan& plan,
     } else {
       auto finished = [&round]() { return round->done; };
       auto finished_or_applying = [&round]() { return round->done || round->applying; };
-      group.sync_mu().AwaitWithDeadline(absl::Condition(&finished_or_applying), round->deadline);
+      // Wakes every 100 ms to notice a server shutdown: a SIGTERM should not wait out a long
+      // sync_timeout_ms for workers that will not come.
+      bool stopping = false;
+      while (!group.sync_mu().AwaitWithDeadline(
+          absl::Condition(&finished_or_applying),
+          std::min(round->deadline, absl::Now() + absl::Milliseconds(100)))) {
+        if (absl::Now() >= round->deadline) break;
+        if (shutting_down.load()) {
+          stopping = true;
+          break;
+        }
+      }
       if (!round->done && !round->applying) {
         std::vector<int> missing;
         for (int w = 0; w < num_workers; ++w) {
           if (!round->workers[static_cast<size_t>(w)].has_value()) missing.push_back(w);
         }
         round->done = true;
-        round->result = absl::DeadlineExceededError(absl::StrCat(
-            "sync step ", plan.step, " of group '", group.name(), "': worker(s) ",
-            absl::StrJoin(missing, ", "), " did not push within sync_timeout_ms=", timeout_ms,
-            "; no update was applied"));
+        round->result =
+            stopping
+                ? absl::UnavailableError(absl::StrCat(
+                      "sync step ", plan.step, " of group '", group.name(),
+                      "': the server is shutting down while worker(s) ",
+                      absl::StrJoin(missing, ", "), " had not pushed; no update was applied"))
+                : absl::DeadlineExceededError(absl::StrCat(
+                      "sync step ", plan.step, " of group '", group.name(), "': worker(s) ",
+                      absl::StrJoin(missing, ", "), " did not push within sync_timeout_ms=",
+                      timeout_ms, "; no update was applied"));
         for (auto& w : round->workers) w.reset();
         group.metrics().SetAccumulationBytes(0);
         group.metrics().SetWorkersPending(0);
@@ -525,6 +543,7 @@ absl::StatusOr<StepOutcome> RunSync(Group& group, const StepPlan& plan,
         for (auto& s : record.worker_steps) s = plan.step;
         version = record.version;
         group.metrics().AddNonfiniteGradientElements(total_nonfinite);
+        group.UpdateByteMetrics(backend);
         group.Publish();
       }
     }
@@ -611,7 +630,8 @@ absl::Status OptimizerCore::Step(grpc::ServerContext* /*context*/, StepStream* s
             plan.step <= version ? "in the past" : "too far ahead", ": group '", group.name(),
             "' is at version ", version, ", so the next sync step is ", version + 1));
       }
-      outcome = RunSync(group, plan, stream, timeout_ms, &touched);
+      outcome = RunSync(group, plan, stream, timeout_ms, shutting_down_, engine_->backend(),
+                        &touched);
       if (outcome.ok() && plan.weights != v1::NONE) {
         absl::MutexLock lock(&group.mu());
         absl::Status s = plan.weights == v1::ALL

@@ -1,5 +1,6 @@
 // Multi-worker groups through the real API: sync averaging (bit for bit against one worker
 // pushing the average), a missing worker failing the step for everyone, async staleness, retries.
+#include <chrono>
 #include <string>
 #include <thread>
 #include <vector>
@@ -167,6 +168,22 @@ TEST(MultiWorkerTest, MissingWorkerFailsTheStepForEveryoneAndAppliesNothing) {
     EXPECT_TRUE(retry[w].status.ok()) << retry[w].status;
     EXPECT_EQ(retry[w].done.version(), 1);
   }
+}
+
+TEST(MultiWorkerTest, ShutdownEndsAWaitingSyncStepWithoutApplyingIt) {
+  InProcessServer srv = StartInProcess();
+  CreateGroup(*srv.stub, "sync", 2, v1::SYNC, /*timeout_ms=*/600000);
+  StepResult result;
+  std::thread worker([&] {
+    result = RunStep(*srv.stub, "sync", 1, {WorkerGrad(0, 1, "w", kW), WorkerGrad(0, 1, "v", kV)});
+  });
+  std::this_thread::sleep_for(std::chrono::milliseconds(300));
+  const auto start = std::chrono::steady_clock::now();
+  srv.server->Shutdown(absl::Seconds(20));
+  worker.join();
+  EXPECT_LT(std::chrono::steady_clock::now() - start, std::chrono::seconds(5));
+  EXPECT_EQ(result.status.code(), absl::StatusCode::kUnavailable) << result.status;
+  EXPECT_THAT(std::string(result.status.message()), HasSubstr("shutting down"));
 }
 
 TEST(MultiWorkerTest, AsyncAppliesEachPushAndRejectsStaleGradients) {
