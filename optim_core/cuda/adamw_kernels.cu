@@ -168,9 +168,25 @@ struct Tables {
   const uint8_t* b2;
 };
 
+// Adds the warp's NaN/Inf gradient elements to *counter (rare: one atomic only when some).
+// Lanes past the end of a partial block hold g = 0, so they never count.
+template <typename G>
+__device__ __forceinline__ void CountNonFinite(const G* g_vals, int lane,
+                                               unsigned long long* counter) {
+  unsigned bad = 0;
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const float gf = ToFloat(g_vals[j]);
+    bad += (isnan(gf) || isinf(gf)) ? 1u : 0u;
+  }
+  bad = __reduce_add_sync(kFullMask, bad);
+  if (lane == 0 && bad != 0 && counter != nullptr) atomicAdd(counter, bad);
+}
+
 template <typename P, typename G>
 __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, int lane,
-                                                const Hyper& h, const Tables& tab) {
+                                                const Hyper& h, const Tables& tab,
+                                                unsigned long long* nonfinite) {
   const LaneTable q1 = tab.q1, q2 = tab.q2;
   const float beta1 = h.beta1, beta2 = h.beta2, eps = h.eps, lr = h.lr;
   const float weight_decay = h.weight_decay;
@@ -227,6 +243,7 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
     *absmax1_out = new_absmax1;
     *absmax2_out = new_absmax2;
   }
+  CountNonFinite<G>(g_vals, lane, nonfinite);
 
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
@@ -267,7 +284,7 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
 // the clipped gradient is rounded to the gradient's type, NaN propagates).
 template <typename P, typename G>
 __device__ __forceinline__ void Update32bitBlock(const Segment& s, int64_t blk, int lane,
-                                                 const Hyper& h) {
+                                                 const Hyper& h, unsigned long long* nonfinite) {
   const float beta1 = h.beta1, beta2 = h.beta2, eps = h.eps, lr = h.lr;
   const float weight_decay = h.weight_decay;
   const float correction1 = 1.0f - powf(beta1, s.step);
@@ -291,6 +308,7 @@ __device__ __forceinline__ void Update32bitBlock(const Segment& s, int64_t blk, 
   LoadLane(p, lane, valid, true, FromFloat<P>(0.0f), p_vals);
   LoadLane(m, lane, valid, true, 0.0f, s1_vals);
   LoadLane(v, lane, valid, true, 0.0f, s2_vals);
+  CountNonFinite<G>(g_vals, lane, nonfinite);
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
     const float g_val = ToFloat(FromFloat<G>(gnorm_scale * ToFloat(g_vals[j])));
@@ -309,19 +327,20 @@ __device__ __forceinline__ void Update32bitBlock(const Segment& s, int64_t blk, 
 
 template <typename P>
 __device__ __forceinline__ void DispatchGrad(const Segment& s, int64_t blk, int lane,
-                                             const Hyper& h, const Tables& tab) {
+                                             const Hyper& h, const Tables& tab,
+                                             unsigned long long* nf) {
   switch (s.grad_dtype) {
     case 0:
-      if (s.eight_bit) Update8bitBlock<P, float>(s, blk, lane, h, tab);
-      else Update32bitBlock<P, float>(s, blk, lane, h);
+      if (s.eight_bit) Update8bitBlock<P, float>(s, blk, lane, h, tab, nf);
+      else Update32bitBlock<P, float>(s, blk, lane, h, nf);
       break;
     case 1:
-      if (s.eight_bit) Update8bitBlock<P, __half>(s, blk, lane, h, tab);
-      else Update32bitBlock<P, __half>(s, blk, lane, h);
+      if (s.eight_bit) Update8bitBlock<P, __half>(s, blk, lane, h, tab, nf);
+      else Update32bitBlock<P, __half>(s, blk, lane, h, nf);
       break;
     default:
-      if (s.eight_bit) Update8bitBlock<P, __nv_bfloat16>(s, blk, lane, h, tab);
-      else Update32bitBlock<P, __nv_bfloat16>(s, blk, lane, h);
+      if (s.eight_bit) Update8bitBlock<P, __nv_bfloat16>(s, blk, lane, h, tab, nf);
+      else Update32bitBlock<P, __nv_bfloat16>(s, blk, lane, h, nf);
       break;
   }
 }
@@ -365,9 +384,9 @@ __global__ void __launch_bounds__(kThreads, kCtasPerSm) AdamWUpdateKernel(const 
     const Segment& s = params.segments[si];
     const int64_t blk = block - s.first_block;
     switch (s.param_dtype) {
-      case 0: DispatchGrad<float>(s, blk, lane, params.hyper, tab); break;
-      case 1: DispatchGrad<__half>(s, blk, lane, params.hyper, tab); break;
-      default: DispatchGrad<__nv_bfloat16>(s, blk, lane, params.hyper, tab); break;
+      case 0: DispatchGrad<float>(s, blk, lane, params.hyper, tab, params.nonfinite); break;
+      case 1: DispatchGrad<__half>(s, blk, lane, params.hyper, tab, params.nonfinite); break;
+      default: DispatchGrad<__nv_bfloat16>(s, blk, lane, params.hyper, tab, params.nonfinite); break;
     }
   }
 }

@@ -49,6 +49,7 @@ struct LaunchParams {
   const uint8_t* buckets1 = nullptr;   // device: kSignedBuckets bounds for qmap1
   const uint8_t* buckets2 = nullptr;   // device: kUnsignedBuckets bounds for qmap2
   int sm_count = 132;                  // multiprocessors of the device (sizes the grid)
+  unsigned long long* nonfinite = nullptr;  // device: += gradient elements that are NaN or Inf
   Hyper hyper;
 };
 

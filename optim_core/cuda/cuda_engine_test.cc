@@ -285,6 +285,9 @@ TEST(CudaEngine, NonFiniteGradientsMatchCpu) {
   ASSERT_TRUE(gpu && cpu);
   const Outcome a = RunOn(*gpu, p, Feed::kDevice);
   ExpectClose(p, a, RunOn(*cpu, p, Feed::kHost));
+  // Both engines count the same poisoned elements (the metric the server exports).
+  EXPECT_GT(gpu->Stats().nonfinite_gradient_elements, 0);
+  EXPECT_EQ(gpu->Stats().nonfinite_gradient_elements, cpu->Stats().nonfinite_gradient_elements);
   // A poisoned element of step 2 keeps the weight it had after step 1... and the last step
   // moved it again; check the weight is finite everywhere instead.
   for (int t : {0, 5, 6, 7})

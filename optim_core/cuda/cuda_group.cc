@@ -72,6 +72,12 @@ absl::Status CudaGroup::Init() {
     OPTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(clip_, 0, clip_floats * sizeof(float), stream_),
                               "cudaMemsetAsync");
   }
+  OPTD_CUDA_RETURN_IF_ERROR(cudaMalloc(&nonfinite_, sizeof(*nonfinite_)), "cudaMalloc(counter)");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(nonfinite_, 0, sizeof(*nonfinite_), stream_),
+                            "cudaMemsetAsync(counter)");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaMallocHost(&nonfinite_host_, sizeof(*nonfinite_host_)),
+                            "cudaMallocHost(counter)");
+  *nonfinite_host_ = 0;
   block_offset_.assign(n + 1, 0);
   for (int t = 0; t < n; ++t) block_offset_[t + 1] = block_offset_[t] + CeilDiv(numel_[t], kBlockSize);
   if (clipping()) OPTD_RETURN_IF_ERROR(EnsurePartials());
@@ -135,6 +141,8 @@ CudaGroup::~CudaGroup() {
   shared_->counters->weight_bytes_device -= weight_bytes_;
   if (clip_) cudaFree(clip_);
   if (partials_) cudaFree(partials_);
+  if (nonfinite_) cudaFree(nonfinite_);
+  if (nonfinite_host_) cudaFreeHost(nonfinite_host_);
   if (host_segments_) cudaFreeHost(host_segments_);
   if (device_segments_) cudaFree(device_segments_);
   if (host_jobs_) cudaFreeHost(host_jobs_);
@@ -350,6 +358,7 @@ absl::Status CudaGroup::Flush(int begin, int end, Pass pass, const Hyper& hyper,
   lp.buckets1 = shared_->buckets;
   lp.buckets2 = shared_->buckets + kSignedBuckets;
   lp.sm_count = shared_->sm_count;
+  lp.nonfinite = nonfinite_;
   lp.hyper = hyper;
   OPTD_CUDA_RETURN_IF_ERROR(pass == Pass::kUpdate ? LaunchAdamWUpdate(lp, stream_)
                                                   : LaunchGradSumSquares(lp, stream_),
@@ -365,9 +374,16 @@ absl::Status CudaGroup::Flush(int begin, int end, Pass pass, const Hyper& hyper,
 
 absl::Status CudaGroup::Finish() {
   segments_used_ = 0;
+  // The step's count of NaN/Inf gradient elements comes back with the step's synchronize.
+  OPTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(nonfinite_host_, nonfinite_, sizeof(*nonfinite_),
+                                            cudaMemcpyDeviceToHost, stream_),
+                            "cudaMemcpyAsync(counter)");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(nonfinite_, 0, sizeof(*nonfinite_), stream_),
+                            "cudaMemsetAsync(counter)");
   OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(step)");
   OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(h2d_), "cudaStreamSynchronize(h2d)");
   OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d2h_), "cudaStreamSynchronize(d2h)");
+  shared_->counters->nonfinite_gradient_elements += static_cast<int64_t>(*nonfinite_host_);
   return pages_->FinishStep();
 }
 

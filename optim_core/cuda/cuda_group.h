@@ -99,6 +99,8 @@ class CudaGroup final : public ParamGroup {
 
   float* clip_ = nullptr;                  // device: gnorm_vec[T][100], (unused)[T], scale[T]
   float* partials_ = nullptr;              // device: sum(g^2) per block, when clipping
+  unsigned long long* nonfinite_ = nullptr;       // device: NaN/Inf gradient elements this step
+  unsigned long long* nonfinite_host_ = nullptr;  // pinned: its value after the step
   std::vector<int64_t> block_offset_;      // first block of tensor t among all the group's
   cudaStream_t stream_ = nullptr;          // compute
   cudaStream_t h2d_ = nullptr;
