@@ -80,7 +80,7 @@ absl::Status CudaGroup::Init() {
   *nonfinite_host_ = 0;
   block_offset_.assign(n + 1, 0);
   for (int t = 0; t < n; ++t) block_offset_[t + 1] = block_offset_[t] + CeilDiv(numel_[t], kBlockSize);
-  if (clipping()) OPTD_RETURN_IF_ERROR(EnsurePartials());
+  if (clipping()) OPTD_CUDA_RETURN_IF_NOT_OK(EnsurePartials());
   OPTD_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&staging_ready_, cudaEventDisableTiming),
                             "cudaEventCreate");
   for (cudaEvent_t& e : staging_free_)
@@ -105,8 +105,8 @@ absl::Status CudaGroup::Init() {
     }
     shared_->reserved_bytes += reserved_;
   }
-  OPTD_RETURN_IF_ERROR(BuildPages(spec_.options));
-  OPTD_RETURN_IF_ERROR(EnsureCapacity(static_cast<size_t>(pages_->num_pages()) + 16,
+  OPTD_CUDA_RETURN_IF_NOT_OK(BuildPages(spec_.options));
+  OPTD_CUDA_RETURN_IF_NOT_OK(EnsureCapacity(static_cast<size_t>(pages_->num_pages()) + 16,
                                       static_cast<size_t>(n)));
   return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(create)");
 }
@@ -265,7 +265,7 @@ absl::Status CudaGroup::Run(const std::vector<Unit>& units, Pass pass, const Hyp
     const bool host = u.grad.memory == MemoryKind::kHost;
     const int64_t gbytes = u.count * static_cast<int64_t>(DTypeSize(u.grad.dtype));
     if (!batch_.empty() && (streamed || (host && staging_used_ + gbytes > kStagingBytes))) {
-      OPTD_RETURN_IF_ERROR(Flush(0, static_cast<int>(batch_.size()), pass, hyper, staged));
+      OPTD_CUDA_RETURN_IF_NOT_OK(Flush(0, static_cast<int>(batch_.size()), pass, hyper, staged));
       batch_.clear();
       blocks = 0;
       staged = false;
@@ -319,15 +319,15 @@ absl::Status CudaGroup::Run(const std::vector<Unit>& units, Pass pass, const Hyp
     batch_.push_back(s);
     blocks += CeilDiv(u.count, kBlockSize);
     if (streamed) {
-      OPTD_RETURN_IF_ERROR(Flush(0, static_cast<int>(batch_.size()), pass, hyper, staged));
-      OPTD_RETURN_IF_ERROR(pages_->Release(u.page, stream_));
+      OPTD_CUDA_RETURN_IF_NOT_OK(Flush(0, static_cast<int>(batch_.size()), pass, hyper, staged));
+      OPTD_CUDA_RETURN_IF_NOT_OK(pages_->Release(u.page, stream_));
       batch_.clear();
       blocks = 0;
       staged = false;
     }
   }
   if (!batch_.empty())
-    OPTD_RETURN_IF_ERROR(Flush(0, static_cast<int>(batch_.size()), pass, hyper, staged));
+    OPTD_CUDA_RETURN_IF_NOT_OK(Flush(0, static_cast<int>(batch_.size()), pass, hyper, staged));
   batch_.clear();
   return absl::OkStatus();
 }
@@ -394,7 +394,7 @@ absl::Status CudaGroup::Step(absl::Span<const TensorGradient> grads, const StepA
   bool any_host = false;
   for (size_t i = 0; i < grads.size(); ++i) {
     const TensorGradient& g = grads[i];
-    OPTD_RETURN_IF_ERROR(CheckTensor(g.tensor));
+    OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(g.tensor));
     if (seen[g.tensor])
       return absl::InvalidArgumentError(absl::StrCat(
           "grads[", i, "]: tensor ", spec_.tensors[g.tensor].name, " appears more than once"));
@@ -410,15 +410,15 @@ absl::Status CudaGroup::Step(absl::Span<const TensorGradient> grads, const StepA
     any_host |= g.grad.memory == MemoryKind::kHost;
   }
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
-  if (any_host) OPTD_RETURN_IF_ERROR(EnsureStaging());
+  if (any_host) OPTD_CUDA_RETURN_IF_NOT_OK(EnsureStaging());
   std::vector<Unit> units;
   for (const TensorGradient& g : grads)
     AddUnits(g.tensor, 0, g.grad, static_cast<int32_t>(steps_[g.tensor] + 1), &units);
-  OPTD_RETURN_IF_ERROR(EnsureCapacity(2 * units.size() + 1, grads.size()));
+  OPTD_CUDA_RETURN_IF_NOT_OK(EnsureCapacity(2 * units.size() + 1, grads.size()));
   const Hyper hyper = HyperFor(args);
   if (clipping() && !units.empty()) {
     const size_t n = static_cast<size_t>(num_tensors());
-    OPTD_RETURN_IF_ERROR(Run(units, Pass::kSumSquares, hyper));
+    OPTD_CUDA_RETURN_IF_NOT_OK(Run(units, Pass::kSumSquares, hyper));
     for (size_t i = 0; i < grads.size(); ++i) {
       const int t = grads[i].tensor;
       ClipJob& j = host_jobs_[i];
@@ -436,15 +436,15 @@ absl::Status CudaGroup::Step(absl::Span<const TensorGradient> grads, const StepA
     OPTD_CUDA_RETURN_IF_ERROR(
         LaunchClipScale(device_jobs_, static_cast<int>(grads.size()), stream_), "ClipScaleKernel");
   }
-  OPTD_RETURN_IF_ERROR(Run(units, Pass::kUpdate, hyper));
-  OPTD_RETURN_IF_ERROR(Finish());
+  OPTD_CUDA_RETURN_IF_NOT_OK(Run(units, Pass::kUpdate, hyper));
+  OPTD_CUDA_RETURN_IF_NOT_OK(Finish());
   for (const TensorGradient& g : grads) ++steps_[g.tensor];
   return absl::OkStatus();
 }
 
 absl::Status CudaGroup::ApplyRange(const RangeGradient& range, int64_t step,
                                    const StepArgs& args) {
-  OPTD_RETURN_IF_ERROR(CheckTensor(range.tensor));
+  OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(range.tensor));
   if (clipping())
     return absl::FailedPreconditionError(
         "ApplyRange is unavailable with percentile_clipping < 100 (it needs the whole gradient; "
@@ -465,16 +465,16 @@ absl::Status CudaGroup::ApplyRange(const RangeGradient& range, int64_t step,
   if (step < 1 || step > std::numeric_limits<int32_t>::max())
     return absl::InvalidArgumentError(absl::StrCat("step must be in [1, 2^31), got ", step));
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
-  if (range.grad.memory == MemoryKind::kHost) OPTD_RETURN_IF_ERROR(EnsureStaging());
+  if (range.grad.memory == MemoryKind::kHost) OPTD_CUDA_RETURN_IF_NOT_OK(EnsureStaging());
   std::vector<Unit> units;
   AddUnits(range.tensor, range.offset, range.grad, static_cast<int32_t>(step), &units);
-  OPTD_RETURN_IF_ERROR(EnsureCapacity(2 * units.size() + 1, 1));
-  OPTD_RETURN_IF_ERROR(Run(units, Pass::kUpdate, HyperFor(args)));
+  OPTD_CUDA_RETURN_IF_NOT_OK(EnsureCapacity(2 * units.size() + 1, 1));
+  OPTD_CUDA_RETURN_IF_NOT_OK(Run(units, Pass::kUpdate, HyperFor(args)));
   return Finish();
 }
 
 absl::Status CudaGroup::SetStep(int tensor, int64_t step) {
-  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
+  OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(tensor));
   if (step < 0 || step > std::numeric_limits<int32_t>::max())
     return absl::InvalidArgumentError(absl::StrCat("step must be in [0, 2^31), got ", step));
   steps_[tensor] = step;
@@ -482,7 +482,7 @@ absl::Status CudaGroup::SetStep(int tensor, int64_t step) {
 }
 
 absl::Status CudaGroup::SetOptions(const AdamWOptions& options) {
-  OPTD_RETURN_IF_ERROR(ValidateOptions(options));
+  OPTD_CUDA_RETURN_IF_NOT_OK(ValidateOptions(options));
   bool layout_changes = false;
   const bool clip_changes = (options.percentile_clipping < 100) != clipping();
   for (int t = 0; t < num_tensors(); ++t) {
@@ -506,203 +506,24 @@ absl::Status CudaGroup::SetOptions(const AdamWOptions& options) {
       if (!st.ok()) return st.status();
       kept[t] = std::move(*st);
     }
-    OPTD_RETURN_IF_ERROR(BuildPages(options));
+    OPTD_CUDA_RETURN_IF_NOT_OK(BuildPages(options));
     spec_.options = options;
     for (int t = 0; t < num_tensors(); ++t)
       if (kept[t].has_value()) {
         if (kept[t]->gnorm_vec.size() != static_cast<size_t>(kGnormHistory))
           kept[t]->gnorm_vec.assign(kGnormHistory, 0.0f);
-        OPTD_RETURN_IF_ERROR(CopyState(t, 0, numel_[t], &*kept[t], /*to_device=*/true));
+        OPTD_CUDA_RETURN_IF_NOT_OK(CopyState(t, 0, numel_[t], &*kept[t], /*to_device=*/true));
       }
-    OPTD_RETURN_IF_ERROR(EnsureCapacity(static_cast<size_t>(pages_->num_pages()) + 16, 1));
+    OPTD_CUDA_RETURN_IF_NOT_OK(EnsureCapacity(static_cast<size_t>(pages_->num_pages()) + 16, 1));
   }
   if (clip_changes) {
-    if (options.percentile_clipping < 100) OPTD_RETURN_IF_ERROR(EnsurePartials());
+    if (options.percentile_clipping < 100) OPTD_CUDA_RETURN_IF_NOT_OK(EnsurePartials());
     const size_t n = static_cast<size_t>(num_tensors());
     OPTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(clip_, 0, n * kGnormHistory * sizeof(float), stream_),
                               "cudaMemsetAsync(gnorm_vec)");
     OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
   }
   spec_.options = options;
-  return absl::OkStatus();
-}
-
-absl::Status CudaGroup::WriteParam(int tensor, int64_t offset, ConstTensorView src) {
-  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
-  const TensorSpec& ts = spec_.tensors[tensor];
-  if (src.dtype != ts.dtype)
-    return absl::InvalidArgumentError(absl::StrCat("src.dtype is ", std::string(DTypeName(src.dtype)),
-                                                   ", tensor ", ts.name, " is ",
-                                                   std::string(DTypeName(ts.dtype))));
-  if (offset < 0 || src.numel < 0 || offset + src.numel > numel_[tensor])
-    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " + src.numel ", src.numel,
-                                                   " out of range for tensor ", ts.name, " of ",
-                                                   numel_[tensor], " elements"));
-  if (src.numel == 0) return absl::OkStatus();
-  if (src.data == nullptr) return absl::InvalidArgumentError("src.data is null");
-  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
-  const int64_t es = static_cast<int64_t>(DTypeSize(ts.dtype));
-  OPTD_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(static_cast<char*>(params_[tensor]) + offset * es, src.data,
-                      src.numel * es, cudaMemcpyDefault, stream_),
-      "cudaMemcpyAsync(WriteParam)");
-  return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(WriteParam)");
-}
-
-absl::Status CudaGroup::ReadParam(int tensor, int64_t offset, TensorView dst) const {
-  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
-  const TensorSpec& ts = spec_.tensors[tensor];
-  if (dst.dtype != ts.dtype)
-    return absl::InvalidArgumentError(absl::StrCat("dst.dtype is ", std::string(DTypeName(dst.dtype)),
-                                                   ", tensor ", ts.name, " is ",
-                                                   std::string(DTypeName(ts.dtype))));
-  if (offset < 0 || dst.numel < 0 || offset + dst.numel > numel_[tensor])
-    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " + dst.numel ", dst.numel,
-                                                   " out of range for tensor ", ts.name, " of ",
-                                                   numel_[tensor], " elements"));
-  if (dst.numel == 0) return absl::OkStatus();
-  if (dst.data == nullptr) return absl::InvalidArgumentError("dst.data is null");
-  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
-  const int64_t es = static_cast<int64_t>(DTypeSize(ts.dtype));
-  OPTD_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(dst.data, static_cast<const char*>(params_[tensor]) + offset * es,
-                      dst.numel * es, cudaMemcpyDefault, stream_),
-      "cudaMemcpyAsync(ReadParam)");
-  return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(ReadParam)");
-}
-
-TensorView CudaGroup::ParamStorage(int tensor) {
-  return {params_[tensor], spec_.tensors[tensor].dtype, numel_[tensor], MemoryKind::kDevice};
-}
-
-absl::Status CudaGroup::CopyState(int tensor, int64_t offset, int64_t count, TensorState* st,
-                                  bool to_device) const {
-  auto* self = const_cast<CudaGroup*>(this);  // Write needs the mutable manager
-  for (int p = first_page_[tensor]; p < first_page_[tensor + 1]; ++p) {
-    const PageSpec& ps = pages_->page(p);
-    const PageLayout& l = pages_->layout(p);
-    const int64_t lo = std::max(offset, ps.offset);
-    const int64_t hi = std::min(offset + count, ps.offset + ps.count);
-    if (lo >= hi) continue;
-    const int64_t rel = lo - ps.offset;    // in the page
-    const int64_t at = lo - offset;        // in the state arrays
-    const int64_t n = hi - lo;
-    const int64_t nb = CeilDiv(n, kBlockSize);
-    struct Piece { int64_t page_off; void* host; int64_t bytes; };
-    std::vector<Piece> pieces;
-    if (ps.eight_bit) {
-      pieces = {{l.state1 + rel, st->state1.data() + at, n},
-                {l.state2 + rel, st->state2.data() + at, n},
-                {l.absmax1 + rel / kBlockSize * 4, st->absmax1.data() + at / kBlockSize, nb * 4},
-                {l.absmax2 + rel / kBlockSize * 4, st->absmax2.data() + at / kBlockSize, nb * 4}};
-    } else {
-      pieces = {{l.state1 + rel * 4, st->state1_f32.data() + at, n * 4},
-                {l.state2 + rel * 4, st->state2_f32.data() + at, n * 4}};
-    }
-    for (const Piece& pc : pieces) {
-      OPTD_RETURN_IF_ERROR(to_device
-                               ? self->pages_->Write(p, pc.page_off, pc.bytes, pc.host, stream_)
-                               : pages_->Read(p, pc.page_off, pc.bytes, pc.host, stream_));
-    }
-  }
-  if (clipping()) {
-    if (to_device) {
-      OPTD_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(clip_ + static_cast<size_t>(tensor) * kGnormHistory,
-                          st->gnorm_vec.data(), kGnormHistory * sizeof(float),
-                          cudaMemcpyHostToDevice, stream_),
-          "cudaMemcpyAsync(gnorm_vec)");
-    } else {
-      st->gnorm_vec.resize(kGnormHistory);
-      OPTD_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(st->gnorm_vec.data(), clip_ + static_cast<size_t>(tensor) * kGnormHistory,
-                          kGnormHistory * sizeof(float), cudaMemcpyDeviceToHost, stream_),
-          "cudaMemcpyAsync(gnorm_vec)");
-    }
-    OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
-  }
-  return absl::OkStatus();
-}
-
-absl::StatusOr<TensorState> CudaGroup::ExportStateRange(int tensor, int64_t offset,
-                                                        int64_t count) const {
-  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
-  const int64_t n = numel_[tensor];
-  if (offset < 0 || offset % kBlockSize != 0 || offset > n)
-    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " must be a multiple of ",
-                                                   kBlockSize, " in [0, ", n, "]"));
-  if (count < 0 || offset + count > n || (count % kBlockSize != 0 && offset + count != n))
-    return absl::InvalidArgumentError(absl::StrCat("count ", count, " at offset ", offset,
-                                                   " must be a multiple of ", kBlockSize,
-                                                   " or reach the tensor's end ", n));
-  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
-  TensorState st;
-  st.step = steps_[tensor];
-  st.eight_bit = pages_->num_pages() > 0 && first_page_[tensor] < first_page_[tensor + 1]
-                     ? pages_->page(first_page_[tensor]).eight_bit
-                     : EightBit(n, spec_.options);
-  if (st.eight_bit) {
-    st.state1.resize(count);
-    st.state2.resize(count);
-    st.absmax1.resize(CeilDiv(count, kBlockSize));
-    st.absmax2.resize(CeilDiv(count, kBlockSize));
-  } else {
-    st.state1_f32.resize(count);
-    st.state2_f32.resize(count);
-  }
-  OPTD_RETURN_IF_ERROR(CopyState(tensor, offset, count, &st, /*to_device=*/false));
-  return st;
-}
-
-absl::StatusOr<TensorState> CudaGroup::ExportState(int tensor) const {
-  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
-  return ExportStateRange(tensor, 0, numel_[tensor]);
-}
-
-absl::Status CudaGroup::ImportState(int tensor, const TensorState& state) {
-  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
-  OPTD_RETURN_IF_ERROR(ValidateTensorState(state, numel_[tensor], clipping()));
-  if (state.eight_bit != EightBit(numel_[tensor], spec_.options))
-    return absl::InvalidArgumentError(absl::StrCat(
-        "state.eight_bit is ", state.eight_bit ? "true" : "false", " but tensor ",
-        spec_.tensors[tensor].name, " of ", numel_[tensor], " elements uses ",
-        EightBit(numel_[tensor], spec_.options) ? "8-bit" : "32-bit", " states"));
-  if (state.step < 0 || state.step > std::numeric_limits<int32_t>::max())
-    return absl::InvalidArgumentError(absl::StrCat("state.step out of range: ", state.step));
-  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
-  TensorState copy = state;
-  OPTD_RETURN_IF_ERROR(CopyState(tensor, 0, numel_[tensor], &copy, /*to_device=*/true));
-  steps_[tensor] = state.step;
-  return absl::OkStatus();
-}
-
-absl::Status CudaGroup::ImportStateRange(int tensor, int64_t offset, const TensorState& state) {
-  OPTD_RETURN_IF_ERROR(CheckTensor(tensor));
-  const int64_t n = numel_[tensor];
-  const bool eight = EightBit(n, spec_.options);
-  if (state.eight_bit != eight)
-    return absl::InvalidArgumentError(absl::StrCat("state.eight_bit does not match tensor ",
-                                                   spec_.tensors[tensor].name));
-  const int64_t count = static_cast<int64_t>(eight ? state.state1.size() : state.state1_f32.size());
-  if (offset < 0 || offset % kBlockSize != 0 || offset + count > n ||
-      (count % kBlockSize != 0 && offset + count != n))
-    return absl::InvalidArgumentError(absl::StrCat("range [", offset, ", ", offset + count,
-                                                   ") is not block-aligned inside [0, ", n, ")"));
-  const size_t nb = static_cast<size_t>(CeilDiv(count, kBlockSize));
-  if (eight && (state.state2.size() != static_cast<size_t>(count) || state.absmax1.size() != nb ||
-                state.absmax2.size() != nb))
-    return absl::InvalidArgumentError(absl::StrCat("state2/absmax1/absmax2 sizes do not match ",
-                                                   count, " elements (", nb, " blocks)"));
-  if (!eight && state.state2_f32.size() != static_cast<size_t>(count))
-    return absl::InvalidArgumentError(absl::StrCat("state2_f32 has ", state.state2_f32.size(),
-                                                   " entries, expected ", count));
-  if (clipping() && state.gnorm_vec.size() != static_cast<size_t>(kGnormHistory))
-    return absl::InvalidArgumentError(absl::StrCat("gnorm_vec has ", state.gnorm_vec.size(),
-                                                   " entries, expected ", kGnormHistory));
-  OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
-  TensorState copy = state;
-  OPTD_RETURN_IF_ERROR(CopyState(tensor, offset, count, &copy, /*to_device=*/true));
-  steps_[tensor] = state.step;
   return absl::OkStatus();
 }
 

@@ -26,7 +26,7 @@ inline absl::Status CudaStatus(cudaError_t err, const char* what) {
     if (!_optd_cuda_status.ok()) return _optd_cuda_status;                           \
   } while (0)
 
-#define OPTD_RETURN_IF_ERROR(expr)                   \
+#define OPTD_CUDA_RETURN_IF_NOT_OK(expr)                   \
   do {                                               \
     absl::Status _optd_status = (expr);              \
     if (!_optd_status.ok()) return _optd_status;     \
