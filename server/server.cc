@@ -2,7 +2,11 @@
 
 #include <unistd.h>
 
+#include <cstdio>
+
+#include <filesystem>
 #include <string>
+#include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -56,6 +60,17 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
         static_cast<int64_t>(options.max_message_bytes) - kHeaderRoom, "], got ",
         options.chunk_bytes));
   }
+  if (!options.checkpoint_dir.empty()) {
+    // Created here, not at the first save: a path that cannot be a directory fails the start,
+    // where an operator sees it, instead of every SaveCheckpoint later.
+    std::error_code ec;
+    std::filesystem::create_directories(options.checkpoint_dir, ec);
+    if (ec || !std::filesystem::is_directory(options.checkpoint_dir)) {
+      return absl::FailedPreconditionError(
+          absl::StrCat("--checkpoint_dir=", options.checkpoint_dir,
+                       " cannot be created: ", ec ? ec.message() : "not a directory"));
+    }
+  }
   std::unique_ptr<Server> s(new Server());
   auto engine = MakeEngine(options);
   if (!engine.ok()) return engine.status();
@@ -82,7 +97,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
   co.checkpoint_dir = options.checkpoint_dir;
   co.chunk_bytes = options.chunk_bytes;
   s->core_ = std::make_unique<OptimizerCore>(s->engine_.get(), s->metrics_.get(), co);
-  s->service_ = std::make_unique<OptimizerService>(s->core_.get(), s->metrics_.get());
+  OptimizerService::DeviceErrorCallback on_device_error;
+  if (s->engine_->backend() == core::Backend::kCuda) {
+    // Internal is reserved for device errors (style.md). A CUDA error may be sticky and the
+    // context unusable: report NOT_SERVING so the orchestrator restarts us; keep serving reads.
+    Server* server = s.get();
+    on_device_error = [server](const absl::Status& status) { server->MarkNotServing(status); };
+  }
+  s->service_ = std::make_unique<OptimizerService>(s->core_.get(), s->metrics_.get(),
+                                                   std::move(on_device_error));
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::reflection::InitProtoReflectionServerBuilderPlugin();
@@ -117,6 +140,15 @@ std::string Server::address() const {
 
 void Server::Wait() {
   if (server_ != nullptr) server_->Wait();
+}
+
+void Server::MarkNotServing(const absl::Status& reason) {
+  if (server_ == nullptr) return;
+  if (auto* health = server_->GetHealthCheckService(); health != nullptr) {
+    std::fprintf(stderr, "optd: device error, health set to NOT_SERVING: %s\n",
+                 reason.ToString().c_str());
+    health->SetServingStatus(false);
+  }
 }
 
 void Server::Shutdown(absl::Duration grace) {

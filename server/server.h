@@ -54,6 +54,9 @@ class Server {
   // then cancels the rest. Idempotent.
   void Shutdown(absl::Duration grace = absl::Seconds(30));
 
+  // Sets the gRPC health status to NOT_SERVING (after a device error); RPCs keep being served.
+  void MarkNotServing(const absl::Status& reason);
+
  private:
   Server() = default;
 

@@ -12,6 +12,7 @@ grpc::Status OptimizerService::Finish(std::string_view method, const absl::Statu
   if (!status.ok()) {
     std::fprintf(stderr, "optd: %.*s failed: %s\n", static_cast<int>(method.size()), method.data(),
                  status.ToString().c_str());
+    if (status.code() == absl::StatusCode::kInternal && on_device_error_) on_device_error_(status);
   }
   return ToGrpcStatus(status);
 }

@@ -8,7 +8,9 @@
 // that executor, with far less code to get wrong.
 #pragma once
 
+#include <functional>
 #include <string_view>
+#include <utility>
 
 #include "absl/status/status.h"
 #include "optd/v1/optd.grpc.pb.h"
@@ -21,7 +23,10 @@ namespace optd::server {
 class OptimizerService final : public v1::Optimizer::Service {
  public:
   // `core` and `metrics` must outlive the service.
-  OptimizerService(OptimizerCore* core, Metrics* metrics) : core_(core), metrics_(metrics) {}
+  // Called with every INTERNAL status a handler returns (device errors); may be empty.
+  using DeviceErrorCallback = std::function<void(const absl::Status&)>;
+  OptimizerService(OptimizerCore* core, Metrics* metrics, DeviceErrorCallback on_device_error = {})
+      : core_(core), metrics_(metrics), on_device_error_(std::move(on_device_error)) {}
 
   grpc::Status CreateGroup(grpc::ServerContext* context, const v1::CreateGroupRequest* request,
                            v1::GroupInfo* response) override;
@@ -60,6 +65,7 @@ class OptimizerService final : public v1::Optimizer::Service {
 
   OptimizerCore* const core_;
   Metrics* const metrics_;
+  const DeviceErrorCallback on_device_error_;
 };
 
 }  // namespace optd::server

@@ -234,5 +234,25 @@ TEST(ProcessTest, SigtermFinishesTheInFlightStepAndExitsZero) {
   EXPECT_TRUE(WIFEXITED(exit_status) && WEXITSTATUS(exit_status) == 0) << exit_status;
 }
 
+TEST(ProcessTest, CheckpointDirIsCreatedAtStartOrTheStartFails) {
+  const std::string base = MakeTempDir();
+  const std::string nested = base + "/a/b/ckpt";
+  {
+    auto child = ChildServer::Start({"--checkpoint_dir=" + nested});
+    ASSERT_TRUE(child.ok()) << child.status();
+    EXPECT_TRUE(std::filesystem::is_directory(nested));
+    auto stub = MakeStub((*child)->address());
+    CreateGroups(*stub);
+    EXPECT_TRUE(Save(*stub, "first").ok());
+    EXPECT_TRUE(std::filesystem::exists(nested + "/first"));
+  }
+  // A regular file where the directory should be: optd refuses to start.
+  const std::string file = base + "/plain_file";
+  { std::ofstream(file) << "x"; }
+  auto bad = ChildServer::Start({"--checkpoint_dir=" + file + "/ckpt"});
+  EXPECT_FALSE(bad.ok());
+  std::filesystem::remove_all(base);
+}
+
 }  // namespace
 }  // namespace optd::testing
