@@ -55,6 +55,20 @@ int Group::FindTensor(std::string_view name) const {
   return -1;
 }
 
+absl::StatusOr<std::vector<int>> Group::FindTensors(
+    const google::protobuf::RepeatedPtrField<std::string>& names) const {
+  std::vector<int> tensors;
+  tensors.reserve(static_cast<size_t>(names.size()));
+  for (const std::string& name : names) {
+    const int t = FindTensor(name);
+    if (t < 0) {
+      return absl::NotFoundError(absl::StrCat("tensors: '", name, "' is not in group '", name_, "'"));
+    }
+    tensors.push_back(t);
+  }
+  return tensors;
+}
+
 bool Group::weights_initialized() const {
   for (size_t t = 0; t < tensors_.size(); ++t) {
     if (uploaded_[t].covered() != tensors_[t].numel()) return false;

@@ -62,6 +62,10 @@ class Group {
   const core::TensorSpec& tensor(int t) const { return tensors_[static_cast<size_t>(t)]; }
   // Index of the tensor called `name`, or -1.
   int FindTensor(std::string_view name) const;
+  // Indices of the tensors a request names (field `tensors`), in request order; NotFound naming
+  // the first unknown one. An empty list gives an empty result (callers decide what it means).
+  absl::StatusOr<std::vector<int>> FindTensors(
+      const google::protobuf::RepeatedPtrField<std::string>& names) const;
   GroupMetrics& metrics() { return *metrics_; }
 
   absl::Mutex& mu() ABSL_LOCK_RETURNED(mu_) { return mu_; }

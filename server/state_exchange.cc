@@ -190,15 +190,9 @@ absl::Status OptimizerCore::ExportState(const v1::ExportStateRequest& request,
   auto found = registry_.Find(request.group());
   if (!found.ok()) return found.status();
   Group& group = **found;
-  std::vector<int> tensors;
-  for (const std::string& name : request.tensors()) {
-    const int t = group.FindTensor(name);
-    if (t < 0) {
-      return absl::NotFoundError(
-          absl::StrCat("tensors: '", name, "' is not in group '", group.name(), "'"));
-    }
-    tensors.push_back(t);
-  }
+  auto named = group.FindTensors(request.tensors());
+  if (!named.ok()) return named.status();
+  std::vector<int> tensors = *std::move(named);
   if (tensors.empty()) {
     for (int t = 0; t < group.num_tensors(); ++t) tensors.push_back(t);
   }

@@ -82,15 +82,9 @@ absl::Status OptimizerCore::PullWeights(const v1::PullWeightsRequest& request,
   auto found = registry_.Find(request.group());
   if (!found.ok()) return found.status();
   Group& group = **found;
-  std::vector<int> tensors;
-  for (const std::string& name : request.tensors()) {
-    const int t = group.FindTensor(name);
-    if (t < 0) {
-      return absl::NotFoundError(
-          absl::StrCat("tensors: '", name, "' is not in group '", group.name(), "'"));
-    }
-    tensors.push_back(t);
-  }
+  auto named = group.FindTensors(request.tensors());
+  if (!named.ok()) return named.status();
+  std::vector<int> tensors = *std::move(named);
   absl::StatusOr<std::shared_ptr<const WeightSnapshot>> snap;
   {
     // A copy keeps the version consistent without holding the group while the client reads.
