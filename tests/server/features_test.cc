@@ -229,6 +229,37 @@ TEST(FeaturesTest, ListDeleteAndGet) {
   EXPECT_THAT(s.error_message(), HasSubstr("group 'one' not found"));
 }
 
+TEST(FeaturesTest, PullAndExportNameAnUnknownTensor) {
+  InProcessServer srv = StartInProcess();
+  CreateGroup(*srv.stub, "g");
+  {
+    grpc::ClientContext ctx;
+    v1::PullWeightsRequest req;
+    req.set_group("g");
+    req.add_tensors("nope");
+    auto reader = srv.stub->PullWeights(&ctx, req);
+    v1::WeightsMessage msg;
+    while (reader->Read(&msg)) {
+    }
+    const grpc::Status s = reader->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_THAT(s.error_message(), HasSubstr("tensors: 'nope' is not in group 'g'"));
+  }
+  {
+    grpc::ClientContext ctx;
+    v1::ExportStateRequest req;
+    req.set_group("g");
+    req.add_tensors("nope");
+    auto reader = srv.stub->ExportState(&ctx, req);
+    v1::StateChunk msg;
+    while (reader->Read(&msg)) {
+    }
+    const grpc::Status s = reader->Finish();
+    EXPECT_EQ(s.error_code(), grpc::StatusCode::NOT_FOUND);
+    EXPECT_THAT(s.error_message(), HasSubstr("tensors: 'nope' is not in group 'g'"));
+  }
+}
+
 std::string Flatten(const grpc::ByteBuffer& buffer) {
   std::vector<grpc::Slice> slices;
   std::string out;
