@@ -116,13 +116,28 @@ def main():
           f"(free-running tolerance of the golden tests: {TOLERANCE:g}); "
           f"max |diff| = {np.abs(pr - pl).max():.3e}")
     if args.metrics_url:
-        print(f"demo: metrics at {args.metrics_url}")
+        print(f"demo: metrics at {args.metrics_url} (while the server runs); now:")
+        for line in scrape(args.metrics_url, ("optd_steps_total", "optd_gradient_bytes_received_total",
+                                              "optd_weight_bytes_sent_total", "optd_engine_state_bytes",
+                                              "optd_engine_weight_bytes")):
+            print(f"  {line}")
     converged = final_remote.item() < 0.5 * first_loss
     agree = abs(final_remote.item() - final_local.item()) <= 0.02 * final_local.item() + 1e-6
     ok = converged and agree
     print("demo: OK" if ok else "demo: FAILED: " + ("training did not converge" if not converged
                                                     else "remote and local losses differ"))
     return 0 if ok else 1
+
+
+def scrape(url, prefixes):
+    """The exposition lines of `url` whose metric name starts with one of `prefixes`."""
+    import urllib.request
+    try:
+        with urllib.request.urlopen(url, timeout=5) as r:
+            text = r.read().decode()
+    except OSError as e:
+        return [f"(scrape failed: {e})"]
+    return [l for l in text.splitlines() if l.startswith(tuple(prefixes))]
 
 
 if __name__ == "__main__":
