@@ -161,11 +161,13 @@ __device__ __forceinline__ int FindSegment(const Segment* segs, int n, int64_t b
   return lo;
 }
 
-// One block of 256 elements of an 8-bit tensor (see Note [Bit-exact numerics]).
+// The shared-memory tables of a thread block, as seen by one lane.
 struct Tables {
-  LaneTable q1, q2;
+  LaneTable q1, q2;    // dequantization: the two maps
+  LaneTable t1, t2;    // requantization thresholds (Note [Threshold search])
   const uint8_t* b1;
   const uint8_t* b2;
+  int negative_codes;  // codes c < negative_codes have signbit(q1[c]) (a prefix: q1 is sorted)
 };
 
 // Adds the warp's NaN/Inf gradient elements to *counter (rare: one atomic only when some).
@@ -264,12 +266,13 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
     x1[j] = __fdividef(s1_vals[j], new_absmax1);
     x2[j] = __fdividef(s2_vals[j], new_absmax2);
   }
-  QuantizeCodesBucketed<true, kPerThread>(q1, tab.b1, x1, c1s);
-  QuantizeCodesBucketed<false, kPerThread>(q2, tab.b2, x2, c2s);
+  QuantizeCodesThreshold<true, kPerThread>(tab.t1, tab.b1, x1, c1s);
+  QuantizeCodesThreshold<false, kPerThread>(tab.t2, tab.b2, x2, c2s);
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
     // Keep m's sign through quantization (the reference's sign fix; uint8 wraps).
-    if (signbit(q1[c1s[j]]) != signbit(s1_vals[j])) {
+    // signbit(q1[c]) is c < negative_codes.
+    if ((c1s[j] < tab.negative_codes) != signbit(s1_vals[j])) {
       if (s1_vals[j] > 0.0f)
         c1s[j] += 1;
       else
@@ -345,36 +348,51 @@ __device__ __forceinline__ void DispatchGrad(const Segment& s, int64_t blk, int 
   }
 }
 
-constexpr int kCtasPerSm = 3;
-constexpr size_t kReplicaBytes = 2 * kQuantBlock * kTableCopies * sizeof(float);  // 64 KiB
-constexpr size_t kTableSmemBytes = kReplicaBytes + kSignedBuckets + kUnsignedBuckets;
+// One thread block of kUpdateThreads per multiprocessor: the four per-lane tables (about 130 KiB)
+// are filled once per multiprocessor and shared by 24 warps (the occupancy three blocks of 256
+// had with the two dequantization tables alone).
+constexpr int kUpdateWarps = 24;
+constexpr int kUpdateThreads = kUpdateWarps * kWarpSize;
+constexpr size_t kMapReplicaBytes = kQuantBlock * kTableCopies * sizeof(float);       // 32 KiB
+constexpr size_t kThresholdReplicaBytes = kThresholds * kTableCopies * sizeof(float);  // 33 KiB
+constexpr size_t kTableSmemBytes =
+    2 * kMapReplicaBytes + 2 * kThresholdReplicaBytes + kSignedBuckets + kUnsignedBuckets;
 
 __device__ __forceinline__ int64_t SegmentEnd(const Segment& s) {
   return s.first_block + (s.numel + kQuantBlock - 1) / kQuantBlock;
 }
 
-// A persistent grid (kCtasPerSm thread blocks per multiprocessor, so the 64 KiB of replicated
-// tables is filled once per thread block); each warp owns a contiguous run of blocks, so it
-// searches for its first segment once and then walks forward.
-__global__ void __launch_bounds__(kThreads, kCtasPerSm) AdamWUpdateKernel(const LaunchParams params) {
-  extern __shared__ float tables[];  // [2][256][kTableCopies]
-  for (int i = threadIdx.x; i < kQuantBlock * kTableCopies; i += kThreads) {
-    tables[i] = params.qmap1[i / kTableCopies];
-    tables[kQuantBlock * kTableCopies + i] = params.qmap2[i / kTableCopies];
+// A persistent grid (one thread block per multiprocessor); each warp owns a contiguous run of
+// blocks, so it searches for its first segment once and then walks forward.
+__global__ void __launch_bounds__(kUpdateThreads, 1) AdamWUpdateKernel(const LaunchParams params) {
+  // [256][kTableCopies] q1, q2, then [kThresholds][kTableCopies] t1, t2, then the buckets.
+  extern __shared__ float tables[];
+  float* q1 = tables;
+  float* q2 = q1 + kQuantBlock * kTableCopies;
+  float* t1 = q2 + kQuantBlock * kTableCopies;
+  float* t2 = t1 + kThresholds * kTableCopies;
+  for (int i = threadIdx.x; i < kQuantBlock * kTableCopies; i += kUpdateThreads) {
+    q1[i] = params.qmap1[i / kTableCopies];
+    q2[i] = params.qmap2[i / kTableCopies];
   }
-  uint8_t* buckets = reinterpret_cast<uint8_t*>(tables) + kReplicaBytes;
-  for (int i = threadIdx.x; i < kSignedBuckets; i += kThreads) buckets[i] = params.buckets1[i];
-  for (int i = threadIdx.x; i < kUnsignedBuckets; i += kThreads)
+  for (int i = threadIdx.x; i < kThresholds * kTableCopies; i += kUpdateThreads) {
+    t1[i] = Threshold(params.qmap1, i / kTableCopies);
+    t2[i] = Threshold(params.qmap2, i / kTableCopies);
+  }
+  uint8_t* buckets = reinterpret_cast<uint8_t*>(t2 + kThresholds * kTableCopies);
+  for (int i = threadIdx.x; i < kSignedBuckets; i += kUpdateThreads) buckets[i] = params.buckets1[i];
+  for (int i = threadIdx.x; i < kUnsignedBuckets; i += kUpdateThreads)
     buckets[kSignedBuckets + i] = params.buckets2[i];
-  __syncthreads();
+  const int negative_codes =
+      __syncthreads_count(threadIdx.x < kQuantBlock && signbit(params.qmap1[threadIdx.x]));
 
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
-  const Tables tab{LaneTable{tables + lane}, LaneTable{tables + kQuantBlock * kTableCopies + lane},
-                   buckets, buckets + kSignedBuckets};
-  const int64_t warps = static_cast<int64_t>(gridDim.x) * kWarpsPerBlock;
+  const Tables tab{LaneTable{q1 + lane}, LaneTable{q2 + lane}, LaneTable{t1 + lane},
+                   LaneTable{t2 + lane}, buckets, buckets + kSignedBuckets, negative_codes};
+  const int64_t warps = static_cast<int64_t>(gridDim.x) * kUpdateWarps;
   const int64_t per_warp = (params.total_blocks + warps - 1) / warps;
-  const int64_t begin = (static_cast<int64_t>(blockIdx.x) * kWarpsPerBlock + warp) * per_warp;
+  const int64_t begin = (static_cast<int64_t>(blockIdx.x) * kUpdateWarps + warp) * per_warp;
   const int64_t end = min(params.total_blocks, begin + per_warp);
   if (begin >= end) return;
   int si = FindSegment(params.segments, params.num_segments, begin);
@@ -477,9 +495,9 @@ cudaError_t LaunchAdamWUpdate(const LaunchParams& params, cudaStream_t stream) {
   const cudaError_t err = cudaFuncSetAttribute(
       AdamWUpdateKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kTableSmemBytes);
   if (err != cudaSuccess) return err;
-  const unsigned grid =
-      std::min<unsigned>(GridFor(params.total_blocks), params.sm_count * kCtasPerSm);
-  AdamWUpdateKernel<<<grid, kThreads, kTableSmemBytes, stream>>>(params);
+  const int64_t wanted = (params.total_blocks + kUpdateWarps - 1) / kUpdateWarps;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(wanted, params.sm_count));
+  AdamWUpdateKernel<<<grid, kUpdateThreads, kTableSmemBytes, stream>>>(params);
   return cudaGetLastError();
 }
 

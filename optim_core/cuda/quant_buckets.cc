@@ -7,17 +7,11 @@
 namespace optd::core::internal::cuda {
 namespace {
 
-float BitsToFloat(uint32_t u) {
-  float f;
-  std::memcpy(&f, &u, 4);
-  return f;
-}
-
-// #{odd j <= 253 : table[j] < x} (or <= x when `inclusive`).
-int CountBelow(const float* table, float x, bool inclusive) {
-  int k = 0;
-  for (int j = 1; j <= 253; j += 2) k += inclusive ? table[j] <= x : table[j] < x;
-  return k;
+// #{i < 255 : threshold[i] < x}: the code of x (Note [Threshold search]).
+int Code(const float* thresholds, float x) {
+  int c = 0;
+  for (int i = 0; i < 255; ++i) c += thresholds[i] < x;
+  return c;
 }
 
 // The magnitude range [lo, hi) of magnitude bucket m.
@@ -30,30 +24,41 @@ void MagnitudeRange(int m, float* lo, float* hi) {
                                    : BitsToFloat(base + (1u << (23 - kBucketMantissaBits)));
 }
 
+int ComparisonsFor(int width) {
+  int steps = 0;
+  while ((1 << steps) - 1 < width) ++steps;
+  return steps;
+}
+
 }  // namespace
 
 int BuildBuckets(const float* table, bool is_signed, uint8_t* out) {
+  float thresholds[255];
+  for (int i = 0; i < 255; ++i) thresholds[i] = Threshold(table, i);
+  if (!std::is_sorted(thresholds, thresholds + 255)) return kBucketSteps + 1;
   int widest = 0;
   for (int m = 0; m < kMagnitudeBuckets; ++m) {
     float lo, hi;
     MagnitudeRange(m, &lo, &hi);
-    // Positive side: x in [lo, hi).
-    const int pos_lo = CountBelow(table, lo, false);
-    const int pos_hi = CountBelow(table, hi, false);
+    // Code is monotone in x, so a range's codes lie between those of its ends.
+    // Positive side: x in [lo, hi); the largest x is the float below hi (or +inf).
+    const float top = std::isinf(hi) ? hi : std::nextafter(hi, 0.0f);
+    const int pos_lo = Code(thresholds, lo);
+    const int pos_hi = Code(thresholds, top);
     if (is_signed) {
       out[kMagnitudeBuckets + m] = static_cast<uint8_t>(pos_lo);
       // Negative side: x in (-hi, -lo].
-      const int neg_lo = CountBelow(table, -hi, true);
-      const int neg_hi = CountBelow(table, -lo, false);
+      const int neg_lo = Code(thresholds, -top);
+      const int neg_hi = Code(thresholds, -lo);
       out[kMagnitudeBuckets - 1 - m] = static_cast<uint8_t>(neg_lo);
       widest = std::max({widest, pos_hi - pos_lo, neg_hi - neg_lo});
     } else {
-      // Bucket 0 also takes every negative x, for which k = 0.
+      // Bucket 0 also takes every negative x, whose code is 0.
       out[m] = static_cast<uint8_t>(m == 0 ? 0 : pos_lo);
       widest = std::max(widest, pos_hi - out[m]);
     }
   }
-  return widest;
+  return ComparisonsFor(widest);
 }
 
 }  // namespace optd::core::internal::cuda

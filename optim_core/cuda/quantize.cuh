@@ -27,17 +27,19 @@ __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
   return __float2bfloat16_rn(x);
 }
 
-// Index of the table entry nearest to x: a 7-step binary search from index 127, then a comparison
-// with the midpoint of the bracketing pair, in the order the reference uses (the tie rule and the
-// NaN result, code 0, follow from that order).
-// A table replicated once per lane, entry-major ([256][32]), so that lane l always reads bank
-// l: the data-dependent lookups of a warp never conflict.
+// A table replicated once per lane, entry-major ([entries][32]), so that lane l always reads
+// bank l: the data-dependent lookups of a warp never conflict.
 inline constexpr int kTableCopies = 32;
 struct LaneTable {
   const float* lane_base;  // &table[0][lane]
   __device__ __forceinline__ float operator[](int i) const { return lane_base[i * kTableCopies]; }
 };
 
+// The reference's requantization search (index of the table entry nearest to x: a 7-step binary
+// search from index 127, then a comparison with the midpoint of the bracketing pair; the tie rule
+// and the NaN result, code 0, follow from that order). The kernels do not run it: they compute
+// the same code with QuantizeCodesThreshold. Kept as the definition that one is checked against
+// (quant_buckets_test.cc has a host copy).
 template <bool kSigned>
 __device__ __forceinline__ uint8_t QuantizeCode(LaneTable table, float x) {
   int pivot = 127;
@@ -67,71 +69,16 @@ __device__ __forceinline__ uint8_t QuantizeCode(LaneTable table, float x) {
   return static_cast<uint8_t>(x < midpoint ? lower_pivot : pivot);
 }
 
-// QuantizeCode for n values at once, with the same result for each: the searches advance in
-// lockstep so the n dependent chains of table lookups overlap instead of running one after
-// another (the chains' latency, not bandwidth, bounded the kernel otherwise).
-// Note [Leaf neighbours]: the search compares only odd pivots and ends on an even leaf p; the
-// last pivot it passed on the right is p+1 and on the left p-1 (in-order neighbours of a leaf
-// are its ancestors), or the initial bounds (255, 1.0) and (0, -1 or 0) when there is none.
-// table[255] == 1.0 in both tables and a leaf p == 0 returns 0 either way, so the midpoints
-// below equal the reference's (upper + val) * 0.5f and (lower + val) * 0.5f.
+// QuantizeCode's result for n values, as a count of thresholds below x (Note [Threshold search]
+// in quant_buckets.h): one bucket lookup and one (signed) or two (unsigned) comparisons with the
+// per-lane threshold table, instead of nine dependent table lookups.
 template <bool kSigned, int n>
-__device__ __forceinline__ void QuantizeCodes(LaneTable table, const float* x, uint8_t* codes) {
-  int pivot[n];
-#pragma unroll
-  for (int j = 0; j < n; ++j) pivot[j] = 127;
-#pragma unroll
-  for (int half = 64; half > 0; half >>= 1) {
-#pragma unroll
-    for (int j = 0; j < n; ++j) pivot[j] += x[j] > table[pivot[j]] ? half : -half;
-  }
-#pragma unroll
-  for (int j = 0; j < n; ++j) {
-    const int p = pivot[j];
-    const float val = table[p];
-    int code;
-    if (x[j] > val) {
-      const float upper = table[p + 1];
-      const float midpoint = (upper + val) * 0.5f;
-      code = x[j] > midpoint ? p + 1 : p;
-    } else {
-      const float lower = p > 0 ? table[p - 1] : (kSigned ? -1.0f : 0.0f);
-      const float midpoint = (lower + val) * 0.5f;
-      code = x[j] < midpoint ? (p > 0 ? p - 1 : 0) : p;
-    }
-    codes[j] = static_cast<uint8_t>(code);
-  }
-}
-
-// The same codes as QuantizeCodes, with the search's first steps replaced by a bucket lookup
-// (Note [Bucketed search] in quant_buckets.h). `buckets` is the table's bucket array.
-template <bool kSigned, int n>
-__device__ __forceinline__ void QuantizeCodesBucketed(LaneTable table, const uint8_t* buckets,
-                                                      const float* x, uint8_t* codes) {
-  int k[n];
+__device__ __forceinline__ void QuantizeCodesThreshold(LaneTable thresholds, const uint8_t* buckets,
+                                                       const float* x, uint8_t* codes) {
 #pragma unroll
   for (int j = 0; j < n; ++j)
-    k[j] = isnan(x[j]) ? 0 : buckets[kSigned ? SignedBucket(x[j]) : UnsignedBucket(x[j])];
-#pragma unroll
-  for (int step = 0; step < kBucketSteps; ++step) {
-#pragma unroll
-    for (int j = 0; j < n; ++j) k[j] += (k[j] < 127 && x[j] > table[2 * k[j] + 1]) ? 1 : 0;
-  }
-#pragma unroll
-  for (int j = 0; j < n; ++j) {
-    const int p = 2 * k[j];
-    const float val = table[p];
-    int code;
-    if (x[j] > val) {
-      const float midpoint = (table[p + 1] + val) * 0.5f;
-      code = x[j] > midpoint ? p + 1 : p;
-    } else {
-      const float lower = p > 0 ? table[p - 1] : (kSigned ? -1.0f : 0.0f);
-      const float midpoint = (lower + val) * 0.5f;
-      code = x[j] < midpoint ? (p > 0 ? p - 1 : 0) : p;
-    }
-    codes[j] = static_cast<uint8_t>(code);
-  }
+    codes[j] = static_cast<uint8_t>(
+        BucketedCode<kSigned>(buckets, [&](int i) { return thresholds[i]; }, x[j]));
 }
 
 }  // namespace optd::core::internal::cuda
