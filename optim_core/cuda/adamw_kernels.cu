@@ -139,10 +139,11 @@ __device__ __forceinline__ void StoreCodes(uint8_t* base, int lane, int valid, c
   }
 }
 
-__device__ __forceinline__ float WarpMax(float x) {
-#pragma unroll
-  for (int o = kWarpSize / 2; o > 0; o >>= 1) x = fmaxf(x, __shfl_xor_sync(kFullMask, x, o));
-  return x;
+// The warp's maximum of values that are each >= +0 or -FLT_MAX (a lane whose elements were all
+// NaN), as WarpMax computes it: such floats order like their bits read as signed ints, so one
+// redux instruction replaces five shuffle rounds.
+__device__ __forceinline__ float WarpMaxNonNegativeOrLowest(float x) {
+  return __int_as_float(__reduce_max_sync(kFullMask, __float_as_int(x)));
 }
 
 __device__ __forceinline__ float WarpSum(float x) {
@@ -185,23 +186,37 @@ __device__ __forceinline__ void CountNonFinite(const G* g_vals, int lane,
   if (lane == 0 && bad != 0 && counter != nullptr) atomicAdd(counter, bad);
 }
 
+// What an 8-bit update needs from the tensor's step and clipping scale: the same for every block
+// of a segment, so computed once per segment a warp walks.
+struct StepConstants {
+  float correction2;
+  float step_size;
+  float gnorm_scale;
+};
+
+__device__ __forceinline__ StepConstants ConstantsFor8bit(const Segment& s, const Hyper& h) {
+  const float correction1 = 1.0f - __powf(h.beta1, s.step);
+  const float correction2 = sqrtf(1.0f - __powf(h.beta2, s.step));
+  const float step_size = __fdividef(-h.lr * correction2, correction1);
+  const float gnorm_scale = s.gnorm_scale != nullptr ? *s.gnorm_scale : 1.0f;
+  return StepConstants{correction2, step_size, gnorm_scale};
+}
+
+// `s` is the warp's register copy of the segment (Note [Work mapping]).
 template <typename P, typename G>
 __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, int lane,
-                                                const Hyper& h, const Tables& tab,
-                                                unsigned long long* nonfinite) {
+                                                const Hyper& h, const StepConstants& k,
+                                                const Tables& tab, unsigned long long* nonfinite) {
   const LaneTable q1 = tab.q1, q2 = tab.q2;
   const float beta1 = h.beta1, beta2 = h.beta2, eps = h.eps, lr = h.lr;
   const float weight_decay = h.weight_decay;
-  const float correction1 = 1.0f - __powf(beta1, s.step);
-  const float correction2 = sqrtf(1.0f - __powf(beta2, s.step));
-  const float step_size = __fdividef(-lr * correction2, correction1);
-  const float gnorm_scale = s.gnorm_scale != nullptr ? *s.gnorm_scale : 1.0f;
+  const float correction2 = k.correction2;
+  const float step_size = k.step_size;
+  const float gnorm_scale = k.gnorm_scale;
 
   const int64_t base = blk * kQuantBlock;
   const int64_t left = s.numel - base;
   const int valid = left < kQuantBlock ? static_cast<int>(left) : kQuantBlock;
-  // Every field is read once, before the first store (stores could alias the descriptor, so
-  // later reads of s would be reloads).
   P* p = static_cast<P*>(s.param) + base;
   const G* g = static_cast<const G*>(s.grad) + base;
   uint8_t* state1 = s.state1 + base;
@@ -239,8 +254,8 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
     new_absmax1 = fmaxf(new_absmax1, fabsf(s1_vals[j]));
     new_absmax2 = fmaxf(new_absmax2, fabsf(s2_vals[j]));
   }
-  new_absmax1 = WarpMax(new_absmax1);
-  new_absmax2 = WarpMax(new_absmax2);
+  new_absmax1 = WarpMaxNonNegativeOrLowest(new_absmax1);
+  new_absmax2 = WarpMaxNonNegativeOrLowest(new_absmax2);
   if (lane == 0) {
     *absmax1_out = new_absmax1;
     *absmax2_out = new_absmax2;
@@ -328,23 +343,27 @@ __device__ __forceinline__ void Update32bitBlock(const Segment& s, int64_t blk, 
   StoreLane(v, lane, valid, s2_vals);
 }
 
+// Blocks [first, last) of one segment, with the element types fixed.
+template <typename P, typename G>
+__device__ __forceinline__ void UpdateBlocks(const Segment& s, int64_t first, int64_t last,
+                                             int lane, const Hyper& h, const Tables& tab,
+                                             unsigned long long* nf) {
+  if (s.eight_bit) {
+    const StepConstants k = ConstantsFor8bit(s, h);
+    for (int64_t blk = first; blk < last; ++blk) Update8bitBlock<P, G>(s, blk, lane, h, k, tab, nf);
+  } else {
+    for (int64_t blk = first; blk < last; ++blk) Update32bitBlock<P, G>(s, blk, lane, h, nf);
+  }
+}
+
 template <typename P>
-__device__ __forceinline__ void DispatchGrad(const Segment& s, int64_t blk, int lane,
-                                             const Hyper& h, const Tables& tab,
+__device__ __forceinline__ void DispatchGrad(const Segment& s, int64_t first, int64_t last,
+                                             int lane, const Hyper& h, const Tables& tab,
                                              unsigned long long* nf) {
   switch (s.grad_dtype) {
-    case 0:
-      if (s.eight_bit) Update8bitBlock<P, float>(s, blk, lane, h, tab, nf);
-      else Update32bitBlock<P, float>(s, blk, lane, h, nf);
-      break;
-    case 1:
-      if (s.eight_bit) Update8bitBlock<P, __half>(s, blk, lane, h, tab, nf);
-      else Update32bitBlock<P, __half>(s, blk, lane, h, nf);
-      break;
-    default:
-      if (s.eight_bit) Update8bitBlock<P, __nv_bfloat16>(s, blk, lane, h, tab, nf);
-      else Update32bitBlock<P, __nv_bfloat16>(s, blk, lane, h, nf);
-      break;
+    case 0: UpdateBlocks<P, float>(s, first, last, lane, h, tab, nf); break;
+    case 1: UpdateBlocks<P, __half>(s, first, last, lane, h, tab, nf); break;
+    default: UpdateBlocks<P, __nv_bfloat16>(s, first, last, lane, h, tab, nf); break;
   }
 }
 
@@ -397,15 +416,21 @@ __global__ void __launch_bounds__(kUpdateThreads, 1) AdamWUpdateKernel(const Lau
   if (begin >= end) return;
   int si = FindSegment(params.segments, params.num_segments, begin);
   int64_t seg_end = SegmentEnd(params.segments[si]);
-  for (int64_t block = begin; block < end; ++block) {
+  // One pass per segment the run touches: the descriptor is copied to registers once (stores
+  // cannot alias a copy, so nothing is reloaded per block) and the types are dispatched once.
+  for (int64_t block = begin; block < end;) {
     while (block >= seg_end) seg_end = SegmentEnd(params.segments[++si]);
     const Segment& s = params.segments[si];
-    const int64_t blk = block - s.first_block;
+    const int64_t stop = min(end, seg_end);
+    const int64_t first = block - s.first_block, last = stop - s.first_block;
     switch (s.param_dtype) {
-      case 0: DispatchGrad<float>(s, blk, lane, params.hyper, tab, params.nonfinite); break;
-      case 1: DispatchGrad<__half>(s, blk, lane, params.hyper, tab, params.nonfinite); break;
-      default: DispatchGrad<__nv_bfloat16>(s, blk, lane, params.hyper, tab, params.nonfinite); break;
+      case 0: DispatchGrad<float>(s, first, last, lane, params.hyper, tab, params.nonfinite); break;
+      case 1: DispatchGrad<__half>(s, first, last, lane, params.hyper, tab, params.nonfinite); break;
+      default:
+        DispatchGrad<__nv_bfloat16>(s, first, last, lane, params.hyper, tab, params.nonfinite);
+        break;
     }
+    block = stop;
   }
 }
 
