@@ -2,10 +2,10 @@
 //
 // Note [Work mapping]: a launch covers a list of segments (tensor ranges); every segment is cut
 // into blocks of 256 elements (the 8-bit block size), numbered consecutively across segments.
-// One warp updates one such block at a time: lane l owns elements 4l..4l+3 and 128+4l..128+4l+3, so each
-// load and store of the warp is one coalesced 512-byte (fp32), 256-byte (16-bit) or 128-byte
-// (codes) access, and the block's absmax is a warp shuffle reduction with no shared memory or
-// barrier. The grid is persistent and each warp walks a contiguous run of blocks (see
+// One warp updates one such block at a time: lane l owns elements 4l..4l+3 and 128+4l..128+4l+3
+// (or 8l..8l+7 when param and gradient are 16-bit: one 16-byte access per lane), so each load and
+// store of the warp is a coalesced access, and the block's absmax is one redux instruction, with
+// no shared memory or barrier. The grid is persistent and each warp walks a contiguous run of blocks (see
 // AdamWUpdateKernel). The table lookups of the dequantization and of the requantization search
 // go to per-lane copies of the tables in shared memory, which never bank-conflict: with one copy
 // the data-dependent lookups conflicted and bounded the kernel well below memory bandwidth.
@@ -40,102 +40,132 @@ constexpr int kHalf = kQuantBlock / 2;
 constexpr unsigned kFullMask = 0xffffffffu;
 constexpr int kHistory = 100;
 
-// Offset inside the block of element j (0..7) of `lane`.
+// Offset inside the block of element j (0..7) of `lane`. Two layouts (Note [Work mapping]):
+// kContiguous, lane l owns elements 8l..8l+7 (one 16-byte access per lane for 16-bit values, 8
+// bytes of codes); otherwise 4l..4l+3 and 128+4l..128+4l+3 (two 16-byte accesses for fp32). An
+// update never mixes elements across blocks, so each (param, grad) type pair picks its own.
+template <bool kContiguous>
 __device__ __forceinline__ int ElementIndex(int lane, int j) {
+  if constexpr (kContiguous) return lane * kPerThread + j;
   return (j / 4) * kHalf + lane * 4 + (j % 4);
 }
 
-// Four consecutive elements at a 4-element-aligned address.
-template <typename T>
-__device__ __forceinline__ void Load4(const T* p, T* out) {
-  if constexpr (sizeof(T) == 4) {
-    const float4 v = *reinterpret_cast<const float4*>(p);
-    out[0] = v.x; out[1] = v.y; out[2] = v.z; out[3] = v.w;
-  } else {
-    const uint2 v = *reinterpret_cast<const uint2*>(p);
-    const T* t = reinterpret_cast<const T*>(&v);
-    out[0] = t[0]; out[1] = t[1]; out[2] = t[2]; out[3] = t[3];
-  }
+template <typename T, int n, typename V>
+__device__ __forceinline__ void Unpack(const V& v, T* out) {
+  static_assert(sizeof(V) == n * sizeof(T));
+  const T* t = reinterpret_cast<const T*>(&v);
+#pragma unroll
+  for (int i = 0; i < n; ++i) out[i] = t[i];
 }
 
-template <typename T>
-__device__ __forceinline__ void Store4(T* p, const T* in) {
-  if constexpr (sizeof(T) == 4) {
-    *reinterpret_cast<float4*>(p) = make_float4(in[0], in[1], in[2], in[3]);
-  } else {
-    uint2 v;
-    T* t = reinterpret_cast<T*>(&v);
-    t[0] = in[0]; t[1] = in[1]; t[2] = in[2]; t[3] = in[3];
-    *reinterpret_cast<uint2*>(p) = v;
-  }
+template <typename V, typename T, int n>
+__device__ __forceinline__ V Pack(const T* in) {
+  static_assert(sizeof(V) == n * sizeof(T));
+  V v;
+  T* t = reinterpret_cast<T*>(&v);
+#pragma unroll
+  for (int i = 0; i < n; ++i) t[i] = in[i];
+  return v;
+}
+
+__device__ __forceinline__ bool Aligned16(const void* p) {
+  return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
 // Loads this lane's 8 elements of a block; lanes past `valid` get `fill` (the reference's
-// BlockLoad default), which matters for the partial last block's absmax.
-template <typename T>
+// BlockLoad default), which matters for the partial last block's absmax. `vector`: the base
+// allows the layout's vector accesses (16 bytes for fp32 or contiguous 16-bit, else 8).
+template <bool kContiguous = false, typename T>
 __device__ __forceinline__ void LoadLane(const T* base, int lane, int valid, bool vector, T fill,
                                          T* out) {
   if (vector && valid == kQuantBlock) {
-    Load4(base + lane * 4, out);
-    Load4(base + kHalf + lane * 4, out + 4);
-  } else {
-#pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-      const int idx = ElementIndex(lane, j);
-      out[j] = idx < valid ? base[idx] : fill;
+    if constexpr (kContiguous && sizeof(T) == 2) {
+      Unpack<T, 8>(*reinterpret_cast<const uint4*>(base + lane * 8), out);
+      return;
+    } else if constexpr (kContiguous) {
+      Unpack<T, 4>(*reinterpret_cast<const uint4*>(base + lane * 8), out);
+      Unpack<T, 4>(*reinterpret_cast<const uint4*>(base + lane * 8 + 4), out + 4);
+      return;
+    } else if constexpr (sizeof(T) == 4) {
+      Unpack<T, 4>(*reinterpret_cast<const uint4*>(base + lane * 4), out);
+      Unpack<T, 4>(*reinterpret_cast<const uint4*>(base + kHalf + lane * 4), out + 4);
+      return;
+    } else {
+      Unpack<T, 4>(*reinterpret_cast<const uint2*>(base + lane * 4), out);
+      Unpack<T, 4>(*reinterpret_cast<const uint2*>(base + kHalf + lane * 4), out + 4);
+      return;
     }
+  }
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const int idx = ElementIndex<kContiguous>(lane, j);
+    out[j] = idx < valid ? base[idx] : fill;
   }
 }
 
-template <typename T>
-__device__ __forceinline__ void StoreLane(T* base, int lane, int valid, const T* in) {
-  if (valid == kQuantBlock) {
-    Store4(base + lane * 4, in);
-    Store4(base + kHalf + lane * 4, in + 4);
-  } else {
-#pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-      const int idx = ElementIndex(lane, j);
-      if (idx < valid) base[idx] = in[j];
+template <bool kContiguous = false, typename T>
+__device__ __forceinline__ void StoreLane(T* base, int lane, int valid, bool vector, const T* in) {
+  if (vector && valid == kQuantBlock) {
+    if constexpr (kContiguous && sizeof(T) == 2) {
+      *reinterpret_cast<uint4*>(base + lane * 8) = Pack<uint4, T, 8>(in);
+      return;
+    } else if constexpr (kContiguous) {
+      *reinterpret_cast<uint4*>(base + lane * 8) = Pack<uint4, T, 4>(in);
+      *reinterpret_cast<uint4*>(base + lane * 8 + 4) = Pack<uint4, T, 4>(in + 4);
+      return;
+    } else if constexpr (sizeof(T) == 4) {
+      *reinterpret_cast<uint4*>(base + lane * 4) = Pack<uint4, T, 4>(in);
+      *reinterpret_cast<uint4*>(base + kHalf + lane * 4) = Pack<uint4, T, 4>(in + 4);
+      return;
+    } else {
+      *reinterpret_cast<uint2*>(base + lane * 4) = Pack<uint2, T, 4>(in);
+      *reinterpret_cast<uint2*>(base + kHalf + lane * 4) = Pack<uint2, T, 4>(in + 4);
+      return;
     }
+  }
+#pragma unroll
+  for (int j = 0; j < kPerThread; ++j) {
+    const int idx = ElementIndex<kContiguous>(lane, j);
+    if (idx < valid) base[idx] = in[j];
   }
 }
 
+// Codes: state arrays start 16-byte aligned and blocks are 256 bytes, so vector access is always
+// allowed for a full block.
+template <bool kContiguous>
 __device__ __forceinline__ void LoadCodes(const uint8_t* base, int lane, int valid, uint8_t fill,
                                           uint8_t* out) {
   if (valid == kQuantBlock) {
-    const uint32_t lo = *reinterpret_cast<const uint32_t*>(base + lane * 4);
-    const uint32_t hi = *reinterpret_cast<const uint32_t*>(base + kHalf + lane * 4);
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      out[k] = static_cast<uint8_t>(lo >> (8 * k));
-      out[4 + k] = static_cast<uint8_t>(hi >> (8 * k));
+    if constexpr (kContiguous) {
+      Unpack<uint8_t, 8>(*reinterpret_cast<const uint2*>(base + lane * 8), out);
+    } else {
+      Unpack<uint8_t, 4>(*reinterpret_cast<const uint32_t*>(base + lane * 4), out);
+      Unpack<uint8_t, 4>(*reinterpret_cast<const uint32_t*>(base + kHalf + lane * 4), out + 4);
     }
-  } else {
+    return;
+  }
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-      const int idx = ElementIndex(lane, j);
-      out[j] = idx < valid ? base[idx] : fill;
-    }
+  for (int j = 0; j < kPerThread; ++j) {
+    const int idx = ElementIndex<kContiguous>(lane, j);
+    out[j] = idx < valid ? base[idx] : fill;
   }
 }
 
+template <bool kContiguous>
 __device__ __forceinline__ void StoreCodes(uint8_t* base, int lane, int valid, const uint8_t* in) {
   if (valid == kQuantBlock) {
-    uint32_t lo = 0, hi = 0;
-#pragma unroll
-    for (int k = 0; k < 4; ++k) {
-      lo |= static_cast<uint32_t>(in[k]) << (8 * k);
-      hi |= static_cast<uint32_t>(in[4 + k]) << (8 * k);
+    if constexpr (kContiguous) {
+      *reinterpret_cast<uint2*>(base + lane * 8) = Pack<uint2, uint8_t, 8>(in);
+    } else {
+      *reinterpret_cast<uint32_t*>(base + lane * 4) = Pack<uint32_t, uint8_t, 4>(in);
+      *reinterpret_cast<uint32_t*>(base + kHalf + lane * 4) = Pack<uint32_t, uint8_t, 4>(in + 4);
     }
-    *reinterpret_cast<uint32_t*>(base + lane * 4) = lo;
-    *reinterpret_cast<uint32_t*>(base + kHalf + lane * 4) = hi;
-  } else {
+    return;
+  }
 #pragma unroll
-    for (int j = 0; j < kPerThread; ++j) {
-      const int idx = ElementIndex(lane, j);
-      if (idx < valid) base[idx] = in[j];
-    }
+  for (int j = 0; j < kPerThread; ++j) {
+    const int idx = ElementIndex<kContiguous>(lane, j);
+    if (idx < valid) base[idx] = in[j];
   }
 }
 
@@ -223,34 +253,41 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
   uint8_t* state2 = s.state2 + base;
   float* absmax1_out = s.absmax1 + blk;
   float* absmax2_out = s.absmax2 + blk;
-  const bool grad_aligned = s.grad_aligned != 0;
+  // 16-bit params and gradients: the contiguous layout (one 16-byte access per lane and array).
+  constexpr bool kContiguous = sizeof(P) == 2 && sizeof(G) == 2;
+  const bool grad_vector = s.grad_aligned != 0 && (!kContiguous || Aligned16(g));
+  const bool param_vector = !kContiguous || Aligned16(p);
 
   G g_vals[kPerThread];
   P p_vals[kPerThread];
   uint8_t c1s[kPerThread], c2s[kPerThread];
-  LoadLane(g, lane, valid, grad_aligned, FromFloat<G>(0.0f), g_vals);
-  LoadCodes(state1, lane, valid, 128, c1s);
-  LoadCodes(state2, lane, valid, 0, c2s);
-  LoadLane(p, lane, valid, true, FromFloat<P>(0.0f), p_vals);
+  LoadLane<kContiguous>(g, lane, valid, grad_vector, FromFloat<G>(0.0f), g_vals);
+  LoadCodes<kContiguous>(state1, lane, valid, 128, c1s);
+  LoadCodes<kContiguous>(state2, lane, valid, 0, c2s);
+  LoadLane<kContiguous>(p, lane, valid, param_vector, FromFloat<P>(0.0f), p_vals);
   const float absmax1 = *absmax1_out;
   const float absmax2 = *absmax2_out;
 
+  // Branch-free: every element computes the finite-gradient update and a select keeps it or the
+  // reference's else-branch value, so the eight elements' chains interleave (a branch per
+  // element kept the scheduler inside one element at a time).
   float s1_vals[kPerThread], s2_vals[kPerThread];
+  bool finite[kPerThread];
+  unsigned nonfinite_count = 0;
   float new_absmax1 = -FLT_MAX, new_absmax2 = -FLT_MAX;
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
     const float gf = ToFloat(g_vals[j]);
-    if (!isnan(gf) && !isinf(gf)) {
-      s2_vals[j] = q2[c2s[j]] * absmax2;
-      float g_val = gf;
-      g_val *= gnorm_scale;
-      s2_vals[j] = (s2_vals[j] * beta2) + (((1.0f - beta2) * g_val * g_val));
-      s1_vals[j] = q1[c1s[j]] * absmax1;
-      s1_vals[j] = (s1_vals[j] * beta1) + (((1.0f - beta1) * g_val));
-    } else {
-      s1_vals[j] = 0.0f;
-      s2_vals[j] = 0.0f;
-    }
+    finite[j] = !isnan(gf) && !isinf(gf);
+    nonfinite_count += finite[j] ? 0u : 1u;
+    float s2 = q2[c2s[j]] * absmax2;
+    float g_val = gf;
+    g_val *= gnorm_scale;
+    s2 = (s2 * beta2) + (((1.0f - beta2) * g_val * g_val));
+    float s1 = q1[c1s[j]] * absmax1;
+    s1 = (s1 * beta1) + (((1.0f - beta1) * g_val));
+    s1_vals[j] = finite[j] ? s1 : 0.0f;
+    s2_vals[j] = finite[j] ? s2 : 0.0f;
     new_absmax1 = fmaxf(new_absmax1, fabsf(s1_vals[j]));
     new_absmax2 = fmaxf(new_absmax2, fabsf(s2_vals[j]));
   }
@@ -260,20 +297,21 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
     *absmax1_out = new_absmax1;
     *absmax2_out = new_absmax2;
   }
-  CountNonFinite<G>(g_vals, lane, nonfinite);
+  // Lanes past the end of a partial block hold g = 0, so they never count.
+  nonfinite_count = __reduce_add_sync(kFullMask, nonfinite_count);
+  if (lane == 0 && nonfinite_count != 0 && nonfinite != nullptr)
+    atomicAdd(nonfinite, static_cast<unsigned long long>(nonfinite_count));
 
 #pragma unroll
   for (int j = 0; j < kPerThread; ++j) {
-    const float gf = ToFloat(g_vals[j]);
-    if (!isnan(gf) && !isinf(gf)) {
-      p_vals[j] = FromFloat<P>(
-          ToFloat(p_vals[j]) +
-          ((step_size * (__fdividef(s1_vals[j], (sqrtf(s2_vals[j]) + (correction2 * eps)))))));
-      if (weight_decay > 0.0f)
-        p_vals[j] = FromFloat<P>(ToFloat(p_vals[j]) * (1.0f - (lr * weight_decay)));
-    }
+    P updated = FromFloat<P>(
+        ToFloat(p_vals[j]) +
+        ((step_size * (__fdividef(s1_vals[j], (sqrtf(s2_vals[j]) + (correction2 * eps)))))));
+    if (weight_decay > 0.0f)
+      updated = FromFloat<P>(ToFloat(updated) * (1.0f - (lr * weight_decay)));
+    if (finite[j]) p_vals[j] = updated;
   }
-  StoreLane(p, lane, valid, p_vals);
+  StoreLane<kContiguous>(p, lane, valid, param_vector, p_vals);
 
   float x1[kPerThread], x2[kPerThread];
 #pragma unroll
@@ -294,8 +332,8 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
         c1s[j] -= 1;
     }
   }
-  StoreCodes(state1, lane, valid, c1s);
-  StoreCodes(state2, lane, valid, c2s);
+  StoreCodes<kContiguous>(state1, lane, valid, c1s);
+  StoreCodes<kContiguous>(state2, lane, valid, c2s);
 }
 
 // One block of 256 elements of a small tensor with fp32 states (the reference's 32-bit path:
@@ -338,9 +376,9 @@ __device__ __forceinline__ void Update32bitBlock(const Segment& s, int64_t blk, 
     if (weight_decay > 0.0f)
       p_vals[j] = FromFloat<P>(ToFloat(p_vals[j]) * (1.0f - (lr * weight_decay)));
   }
-  StoreLane(p, lane, valid, p_vals);
-  StoreLane(m, lane, valid, s1_vals);
-  StoreLane(v, lane, valid, s2_vals);
+  StoreLane(p, lane, valid, true, p_vals);
+  StoreLane(m, lane, valid, true, s1_vals);
+  StoreLane(v, lane, valid, true, s2_vals);
 }
 
 // Blocks [first, last) of one segment, with the element types fixed.

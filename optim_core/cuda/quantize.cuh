@@ -14,7 +14,11 @@ namespace optd::core::internal::cuda {
 
 __device__ __forceinline__ float ToFloat(float x) { return x; }
 __device__ __forceinline__ float ToFloat(__half x) { return __half2float(x); }
-__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) { return __bfloat162float(x); }
+// bf16 is the top half of an fp32: a shift, written in C++ rather than the header's inline asm so
+// that the compiler can reuse one conversion instead of repeating it at every use.
+__device__ __forceinline__ float ToFloat(__nv_bfloat16 x) {
+  return __uint_as_float(static_cast<uint32_t>(__bfloat16_as_ushort(x)) << 16);
+}
 
 template <typename T>
 __device__ __forceinline__ T FromFloat(float x);
