@@ -405,11 +405,13 @@ __device__ __forceinline__ void DispatchGrad(const Segment& s, int64_t first, in
   }
 }
 
-// One thread block of kUpdateThreads per multiprocessor: the four per-lane tables (about 130 KiB)
-// are filled once per multiprocessor and shared by 24 warps (the occupancy three blocks of 256
-// had with the two dequantization tables alone).
-constexpr int kUpdateWarps = 24;
-constexpr int kUpdateThreads = kUpdateWarps * kWarpSize;
+// One thread block per multiprocessor: the four per-lane tables (about 130 KiB) are filled once
+// per multiprocessor and shared by all its warps. Two sizes (measured on an H100,
+// bench/RESULTS.md version 10): 24 warps (80 registers each) suit fp32 tensors; 32 warps (64
+// registers, a 60-byte spill) make 16-bit tensors 8-9% faster and fp32 ones 1-2% slower, so
+// the launcher picks by the blocks' types.
+constexpr int kFewWarps = 24;
+constexpr int kManyWarps = 32;
 constexpr size_t kMapReplicaBytes = kQuantBlock * kTableCopies * sizeof(float);       // 32 KiB
 constexpr size_t kThresholdReplicaBytes = kThresholds * kTableCopies * sizeof(float);  // 33 KiB
 constexpr size_t kTableSmemBytes =
@@ -421,7 +423,10 @@ __device__ __forceinline__ int64_t SegmentEnd(const Segment& s) {
 
 // A persistent grid (one thread block per multiprocessor); each warp owns a contiguous run of
 // blocks, so it searches for its first segment once and then walks forward.
-__global__ void __launch_bounds__(kUpdateThreads, 1) AdamWUpdateKernel(const LaunchParams params) {
+template <int kUpdateWarps>
+__global__ void __launch_bounds__(kUpdateWarps * kWarpSize, 1)
+    AdamWUpdateKernel(const LaunchParams params) {
+  constexpr int kUpdateThreads = kUpdateWarps * kWarpSize;
   // [256][kTableCopies] q1, q2, then [kThresholds][kTableCopies] t1, t2, then the buckets.
   extern __shared__ float tables[];
   float* q1 = tables;
@@ -553,15 +558,38 @@ unsigned GridFor(int64_t total_blocks) {
 
 }  // namespace
 
+namespace {
+
+// Whether at least half of the launch's blocks are 8-bit updates with 16-bit param and gradient
+// (false when the host copy of the segments is not given).
+bool MostlySixteenBit(const LaunchParams& params) {
+  if (params.host_segments == nullptr) return false;
+  int64_t sixteen = 0;
+  for (int i = 0; i < params.num_segments; ++i) {
+    const Segment& s = params.host_segments[i];
+    if (s.eight_bit && s.param_dtype != 0 && s.grad_dtype != 0)
+      sixteen += (s.numel + kQuantBlock - 1) / kQuantBlock;
+  }
+  return 2 * sixteen >= params.total_blocks;
+}
+
+template <int kWarps>
+cudaError_t LaunchUpdate(const LaunchParams& params, cudaStream_t stream) {
+  const cudaError_t err = cudaFuncSetAttribute(
+      AdamWUpdateKernel<kWarps>, cudaFuncAttributeMaxDynamicSharedMemorySize, kTableSmemBytes);
+  if (err != cudaSuccess) return err;
+  const int64_t wanted = (params.total_blocks + kWarps - 1) / kWarps;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(wanted, params.sm_count));
+  AdamWUpdateKernel<kWarps><<<grid, kWarps * kWarpSize, kTableSmemBytes, stream>>>(params);
+  return cudaGetLastError();
+}
+
+}  // namespace
+
 cudaError_t LaunchAdamWUpdate(const LaunchParams& params, cudaStream_t stream) {
   if (params.total_blocks == 0) return cudaSuccess;
-  const cudaError_t err = cudaFuncSetAttribute(
-      AdamWUpdateKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kTableSmemBytes);
-  if (err != cudaSuccess) return err;
-  const int64_t wanted = (params.total_blocks + kUpdateWarps - 1) / kUpdateWarps;
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(wanted, params.sm_count));
-  AdamWUpdateKernel<<<grid, kUpdateThreads, kTableSmemBytes, stream>>>(params);
-  return cudaGetLastError();
+  return MostlySixteenBit(params) ? LaunchUpdate<kManyWarps>(params, stream)
+                                  : LaunchUpdate<kFewWarps>(params, stream);
 }
 
 cudaError_t LaunchGradSumSquares(const LaunchParams& params, cudaStream_t stream) {
