@@ -58,7 +58,10 @@ int BuildBuckets(const float* table, bool is_signed, uint8_t* out) {
       widest = std::max(widest, pos_hi - out[m]);
     }
   }
-  return ComparisonsFor(widest);
+  const int steps = ComparisonsFor(widest);
+  // The device's search makes kSignedBucketSteps comparisons for the signed table: report a
+  // signed table that needs more as unusable.
+  return is_signed && steps > kSignedBucketSteps ? kBucketSteps + 1 : steps;
 }
 
 }  // namespace optd::core::internal::cuda
