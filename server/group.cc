@@ -107,7 +107,8 @@ absl::StatusOr<std::shared_ptr<const WeightSnapshot>> Group::Snapshot(
   }
   for (int t : snap->tensors) {
     const core::TensorSpec& spec = tensor(t);
-    std::vector<uint8_t> data(static_cast<size_t>(spec.numel()) * core::DTypeSize(spec.dtype));
+    // Not zero-filled: ReadParam overwrites all of it (Note [Uninitialized staging]).
+    WireBuffer data(static_cast<size_t>(spec.numel()) * core::DTypeSize(spec.dtype));
     core::TensorView view{data.data(), spec.dtype, spec.numel(), core::MemoryKind::kHost};
     if (absl::Status s = params_->ReadParam(t, 0, view); !s.ok()) return s;
     snap->data.push_back(std::move(data));

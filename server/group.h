@@ -18,6 +18,7 @@
 #include "server/interval_set.h"
 #include "server/metrics.h"
 #include "server/sync_round.h"
+#include "server/wire_buffer.h"
 
 namespace optd::server {
 
@@ -25,7 +26,7 @@ namespace optd::server {
 struct WeightSnapshot {
   int64_t version = 0;
   std::vector<int> tensors;                 // indices into the group's spec
-  std::vector<std::vector<uint8_t>> data;   // raw weights of each, in the tensor's dtype
+  std::vector<WireBuffer> data;             // raw weights of each, in the tensor's dtype
 };
 
 // One Subscribe stream's queue of versions.

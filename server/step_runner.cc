@@ -29,6 +29,8 @@
 #include "server/convert.h"
 #include "server/optimizer_core.h"
 #include "server/widen.h"
+#include "server/wire_buffer.h"
+#include "server/wire_step_sender.h"
 
 namespace optd::server {
 namespace {
@@ -145,38 +147,52 @@ absl::Status ClientGone(const Group& group, int64_t step) {
                                            "applied"));
 }
 
-// Streams weights [offset, offset + n) of tensor t in messages of at most chunk_bytes.
-absl::Status SendWeights(Group& group, int t, int64_t offset, int64_t n, int64_t chunk_bytes,
-                         StepStream* stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(group.mu()) {
+absl::Status WeightsClientGone(const Group& group) {
+  return absl::CancelledError(
+      absl::StrCat("the client went away while receiving weights of group '", group.name(), "'"));
+}
+
+// Fills messages with weights [offset, offset + n) of tensor t, at most chunk_bytes each:
+// `next()` gives the message to fill, `submit(m)` sends it (false: the client went away).
+// Messages are reused from chunk to chunk, so their data string keeps its size and each chunk is
+// read straight into memory that is already faulted in, not a fresh zero-filled string.
+template <typename NextFn, typename SubmitFn>
+absl::Status FillWeights(Group& group, int t, int64_t offset, int64_t n, int64_t chunk_bytes,
+                         NextFn next, SubmitFn submit) ABSL_EXCLUSIVE_LOCKS_REQUIRED(group.mu()) {
   const core::TensorSpec& spec = group.tensor(t);
   const int64_t esize = static_cast<int64_t>(core::DTypeSize(spec.dtype));
   const int64_t piece =
       std::max<int64_t>(core::kBlockSize, chunk_bytes / esize / core::kBlockSize * core::kBlockSize);
-  v1::StepResponse response;
-  v1::TensorChunk* chunk = response.mutable_weights();
-  chunk->set_tensor(spec.name);
-  chunk->set_dtype(ToProtoDType(spec.dtype));
   for (int64_t done = 0; done < n; done += piece) {
     const int64_t m = std::min(piece, n - done);
+    v1::StepResponse* response = next();
+    v1::TensorChunk* chunk = response->mutable_weights();
+    chunk->set_tensor(spec.name);
+    chunk->set_dtype(ToProtoDType(spec.dtype));
     std::string* data = chunk->mutable_data();
     data->resize(static_cast<size_t>(m * esize));
     core::TensorView dst{data->data(), spec.dtype, m, core::MemoryKind::kHost};
     if (absl::Status s = group.params().ReadParam(t, offset + done, dst); !s.ok()) return s;
     chunk->set_offset(offset + done);
-    if (!stream->Write(response)) {
-      return absl::CancelledError(
-          absl::StrCat("the client went away while receiving weights of group '", group.name(),
-                       "'"));
-    }
-    group.metrics().AddWeightBytesSent(m * esize);
+    if (!submit(response)) return WeightsClientGone(group);
   }
   return absl::OkStatus();
 }
 
+// Writes one weights message on the calling thread and counts its bytes.
+bool WriteWeights(Group& group, StepStream* stream, const v1::StepResponse& response) {
+  if (!stream->Write(response)) return false;
+  group.metrics().AddWeightBytesSent(static_cast<int64_t>(response.weights().data().size()));
+  return true;
+}
+
 absl::Status SendTensors(Group& group, const std::vector<int>& tensors, int64_t chunk_bytes,
                          StepStream* stream) ABSL_EXCLUSIVE_LOCKS_REQUIRED(group.mu()) {
+  v1::StepResponse response;
   for (int t : tensors) {
-    if (absl::Status s = SendWeights(group, t, 0, group.tensor(t).numel(), chunk_bytes, stream);
+    if (absl::Status s = FillWeights(
+            group, t, 0, group.tensor(t).numel(), chunk_bytes, [&] { return &response; },
+            [&](v1::StepResponse* m) { return WriteWeights(group, stream, *m); });
         !s.ok()) {
       return s;
     }
@@ -229,7 +245,7 @@ struct JournalEntry {
   int tensor = 0;
   int64_t offset = 0;
   int64_t n = 0;
-  std::vector<uint8_t> weights;
+  WireBuffer weights;  // overwritten in full by ReadParam (Note [Uninitialized staging])
   core::TensorState state;
 };
 
@@ -276,6 +292,13 @@ absl::StatusOr<StepOutcome> RunStreamed(Group& group, const StepPlan& plan, Step
     return s;
   };
   v1::StepRequest request;
+  // Note [Overlapping a step's directions]; no thread when no weights go back.
+  std::optional<StepWeightsSender> sender;
+  if (plan.weights != v1::NONE) {
+    sender.emplace([&group, stream](const v1::StepResponse& r) {
+      return WriteWeights(group, stream, r);
+    });
+  }
   bool committed = false;
   while (!committed && stream->Read(&request)) {
     if (request.has_commit()) {
@@ -292,7 +315,7 @@ absl::StatusOr<StepOutcome> RunStreamed(Group& group, const StepPlan& plan, Step
 
     const core::TensorSpec& spec = group.tensor(g->tensor);
     JournalEntry entry{g->tensor, g->offset, g->n, {}, {}};
-    entry.weights.resize(static_cast<size_t>(g->n) * core::DTypeSize(spec.dtype));
+    entry.weights = WireBuffer(static_cast<size_t>(g->n) * core::DTypeSize(spec.dtype));
     core::TensorView old{entry.weights.data(), spec.dtype, g->n, core::MemoryKind::kHost};
     if (absl::Status s = params.ReadParam(g->tensor, g->offset, old); !s.ok()) return fail(s);
     auto state = params.ExportStateRange(g->tensor, g->offset, g->n);
@@ -311,12 +334,16 @@ absl::StatusOr<StepOutcome> RunStreamed(Group& group, const StepPlan& plan, Step
     group.metrics().AddGradientBytesReceived(
         static_cast<int64_t>(request.gradient().data().size()));
     if (plan.weights != v1::NONE) {
-      if (absl::Status s = SendWeights(group, g->tensor, g->offset, g->n, plan.chunk_bytes, stream);
+      if (absl::Status s = FillWeights(
+              group, g->tensor, g->offset, g->n, plan.chunk_bytes, [&] { return sender->Next(); },
+              [&](v1::StepResponse* m) { return sender->Submit(m); });
           !s.ok()) {
         return fail(s);
       }
     }
   }
+  // Every weights message of the step is written before the step counts (and before StepDone).
+  if (sender.has_value() && !sender->Flush()) return fail(WeightsClientGone(group));
   if (!committed) return fail(ClientGone(group, plan.step));
   if (absl::Status s = coverage.CheckComplete(plan.step); !s.ok()) return fail(s);
   const std::vector<int> touched = coverage.Touched();

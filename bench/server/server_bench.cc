@@ -18,6 +18,7 @@
 #include <cstdio>
 #include <cstring>
 #include <fstream>
+#include <iterator>
 #include <memory>
 #include <random>
 #include <sstream>
@@ -119,6 +120,19 @@ int64_t ProcStatusKb(pid_t pid, const char* key) {
     if (line.rfind(key, 0) == 0) return std::atoll(line.c_str() + std::strlen(key));
   }
   return -1;
+}
+
+// CPU seconds (user + system, all threads) the process has used so far.
+double CpuSeconds(pid_t pid) {
+  std::ifstream in("/proc/" + std::to_string(pid) + "/stat");
+  std::string text((std::istreambuf_iterator<char>(in)), std::istreambuf_iterator<char>());
+  std::istringstream fields(text.substr(text.rfind(')') + 2));  // after "pid (comm) "
+  std::string f;
+  double ticks = 0;
+  for (int i = 3; i <= 15 && fields >> f; ++i) {
+    if (i == 14 || i == 15) ticks += std::atof(f.c_str());  // utime, stime
+  }
+  return ticks / static_cast<double>(sysconf(_SC_CLK_TCK));
 }
 
 void ResetPeakRss(pid_t pid) {
@@ -326,8 +340,10 @@ void WireTable() {
   const double tcp_gbps = Median(tcp);
   std::printf("\n## Wire: %d MiB fp32 tensor, %lld KiB messages, median of %d (GB/s = 1e9 B/s)\n\n",
               absl::GetFlag(FLAGS_mib), static_cast<long long>(chunk >> 10), repeats);
-  std::printf("| path | allocator | GB/s | vs plain TCP |\n|---|---|---|---|\n");
-  std::printf("| plain loopback TCP, 1 MiB writes, cold buffer | - | %.2f | 1.00 |\n", tcp_gbps);
+  // Server CPU s/GB: the optd process's user + system CPU time over the payload bytes of all
+  // repeats; unlike GB/s it hardly moves when other processes share the cores.
+  std::printf("| path | allocator | GB/s | vs plain TCP | server CPU s/GB |\n|---|---|---|---|---|\n");
+  std::printf("| plain loopback TCP, 1 MiB writes, cold buffer | - | %.2f | 1.00 | - |\n", tcp_gbps);
   const int64_t numel = static_cast<int64_t>(bytes / 4);
   const std::string jemalloc_binary = absl::GetFlag(FLAGS_server_binary);
   const std::string glibc_binary = absl::GetFlag(FLAGS_glibc_server_binary);
@@ -341,8 +357,18 @@ void WireTable() {
     auto stub = Stub(child->port);
     CreateGroup(*stub, "w", {{"x", {numel}}}, optd::v1::FLOAT32);
     std::vector<double> up, pull, step, step_none;
+    const double gb = static_cast<double>(bytes) * repeats / 1e9;
+    double cpu = CpuSeconds(child->pid);
+    auto cpu_per_gb = [&](double payload_gb) {
+      const double now = CpuSeconds(child->pid);
+      const double r = (now - cpu) / payload_gb;
+      cpu = now;
+      return r;
+    };
     for (int i = 0; i < repeats; ++i) up.push_back(UploadGBps(*stub, "w", "x", src, chunk));
+    const double up_cpu = cpu_per_gb(gb);
     for (int i = 0; i < repeats; ++i) pull.push_back(PullGBps(*stub, "w", dst));
+    const double pull_cpu = cpu_per_gb(gb);
     int64_t k = 1;
     for (int i = 0; i < repeats; ++i) {
       double b;
@@ -350,17 +376,19 @@ void WireTable() {
                                    chunk, optd::v1::UPDATED, &b);
       step.push_back(b / s / 1e9);
     }
+    const double step_cpu = cpu_per_gb(2 * gb);
     for (int i = 0; i < repeats; ++i) {
       double b;
       const double s = StepSeconds(*stub, "w", k++, {{"x", numel}}, 4, optd::v1::FLOAT32, src,
                                    chunk, optd::v1::NONE, &b);
       step_none.push_back(b / s / 1e9);
     }
+    const double none_cpu = cpu_per_gb(gb);
     const double u = Median(up), p = Median(pull), s = Median(step), n = Median(step_none);
-    std::printf("| UploadWeights (client stream, protobuf bytes) | %s | %.2f | %.2f |\n", alloc, u, u / tcp_gbps);
-    std::printf("| PullWeights (server stream; includes the snapshot copy) | %s | %.2f | %.2f |\n", alloc, p, p / tcp_gbps);
-    std::printf("| Step fp32 gradient up + updated weights down (bytes both ways; includes the CPU update) | %s | %.2f | %.2f |\n", alloc, s, s / tcp_gbps);
-    std::printf("| Step fp32 gradient up, weights NONE (includes the CPU update) | %s | %.2f | %.2f |\n", alloc, n, n / tcp_gbps);
+    std::printf("| UploadWeights (client stream, protobuf bytes) | %s | %.2f | %.2f | %.2f |\n", alloc, u, u / tcp_gbps, up_cpu);
+    std::printf("| PullWeights (server stream; includes the snapshot copy) | %s | %.2f | %.2f | %.2f |\n", alloc, p, p / tcp_gbps, pull_cpu);
+    std::printf("| Step fp32 gradient up + updated weights down (bytes both ways; includes the CPU update) | %s | %.2f | %.2f | %.2f |\n", alloc, s, s / tcp_gbps, step_cpu);
+    std::printf("| Step fp32 gradient up, weights NONE (includes the CPU update) | %s | %.2f | %.2f | %.2f |\n", alloc, n, n / tcp_gbps, none_cpu);
     std::fflush(stdout);
   }
 }
