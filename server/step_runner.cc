@@ -3,8 +3,9 @@
 // Note [Three ways to apply a step]
 // 1. Streamed (one worker, or async mode; no percentile clipping): each block-aligned gradient
 //    chunk is applied with ParamGroup::ApplyRange as soon as it lands and that range's new
-//    weights are written back at once, so network and update overlap and the server holds one
-//    chunk per stream. Before a range is updated its old weights and state range go into an
+//    weights are written back at once, by the stream's sender thread (Note [Overlapping a
+//    step's directions] in wire_step_sender.h), so network and update overlap and the server
+//    holds a few chunks per stream. Before a range is updated its old weights and state range go into an
 //    undo journal (host memory); if the stream ends or fails before the commit, the journal is
 //    replayed backwards and the group is exactly as before. Step counters move only at commit.
 // 2. Accumulated (percentile clipping needs the whole gradient's norm first): the gradient is
