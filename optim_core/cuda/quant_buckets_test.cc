@@ -11,23 +11,16 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "internal/quantize.h"
 #include "optd/core/quant_maps.h"
 
 namespace optd::core::internal::cuda {
 namespace {
 
-// The reference's search, as the kernel's QuantizeCode.
+// The reference's search (internal/quantize.cc, the one definition of it).
 template <bool kSigned>
 int Reference(const float* t, float x) {
-  int pivot = 127, upper_pivot = 255, lower_pivot = 0;
-  float lower = kSigned ? -1.0f : 0.0f, upper = 1.0f, val = t[127];
-  for (int half = 64; half > 0; half >>= 1) {
-    if (x > val) { lower_pivot = pivot; lower = val; pivot += half; }
-    else { upper_pivot = pivot; upper = val; pivot -= half; }
-    val = t[pivot];
-  }
-  if (x > val) return x > (upper + val) * 0.5f ? upper_pivot : pivot;
-  return x < (lower + val) * 0.5f ? lower_pivot : pivot;
+  return QuantizeReference(t, kSigned, x);
 }
 
 // The kernel's bucketed threshold search (the device reads the same thresholds from shared memory).

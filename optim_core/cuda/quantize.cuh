@@ -39,39 +39,10 @@ struct LaneTable {
   __device__ __forceinline__ float operator[](int i) const { return lane_base[i * kTableCopies]; }
 };
 
-// The reference's requantization search (index of the table entry nearest to x: a 7-step binary
-// search from index 127, then a comparison with the midpoint of the bracketing pair; the tie rule
-// and the NaN result, code 0, follow from that order). The kernels do not run it: they compute
-// the same code with QuantizeCodesThreshold. Kept as the definition that one is checked against
-// (quant_buckets_test.cc has a host copy).
-template <bool kSigned>
-__device__ __forceinline__ uint8_t QuantizeCode(LaneTable table, float x) {
-  int pivot = 127;
-  int upper_pivot = 255;
-  int lower_pivot = 0;
-  float lower = kSigned ? -1.0f : 0.0f;
-  float upper = 1.0f;
-  float val = table[pivot];
-#pragma unroll
-  for (int half = 64; half > 0; half >>= 1) {
-    if (x > val) {
-      lower_pivot = pivot;
-      lower = val;
-      pivot += half;
-    } else {
-      upper_pivot = pivot;
-      upper = val;
-      pivot -= half;
-    }
-    val = table[pivot];
-  }
-  if (x > val) {
-    const float midpoint = (upper + val) * 0.5f;
-    return static_cast<uint8_t>(x > midpoint ? upper_pivot : pivot);
-  }
-  const float midpoint = (lower + val) * 0.5f;
-  return static_cast<uint8_t>(x < midpoint ? lower_pivot : pivot);
-}
+// The reference's requantization search (a 7-step binary search from index 127, then a
+// comparison with the midpoint of the bracketing pair) is defined once, on the host, as
+// internal::QuantizeReference; the kernels compute the same code with QuantizeCodesThreshold,
+// which quant_buckets_test.cc checks against it.
 
 // QuantizeCode's result for n values, as a count of thresholds below x (Note [Threshold search]
 // in quant_buckets.h): one bucket lookup and one (signed) or two (unsigned) comparisons with the
