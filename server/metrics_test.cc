@@ -15,32 +15,16 @@
 
 #include "gtest/gtest.h"
 #include "optd/core/engine.h"
+#include "server/metrics_http_get.h"
 
 namespace optd::server {
 namespace {
 
-// GET http://127.0.0.1:port/metrics over a plain socket; returns the body, or "" on failure.
+// GET http://127.0.0.1:port/metrics; returns the body, or "" (and a test failure) on failure.
 std::string HttpScrape(int port) {
-  int fd = socket(AF_INET, SOCK_STREAM, 0);
-  EXPECT_GE(fd, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    ADD_FAILURE() << "connect to port " << port << " failed";
-    close(fd);
-    return "";
-  }
-  const std::string request = "GET /metrics HTTP/1.0\r\nHost: 127.0.0.1\r\n\r\n";
-  EXPECT_EQ(write(fd, request.data(), request.size()), static_cast<ssize_t>(request.size()));
-  std::string response;
-  char buf[4096];
-  for (ssize_t n; (n = read(fd, buf, sizeof(buf))) > 0;) response.append(buf, n);
-  close(fd);
-  EXPECT_EQ(response.rfind("HTTP/1.1 200", 0), 0u) << response.substr(0, 100);
-  size_t body = response.find("\r\n\r\n");
-  return body == std::string::npos ? "" : response.substr(body + 4);
+  auto body = HttpGetLoopback(port, "/metrics");
+  EXPECT_TRUE(body.ok()) << body.status();
+  return body.ok() ? *body : "";
 }
 
 struct Sample {

@@ -30,6 +30,7 @@
 #include "absl/flags/parse.h"
 #include "grpcpp/grpcpp.h"
 #include "optd/v1/optd.grpc.pb.h"
+#include "server/metrics_http_get.h"
 
 ABSL_FLAG(int, mib, 512, "tensor size of the wire benchmark, MiB");
 ABSL_FLAG(int, repeats, 3, "runs per figure; the median is reported");
@@ -140,24 +141,10 @@ void ResetPeakRss(pid_t pid) {
   out << "5";
 }
 
+// The /metrics body, or "" when the scrape fails (the figure then prints as missing).
 std::string HttpGet(int port, const std::string& path) {
-  const int fd = socket(AF_INET, SOCK_STREAM, 0);
-  sockaddr_in addr{};
-  addr.sin_family = AF_INET;
-  addr.sin_port = htons(static_cast<uint16_t>(port));
-  addr.sin_addr.s_addr = htonl(INADDR_LOOPBACK);
-  if (connect(fd, reinterpret_cast<sockaddr*>(&addr), sizeof(addr)) != 0) {
-    close(fd);
-    return "";
-  }
-  const std::string req = "GET " + path + " HTTP/1.0\r\nHost: x\r\n\r\n";
-  (void)!send(fd, req.data(), req.size(), 0);
-  std::string out;
-  char buf[65536];
-  ssize_t n;
-  while ((n = recv(fd, buf, sizeof(buf), 0)) > 0) out.append(buf, static_cast<size_t>(n));
-  close(fd);
-  return out;
+  auto body = optd::server::HttpGetLoopback(port, path);
+  return body.ok() ? *body : "";
 }
 
 double Metric(const std::string& text, const std::string& name, const std::string& label) {
