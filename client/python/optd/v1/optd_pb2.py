@@ -13,21 +13,21 @@ _sym_db = _symbol_database.Default()
 
 
 
-DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12optd/v1/optd.proto\x12\x07optd.v1\"\x85\x03\n\x0fHyperparameters\x12\x0f\n\x02lr\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05\x62\x65ta1\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05\x62\x65ta2\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x10\n\x03\x65ps\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x14\n\x07\x61msgrad\x18\x06 \x01(\x08H\x05\x88\x01\x01\x12\x17\n\noptim_bits\x18\x07 \x01(\x05H\x06\x88\x01\x01\x12\x1a\n\rmin_8bit_size\x18\x08 \x01(\x03H\x07\x88\x01\x01\x12 \n\x13percentile_clipping\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x17\n\nblock_wise\x18\n \x01(\x08H\t\x88\x01\x01\x42\x05\n\x03_lrB\x08\n\x06_beta1B\x08\n\x06_beta2B\x06\n\x04_epsB\x0f\n\r_weight_decayB\n\n\x08_amsgradB\r\n\x0b_optim_bitsB\x10\n\x0e_min_8bit_sizeB\x16\n\x14_percentile_clippingB\r\n\x0b_block_wise\"H\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0e.optd.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe2\x01\n\x12\x43reateGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12$\n\x07tensors\x18\x02 \x03(\x0b\x32\x13.optd.v1.TensorInfo\x12\x31\n\x0fhyperparameters\x18\x03 \x01(\x0b\x32\x18.optd.v1.Hyperparameters\x12\x13\n\x0bnum_workers\x18\x04 \x01(\x05\x12\x1f\n\x04mode\x18\x05 \x01(\x0e\x32\x11.optd.v1.SyncMode\x12\x17\n\x0fsync_timeout_ms\x18\x06 \x01(\x03\x12\x15\n\rmax_staleness\x18\x07 \x01(\x03\"\xb2\x02\n\tGroupInfo\x12\r\n\x05group\x18\x01 \x01(\t\x12$\n\x07tensors\x18\x02 \x03(\x0b\x32\x13.optd.v1.TensorInfo\x12\x31\n\x0fhyperparameters\x18\x03 \x01(\x0b\x32\x18.optd.v1.Hyperparameters\x12\x13\n\x0bnum_workers\x18\x04 \x01(\x05\x12\x1f\n\x04mode\x18\x05 \x01(\x0e\x32\x11.optd.v1.SyncMode\x12\x17\n\x0fsync_timeout_ms\x18\x06 \x01(\x03\x12\x15\n\rmax_staleness\x18\x07 \x01(\x03\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12\x14\n\x0cweight_bytes\x18\t \x01(\x03\x12\x13\n\x0bstate_bytes\x18\n \x01(\x03\x12\x1b\n\x13weights_initialized\x18\x0b \x01(\x08\"Z\n\x0bTensorChunk\x12\x0e\n\x06tensor\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x1d\n\x05\x64type\x18\x03 \x01(\x0e\x32\x0e.optd.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x0f \x01(\x0c\"J\n\x14UploadWeightsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.optd.v1.TensorChunk\"N\n\x15UploadWeightsResponse\x12\x18\n\x10\x65lements_written\x18\x01 \x01(\x03\x12\x1b\n\x13weights_initialized\x18\x02 \x01(\x08\" \n\x0fGetGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x13\n\x11ListGroupsRequest\"8\n\x12ListGroupsResponse\x12\"\n\x06groups\x18\x01 \x03(\x0b\x32\x12.optd.v1.GroupInfo\"#\n\x12\x44\x65leteGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteGroupResponse\"`\n\x1cUpdateHyperparametersRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x31\n\x0fhyperparameters\x18\x02 \x01(\x0b\x32\x18.optd.v1.Hyperparameters\"\xa5\x01\n\tStepBegin\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0f\n\x02lr\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\'\n\x07weights\x18\x05 \x01(\x0e\x32\x16.optd.v1.WeightsReturn\x12\x19\n\x0c\x62\x61se_version\x18\x06 \x01(\x03H\x01\x88\x01\x01\x42\x05\n\x03_lrB\x0f\n\r_base_version\"\x0c\n\nStepCommit\"\x8e\x01\n\x0bStepRequest\x12#\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x12.optd.v1.StepBeginH\x00\x12(\n\x08gradient\x18\x02 \x01(\x0b\x32\x14.optd.v1.TensorChunkH\x00\x12%\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x13.optd.v1.StepCommitH\x00\x42\t\n\x07payload\"a\n\x08StepDone\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12#\n\x1bnonfinite_gradient_elements\x18\x04 \x01(\x03\"e\n\x0cStepResponse\x12\'\n\x07weights\x18\x01 \x01(\x0b\x32\x14.optd.v1.TensorChunkH\x00\x12!\n\x04\x64one\x18\x02 \x01(\x0b\x32\x11.optd.v1.StepDoneH\x00\x42\t\n\x07payload\"7\n\x10SubscribeRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x14\n\x0csend_current\x18\x02 \x01(\x08\"4\n\x12PullWeightsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07tensors\x18\x02 \x03(\t\"`\n\x0eWeightsMessage\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.optd.v1.TensorChunk\x12\x18\n\x10version_complete\x18\x03 \x01(\x08\"5\n\x15SaveCheckpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\"E\n\x16SaveCheckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0e\n\x06groups\x18\x03 \x03(\t\"8\n\x18RestoreCheckpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\"?\n\x19RestoreCheckpointResponse\x12\"\n\x06groups\x18\x01 \x03(\x0b\x32\x12.optd.v1.GroupInfo\"\x8e\x01\n\nStateChunk\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06tensor\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\'\n\x04type\x18\x04 \x01(\x0e\x32\x19.optd.v1.StateElementType\x12\r\n\x05shape\x18\x05 \x03(\x03\x12\x0e\n\x06offset\x18\x06 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x0f \x01(\x0c\"4\n\x12\x45xportStateRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07tensors\x18\x02 \x03(\t\"&\n\x13ImportStateResponse\x12\x0f\n\x07tensors\x18\x01 \x01(\x05*F\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03*:\n\x08SyncMode\x12\x19\n\x15SYNC_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04SYNC\x10\x01\x12\t\n\x05\x41SYNC\x10\x02*O\n\rWeightsReturn\x12\x1e\n\x1aWEIGHTS_RETURN_UNSPECIFIED\x10\x00\x12\x0b\n\x07UPDATED\x10\x01\x12\x07\n\x03\x41LL\x10\x02\x12\x08\n\x04NONE\x10\x03*\x92\x01\n\x10StateElementType\x12\"\n\x1eSTATE_ELEMENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18STATE_ELEMENT_TYPE_UINT8\x10\x01\x12\x1e\n\x1aSTATE_ELEMENT_TYPE_FLOAT32\x10\x02\x12\x1c\n\x18STATE_ELEMENT_TYPE_INT64\x10\x03\x32\xb5\x07\n\tOptimizer\x12>\n\x0b\x43reateGroup\x12\x1b.optd.v1.CreateGroupRequest\x1a\x12.optd.v1.GroupInfo\x12P\n\rUploadWeights\x12\x1d.optd.v1.UploadWeightsRequest\x1a\x1e.optd.v1.UploadWeightsResponse(\x01\x12\x38\n\x08GetGroup\x12\x18.optd.v1.GetGroupRequest\x1a\x12.optd.v1.GroupInfo\x12\x45\n\nListGroups\x12\x1a.optd.v1.ListGroupsRequest\x1a\x1b.optd.v1.ListGroupsResponse\x12H\n\x0b\x44\x65leteGroup\x12\x1b.optd.v1.DeleteGroupRequest\x1a\x1c.optd.v1.DeleteGroupResponse\x12R\n\x15UpdateHyperparameters\x12%.optd.v1.UpdateHyperparametersRequest\x1a\x12.optd.v1.GroupInfo\x12\x37\n\x04Step\x12\x14.optd.v1.StepRequest\x1a\x15.optd.v1.StepResponse(\x01\x30\x01\x12\x41\n\tSubscribe\x12\x19.optd.v1.SubscribeRequest\x1a\x17.optd.v1.WeightsMessage0\x01\x12\x45\n\x0bPullWeights\x12\x1b.optd.v1.PullWeightsRequest\x1a\x17.optd.v1.WeightsMessage0\x01\x12Q\n\x0eSaveCheckpoint\x12\x1e.optd.v1.SaveCheckpointRequest\x1a\x1f.optd.v1.SaveCheckpointResponse\x12Z\n\x11RestoreCheckpoint\x12!.optd.v1.RestoreCheckpointRequest\x1a\".optd.v1.RestoreCheckpointResponse\x12\x41\n\x0b\x45xportState\x12\x1b.optd.v1.ExportStateRequest\x1a\x13.optd.v1.StateChunk0\x01\x12\x42\n\x0bImportState\x12\x13.optd.v1.StateChunk\x1a\x1c.optd.v1.ImportStateResponse(\x01\x62\x06proto3')
+DESCRIPTOR = _descriptor_pool.Default().AddSerializedFile(b'\n\x12optd/v1/optd.proto\x12\x07optd.v1\"\x85\x03\n\x0fHyperparameters\x12\x0f\n\x02lr\x18\x01 \x01(\x02H\x00\x88\x01\x01\x12\x12\n\x05\x62\x65ta1\x18\x02 \x01(\x02H\x01\x88\x01\x01\x12\x12\n\x05\x62\x65ta2\x18\x03 \x01(\x02H\x02\x88\x01\x01\x12\x10\n\x03\x65ps\x18\x04 \x01(\x02H\x03\x88\x01\x01\x12\x19\n\x0cweight_decay\x18\x05 \x01(\x02H\x04\x88\x01\x01\x12\x14\n\x07\x61msgrad\x18\x06 \x01(\x08H\x05\x88\x01\x01\x12\x17\n\noptim_bits\x18\x07 \x01(\x05H\x06\x88\x01\x01\x12\x1a\n\rmin_8bit_size\x18\x08 \x01(\x03H\x07\x88\x01\x01\x12 \n\x13percentile_clipping\x18\t \x01(\x05H\x08\x88\x01\x01\x12\x17\n\nblock_wise\x18\n \x01(\x08H\t\x88\x01\x01\x42\x05\n\x03_lrB\x08\n\x06_beta1B\x08\n\x06_beta2B\x06\n\x04_epsB\x0f\n\r_weight_decayB\n\n\x08_amsgradB\r\n\x0b_optim_bitsB\x10\n\x0e_min_8bit_sizeB\x16\n\x14_percentile_clippingB\r\n\x0b_block_wise\"H\n\nTensorInfo\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x1d\n\x05\x64type\x18\x02 \x01(\x0e\x32\x0e.optd.v1.DType\x12\r\n\x05shape\x18\x03 \x03(\x03\"\xe2\x01\n\x12\x43reateGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12$\n\x07tensors\x18\x02 \x03(\x0b\x32\x13.optd.v1.TensorInfo\x12\x31\n\x0fhyperparameters\x18\x03 \x01(\x0b\x32\x18.optd.v1.Hyperparameters\x12\x13\n\x0bnum_workers\x18\x04 \x01(\x05\x12\x1f\n\x04mode\x18\x05 \x01(\x0e\x32\x11.optd.v1.SyncMode\x12\x17\n\x0fsync_timeout_ms\x18\x06 \x01(\x03\x12\x15\n\rmax_staleness\x18\x07 \x01(\x03\"\xb2\x02\n\tGroupInfo\x12\r\n\x05group\x18\x01 \x01(\t\x12$\n\x07tensors\x18\x02 \x03(\x0b\x32\x13.optd.v1.TensorInfo\x12\x31\n\x0fhyperparameters\x18\x03 \x01(\x0b\x32\x18.optd.v1.Hyperparameters\x12\x13\n\x0bnum_workers\x18\x04 \x01(\x05\x12\x1f\n\x04mode\x18\x05 \x01(\x0e\x32\x11.optd.v1.SyncMode\x12\x17\n\x0fsync_timeout_ms\x18\x06 \x01(\x03\x12\x15\n\rmax_staleness\x18\x07 \x01(\x03\x12\x0f\n\x07version\x18\x08 \x01(\x03\x12\x14\n\x0cweight_bytes\x18\t \x01(\x03\x12\x13\n\x0bstate_bytes\x18\n \x01(\x03\x12\x1b\n\x13weights_initialized\x18\x0b \x01(\x08\"Z\n\x0bTensorChunk\x12\x0e\n\x06tensor\x18\x01 \x01(\t\x12\x0e\n\x06offset\x18\x02 \x01(\x03\x12\x1d\n\x05\x64type\x18\x03 \x01(\x0e\x32\x0e.optd.v1.DType\x12\x0c\n\x04\x64\x61ta\x18\x0f \x01(\x0c\"J\n\x14UploadWeightsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.optd.v1.TensorChunk\"N\n\x15UploadWeightsResponse\x12\x18\n\x10\x65lements_written\x18\x01 \x01(\x03\x12\x1b\n\x13weights_initialized\x18\x02 \x01(\x08\" \n\x0fGetGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x13\n\x11ListGroupsRequest\"8\n\x12ListGroupsResponse\x12\"\n\x06groups\x18\x01 \x03(\x0b\x32\x12.optd.v1.GroupInfo\"#\n\x12\x44\x65leteGroupRequest\x12\r\n\x05group\x18\x01 \x01(\t\"\x15\n\x13\x44\x65leteGroupResponse\"`\n\x1cUpdateHyperparametersRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x31\n\x0fhyperparameters\x18\x02 \x01(\x0b\x32\x18.optd.v1.Hyperparameters\"\xcc\x01\n\tStepBegin\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06worker\x18\x02 \x01(\x05\x12\x0c\n\x04step\x18\x03 \x01(\x03\x12\x0f\n\x02lr\x18\x04 \x01(\x02H\x00\x88\x01\x01\x12\'\n\x07weights\x18\x05 \x01(\x0e\x32\x16.optd.v1.WeightsReturn\x12\x19\n\x0c\x62\x61se_version\x18\x06 \x01(\x03H\x01\x88\x01\x01\x12\x0f\n\x07streams\x18\x07 \x01(\x05\x12\x14\n\x0cstream_index\x18\x08 \x01(\x05\x42\x05\n\x03_lrB\x0f\n\r_base_version\"\x0c\n\nStepCommit\"\x8e\x01\n\x0bStepRequest\x12#\n\x05\x62\x65gin\x18\x01 \x01(\x0b\x32\x12.optd.v1.StepBeginH\x00\x12(\n\x08gradient\x18\x02 \x01(\x0b\x32\x14.optd.v1.TensorChunkH\x00\x12%\n\x06\x63ommit\x18\x03 \x01(\x0b\x32\x13.optd.v1.StepCommitH\x00\x42\t\n\x07payload\"a\n\x08StepDone\x12\x0c\n\x04step\x18\x01 \x01(\x03\x12\x0f\n\x07version\x18\x02 \x01(\x03\x12\x11\n\tduplicate\x18\x03 \x01(\x08\x12#\n\x1bnonfinite_gradient_elements\x18\x04 \x01(\x03\"e\n\x0cStepResponse\x12\'\n\x07weights\x18\x01 \x01(\x0b\x32\x14.optd.v1.TensorChunkH\x00\x12!\n\x04\x64one\x18\x02 \x01(\x0b\x32\x11.optd.v1.StepDoneH\x00\x42\t\n\x07payload\"7\n\x10SubscribeRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x14\n\x0csend_current\x18\x02 \x01(\x08\"4\n\x12PullWeightsRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07tensors\x18\x02 \x03(\t\"`\n\x0eWeightsMessage\x12\x0f\n\x07version\x18\x01 \x01(\x03\x12#\n\x05\x63hunk\x18\x02 \x01(\x0b\x32\x14.optd.v1.TensorChunk\x12\x18\n\x10version_complete\x18\x03 \x01(\x08\"5\n\x15SaveCheckpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\"E\n\x16SaveCheckpointResponse\x12\x0c\n\x04path\x18\x01 \x01(\t\x12\r\n\x05\x62ytes\x18\x02 \x01(\x03\x12\x0e\n\x06groups\x18\x03 \x03(\t\"8\n\x18RestoreCheckpointRequest\x12\x0c\n\x04name\x18\x01 \x01(\t\x12\x0e\n\x06groups\x18\x02 \x03(\t\"?\n\x19RestoreCheckpointResponse\x12\"\n\x06groups\x18\x01 \x03(\x0b\x32\x12.optd.v1.GroupInfo\"\x8e\x01\n\nStateChunk\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0e\n\x06tensor\x18\x02 \x01(\t\x12\x0b\n\x03key\x18\x03 \x01(\t\x12\'\n\x04type\x18\x04 \x01(\x0e\x32\x19.optd.v1.StateElementType\x12\r\n\x05shape\x18\x05 \x03(\x03\x12\x0e\n\x06offset\x18\x06 \x01(\x03\x12\x0c\n\x04\x64\x61ta\x18\x0f \x01(\x0c\"4\n\x12\x45xportStateRequest\x12\r\n\x05group\x18\x01 \x01(\t\x12\x0f\n\x07tensors\x18\x02 \x03(\t\"&\n\x13ImportStateResponse\x12\x0f\n\x07tensors\x18\x01 \x01(\x05*F\n\x05\x44Type\x12\x15\n\x11\x44TYPE_UNSPECIFIED\x10\x00\x12\x0b\n\x07\x46LOAT32\x10\x01\x12\x0b\n\x07\x46LOAT16\x10\x02\x12\x0c\n\x08\x42\x46LOAT16\x10\x03*:\n\x08SyncMode\x12\x19\n\x15SYNC_MODE_UNSPECIFIED\x10\x00\x12\x08\n\x04SYNC\x10\x01\x12\t\n\x05\x41SYNC\x10\x02*O\n\rWeightsReturn\x12\x1e\n\x1aWEIGHTS_RETURN_UNSPECIFIED\x10\x00\x12\x0b\n\x07UPDATED\x10\x01\x12\x07\n\x03\x41LL\x10\x02\x12\x08\n\x04NONE\x10\x03*\x92\x01\n\x10StateElementType\x12\"\n\x1eSTATE_ELEMENT_TYPE_UNSPECIFIED\x10\x00\x12\x1c\n\x18STATE_ELEMENT_TYPE_UINT8\x10\x01\x12\x1e\n\x1aSTATE_ELEMENT_TYPE_FLOAT32\x10\x02\x12\x1c\n\x18STATE_ELEMENT_TYPE_INT64\x10\x03\x32\xb5\x07\n\tOptimizer\x12>\n\x0b\x43reateGroup\x12\x1b.optd.v1.CreateGroupRequest\x1a\x12.optd.v1.GroupInfo\x12P\n\rUploadWeights\x12\x1d.optd.v1.UploadWeightsRequest\x1a\x1e.optd.v1.UploadWeightsResponse(\x01\x12\x38\n\x08GetGroup\x12\x18.optd.v1.GetGroupRequest\x1a\x12.optd.v1.GroupInfo\x12\x45\n\nListGroups\x12\x1a.optd.v1.ListGroupsRequest\x1a\x1b.optd.v1.ListGroupsResponse\x12H\n\x0b\x44\x65leteGroup\x12\x1b.optd.v1.DeleteGroupRequest\x1a\x1c.optd.v1.DeleteGroupResponse\x12R\n\x15UpdateHyperparameters\x12%.optd.v1.UpdateHyperparametersRequest\x1a\x12.optd.v1.GroupInfo\x12\x37\n\x04Step\x12\x14.optd.v1.StepRequest\x1a\x15.optd.v1.StepResponse(\x01\x30\x01\x12\x41\n\tSubscribe\x12\x19.optd.v1.SubscribeRequest\x1a\x17.optd.v1.WeightsMessage0\x01\x12\x45\n\x0bPullWeights\x12\x1b.optd.v1.PullWeightsRequest\x1a\x17.optd.v1.WeightsMessage0\x01\x12Q\n\x0eSaveCheckpoint\x12\x1e.optd.v1.SaveCheckpointRequest\x1a\x1f.optd.v1.SaveCheckpointResponse\x12Z\n\x11RestoreCheckpoint\x12!.optd.v1.RestoreCheckpointRequest\x1a\".optd.v1.RestoreCheckpointResponse\x12\x41\n\x0b\x45xportState\x12\x1b.optd.v1.ExportStateRequest\x1a\x13.optd.v1.StateChunk0\x01\x12\x42\n\x0bImportState\x12\x13.optd.v1.StateChunk\x1a\x1c.optd.v1.ImportStateResponse(\x01\x62\x06proto3')
 
 _builder.BuildMessageAndEnumDescriptors(DESCRIPTOR, globals())
 _builder.BuildTopDescriptorsAndMessages(DESCRIPTOR, 'optd.v1.optd_pb2', globals())
 if _descriptor._USE_C_DESCRIPTORS == False:
 
   DESCRIPTOR._options = None
-  _DTYPE._serialized_start=2780
-  _DTYPE._serialized_end=2850
-  _SYNCMODE._serialized_start=2852
-  _SYNCMODE._serialized_end=2910
-  _WEIGHTSRETURN._serialized_start=2912
-  _WEIGHTSRETURN._serialized_end=2991
-  _STATEELEMENTTYPE._serialized_start=2994
-  _STATEELEMENTTYPE._serialized_end=3140
+  _DTYPE._serialized_start=2819
+  _DTYPE._serialized_end=2889
+  _SYNCMODE._serialized_start=2891
+  _SYNCMODE._serialized_end=2949
+  _WEIGHTSRETURN._serialized_start=2951
+  _WEIGHTSRETURN._serialized_end=3030
+  _STATEELEMENTTYPE._serialized_start=3033
+  _STATEELEMENTTYPE._serialized_end=3179
   _HYPERPARAMETERS._serialized_start=32
   _HYPERPARAMETERS._serialized_end=421
   _TENSORINFO._serialized_start=423
@@ -55,35 +55,35 @@ if _descriptor._USE_C_DESCRIPTORS == False:
   _UPDATEHYPERPARAMETERSREQUEST._serialized_start=1456
   _UPDATEHYPERPARAMETERSREQUEST._serialized_end=1552
   _STEPBEGIN._serialized_start=1555
-  _STEPBEGIN._serialized_end=1720
-  _STEPCOMMIT._serialized_start=1722
-  _STEPCOMMIT._serialized_end=1734
-  _STEPREQUEST._serialized_start=1737
-  _STEPREQUEST._serialized_end=1879
-  _STEPDONE._serialized_start=1881
-  _STEPDONE._serialized_end=1978
-  _STEPRESPONSE._serialized_start=1980
-  _STEPRESPONSE._serialized_end=2081
-  _SUBSCRIBEREQUEST._serialized_start=2083
-  _SUBSCRIBEREQUEST._serialized_end=2138
-  _PULLWEIGHTSREQUEST._serialized_start=2140
-  _PULLWEIGHTSREQUEST._serialized_end=2192
-  _WEIGHTSMESSAGE._serialized_start=2194
-  _WEIGHTSMESSAGE._serialized_end=2290
-  _SAVECHECKPOINTREQUEST._serialized_start=2292
-  _SAVECHECKPOINTREQUEST._serialized_end=2345
-  _SAVECHECKPOINTRESPONSE._serialized_start=2347
-  _SAVECHECKPOINTRESPONSE._serialized_end=2416
-  _RESTORECHECKPOINTREQUEST._serialized_start=2418
-  _RESTORECHECKPOINTREQUEST._serialized_end=2474
-  _RESTORECHECKPOINTRESPONSE._serialized_start=2476
-  _RESTORECHECKPOINTRESPONSE._serialized_end=2539
-  _STATECHUNK._serialized_start=2542
-  _STATECHUNK._serialized_end=2684
-  _EXPORTSTATEREQUEST._serialized_start=2686
-  _EXPORTSTATEREQUEST._serialized_end=2738
-  _IMPORTSTATERESPONSE._serialized_start=2740
-  _IMPORTSTATERESPONSE._serialized_end=2778
-  _OPTIMIZER._serialized_start=3143
-  _OPTIMIZER._serialized_end=4092
+  _STEPBEGIN._serialized_end=1759
+  _STEPCOMMIT._serialized_start=1761
+  _STEPCOMMIT._serialized_end=1773
+  _STEPREQUEST._serialized_start=1776
+  _STEPREQUEST._serialized_end=1918
+  _STEPDONE._serialized_start=1920
+  _STEPDONE._serialized_end=2017
+  _STEPRESPONSE._serialized_start=2019
+  _STEPRESPONSE._serialized_end=2120
+  _SUBSCRIBEREQUEST._serialized_start=2122
+  _SUBSCRIBEREQUEST._serialized_end=2177
+  _PULLWEIGHTSREQUEST._serialized_start=2179
+  _PULLWEIGHTSREQUEST._serialized_end=2231
+  _WEIGHTSMESSAGE._serialized_start=2233
+  _WEIGHTSMESSAGE._serialized_end=2329
+  _SAVECHECKPOINTREQUEST._serialized_start=2331
+  _SAVECHECKPOINTREQUEST._serialized_end=2384
+  _SAVECHECKPOINTRESPONSE._serialized_start=2386
+  _SAVECHECKPOINTRESPONSE._serialized_end=2455
+  _RESTORECHECKPOINTREQUEST._serialized_start=2457
+  _RESTORECHECKPOINTREQUEST._serialized_end=2513
+  _RESTORECHECKPOINTRESPONSE._serialized_start=2515
+  _RESTORECHECKPOINTRESPONSE._serialized_end=2578
+  _STATECHUNK._serialized_start=2581
+  _STATECHUNK._serialized_end=2723
+  _EXPORTSTATEREQUEST._serialized_start=2725
+  _EXPORTSTATEREQUEST._serialized_end=2777
+  _IMPORTSTATERESPONSE._serialized_start=2779
+  _IMPORTSTATERESPONSE._serialized_end=2817
+  _OPTIMIZER._serialized_start=3182
+  _OPTIMIZER._serialized_end=4131
 # @@protoc_insertion_point(module_scope)

@@ -1,0 +1,106 @@
+/* optd_client_c.h: a small C ABI over the optd C++ client (the data path), for Python's ctypes
+ * and any other language with a C FFI.
+ *
+ * Note [Why a C ABI]
+ * One shared library serves every Python version (Debian 12's 3.11, the GPU hosts' 3.12, ...):
+ * ctypes loads it without a compiled extension per interpreter, and releases the GIL for the
+ * whole call, so the bytes move while other Python threads (a training loop's backward) run.
+ * An extension module (pybind11) would need one build per Python ABI.
+ *
+ * Conventions:
+ * - Every function returns 0 (OPTD_OK) or a gRPC status code (3 INVALID_ARGUMENT, 14
+ *   UNAVAILABLE, ...). The message of the last failure on the calling thread is
+ *   optd_last_error(), valid until the next call on that thread.
+ * - Buffers are caller-owned host memory (pageable or pinned), flat and contiguous, valid until
+ *   the call returns. Nothing is retained after a call returns.
+ * - Thread safety: a client may be used from several threads at once.
+ * - Structs that may grow carry `struct_size` (set it to sizeof the struct you compiled with).
+ */
+#ifndef OPTD_CLIENT_C_H_
+#define OPTD_CLIENT_C_H_
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define OPTD_OK 0
+#define OPTD_ABI_VERSION 1
+
+/* = optd.v1.DType */
+#define OPTD_DTYPE_FLOAT32 1
+#define OPTD_DTYPE_FLOAT16 2
+#define OPTD_DTYPE_BFLOAT16 3
+
+/* = optd.v1.WeightsReturn */
+#define OPTD_WEIGHTS_UPDATED 1
+#define OPTD_WEIGHTS_ALL 2
+#define OPTD_WEIGHTS_NONE 3
+
+typedef struct optd_client optd_client;
+
+typedef struct {
+  uint32_t struct_size;
+  int64_t chunk_bytes;      /* payload bytes per chunk message; 0 = 4 MiB */
+  int32_t streams;          /* concurrent streams (connections) per step; 0 = 1 */
+  int64_t timeout_ms;       /* deadline of each call; 0 = none */
+  int32_t max_message_bytes; /* 0 = 64 MiB */
+} optd_client_options;
+
+typedef struct {
+  const char* tensor;  /* NUL-terminated tensor name */
+  int32_t dtype;       /* OPTD_DTYPE_* */
+  void* data;          /* const for gradients and uploads; written for weights out */
+  int64_t numel;
+} optd_buffer;
+
+typedef struct {
+  uint32_t struct_size;
+  int32_t worker;
+  int32_t has_lr;
+  float lr;
+  int32_t weights;          /* OPTD_WEIGHTS_*; 0 = UPDATED */
+  int32_t has_base_version;
+  int64_t base_version;
+  int32_t streams;          /* 0 = the client's */
+} optd_step_options;
+
+typedef struct {
+  int64_t step;
+  int64_t version;
+  int32_t duplicate;
+  int64_t nonfinite_gradient_elements;
+  int64_t weight_elements_received;
+} optd_step_result;
+
+/* ABI version of the loaded library (OPTD_ABI_VERSION it was built with). */
+int optd_abi_version(void);
+/* Message of the calling thread's last failure ("" after a success). */
+const char* optd_last_error(void);
+
+/* Connects lazily. options may be NULL (defaults). */
+int optd_client_create(const char* target, const optd_client_options* options,
+                       optd_client** out);
+void optd_client_destroy(optd_client* client);
+
+/* One step: gradients up, returned weights written into the `out` buffers named like them.
+ * options may be NULL. With n_out == 0 and weights UPDATED, no weights are asked for. */
+int optd_client_step(optd_client* client, const char* group, int64_t step,
+                     const optd_buffer* gradients, int64_t n_gradients, const optd_buffer* out,
+                     int64_t n_out, const optd_step_options* options, optd_step_result* result);
+
+/* Uploads whole tensors; *elements_written may be NULL. */
+int optd_client_upload_weights(optd_client* client, const char* group,
+                               const optd_buffer* weights, int64_t n_weights,
+                               int64_t* elements_written);
+
+/* Current weights of the tensors named in `out`; *version may be NULL. */
+int optd_client_pull_weights(optd_client* client, const char* group, const optd_buffer* out,
+                             int64_t n_out, int64_t* version);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif /* OPTD_CLIENT_C_H_ */
