@@ -31,11 +31,19 @@ absl::StatusOr<std::shared_ptr<PendingStep>> PendingStep::Join(Group& group, int
                                                                int index, absl::Duration timeout) {
   absl::MutexLock lock(&group.steps_mu());
   auto& pending = group.pending();
+  const absl::Time now = absl::Now();
+  // Failed steps whose other streams never came (Note [A failed step stays to fail its
+  // latecomers]) are dropped once their deadline passed.
+  for (auto it = pending.begin(); it != pending.end();) {
+    PendingStep& old = *it->second;
+    absl::MutexLock plock(&old.mu_);
+    it = old.resolved_ && old.deadline_ < now ? pending.erase(it) : std::next(it);
+  }
   auto it = pending.find({worker, step});
   std::shared_ptr<PendingStep> p;
   if (it == pending.end()) {
-    p.reset(new PendingStep(worker, step, streams, absl::Now() + timeout, group.gradient_pool()));
-    pending.emplace(std::make_pair(worker, step), p);
+    p.reset(new PendingStep(worker, step, streams, now + timeout, group.gradient_pool()));
+    it = pending.emplace(std::make_pair(worker, step), p).first;
   } else {
     p = it->second;
   }
@@ -51,6 +59,12 @@ absl::StatusOr<std::shared_ptr<PendingStep>> PendingStep::Join(Group& group, int
                                                    ") is already open on another stream"));
   }
   p->joined_[static_cast<size_t>(index)] = true;
+  ++p->joins_;
+  if (p->resolved_) {
+    // A latecomer of a step that already failed: it fails the same way, at once.
+    if (p->joins_ == p->streams_) pending.erase(it);
+    return p->outcome_.status();
+  }
   return p;
 }
 
@@ -97,13 +111,20 @@ void PendingStep::Forget(Group& group) {
 }
 
 void PendingStep::Resolve(Group& group, absl::StatusOr<StepOutcome> outcome) {
+  bool forget = false;
   {
     absl::MutexLock lock(&mu_);
     if (resolved_) return;
     resolved_ = true;
     outcome_ = std::move(outcome);
+    // Note [A failed step stays to fail its latecomers]
+    // A stream that fails may do so before its sibling streams have even begun. Were the failed
+    // step forgotten at once, a late sibling would open a fresh one and wait out the timeout
+    // for streams that already gave up. So a failed step stays until all its streams have
+    // joined (each latecomer fails at once) or its deadline has passed.
+    forget = outcome_.ok() || joins_ == streams_;
   }
-  Forget(group);
+  if (forget) Forget(group);
 }
 
 void PendingStep::Fail(Group& group, const absl::Status& status) { Resolve(group, status); }

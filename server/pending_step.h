@@ -84,8 +84,9 @@ class PendingStep {
   const std::shared_ptr<GradientPool> pool_;
   mutable absl::Mutex mu_;
   std::unique_ptr<GradientSet> gradient_;  // reserved ranges are written outside mu_
-  std::vector<bool> joined_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> joined_ ABSL_GUARDED_BY(mu_);  // Join reads these under steps_mu and mu_
   std::vector<bool> committed_ ABSL_GUARDED_BY(mu_);
+  int joins_ ABSL_GUARDED_BY(mu_) = 0;
   int commits_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t nonfinite_ ABSL_GUARDED_BY(mu_) = 0;
   bool resolved_ ABSL_GUARDED_BY(mu_) = false;

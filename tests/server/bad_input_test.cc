@@ -4,6 +4,7 @@
 #include <thread>
 #include <vector>
 
+#include "absl/time/clock.h"
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
 #include "server/widen.h"
@@ -235,11 +236,19 @@ TEST_F(BadInputTest, StepFromThePastIsAcknowledgedDuplicate) {
   ExpectUnchangedAndServing();
 }
 
-TEST_F(BadInputTest, StepFromFarFutureIsFailedPrecondition) {
-  StepResult r = StepWith(5, Grads(3));
-  ExpectStatus(r.status, absl::StatusCode::kFailedPrecondition, "begin.step 5");
-  r = StepWith(0, Grads(3));
+TEST_F(BadInputTest, StepNumberMustBePositive) {
+  StepResult r = StepWith(0, Grads(3));
   ExpectStatus(r.status, absl::StatusCode::kInvalidArgument, "begin.step must be >= 1");
+  r = StepWith(-4, Grads(3));
+  ExpectStatus(r.status, absl::StatusCode::kInvalidArgument, "begin.step must be >= 1");
+  ExpectUnchangedAndServing();
+}
+
+TEST_F(BadInputTest, WeightsReturnOutOfRange) {
+  StepOptions opts;
+  opts.weights = static_cast<v1::WeightsReturn>(99);
+  StepResult r = StepWith(2, Grads(3), opts);
+  ExpectStatus(r.status, absl::StatusCode::kInvalidArgument, "begin.weights 99");
   ExpectUnchangedAndServing();
 }
 
@@ -251,6 +260,25 @@ TEST_F(BadInputTest, WorkerOutsideRange) {
   opts.worker = -1;
   r = StepWith(2, Grads(3), opts);
   ExpectStatus(r.status, absl::StatusCode::kInvalidArgument, "begin.worker -1");
+  ExpectUnchangedAndServing();
+}
+
+TEST_F(BadInputTest, StepBeforeWeightsUploadedIsFailedPrecondition) {
+  v1::CreateGroupRequest create;
+  create.set_group("empty");
+  *create.add_tensors() = Tensor("w", v1::FLOAT32, {kW});
+  grpc::ClientContext ctx;
+  v1::GroupInfo info;
+  ASSERT_TRUE(srv_.stub->CreateGroup(&ctx, create, &info).ok());
+  StepResult r = RunStep(*srv_.stub, "empty", 1, {{"w", v1::FLOAT32, AsBytes(RandomFloats(kW, 6))}});
+  ExpectStatus(r.status, absl::StatusCode::kFailedPrecondition, "never uploaded");
+  // Half an upload is not enough either.
+  ASSERT_TRUE(Upload(*srv_.stub, "empty", "w", v1::FLOAT32, AsBytes(RandomFloats(512, 7))).ok());
+  r = RunStep(*srv_.stub, "empty", 1, {{"w", v1::FLOAT32, AsBytes(RandomFloats(kW, 6))}});
+  ExpectStatus(r.status, absl::StatusCode::kFailedPrecondition, "never uploaded");
+  ASSERT_TRUE(Upload(*srv_.stub, "empty", "w", v1::FLOAT32, AsBytes(RandomFloats(kW, 7))).ok());
+  r = RunStep(*srv_.stub, "empty", 1, {{"w", v1::FLOAT32, AsBytes(RandomFloats(kW, 6))}});
+  EXPECT_TRUE(r.status.ok()) << r.status;
   ExpectUnchangedAndServing();
 }
 
@@ -276,16 +304,15 @@ TEST_F(BadInputTest, StreamCancelledHalfWayLeavesGroupUnchanged) {
   req.mutable_gradient()->set_dtype(v1::FLOAT32);
   req.mutable_gradient()->set_data(g.data(), g.size());
   ASSERT_TRUE(stream->Write(req));
-  // The server streams back the updated range only after applying it: proof it was applied.
-  v1::StepResponse resp;
-  ASSERT_TRUE(stream->Read(&resp));
-  ASSERT_TRUE(resp.has_weights());
-  EXPECT_EQ(resp.weights().offset(), 0);
-  EXPECT_NE(std::string(resp.weights().data()),
-            std::string(reinterpret_cast<const char*>(before_.weights["w"].data()), 512 * 4));
+  // The whole gradient of "w" was sent; give the server time to take it in, then cancel before
+  // the commit: nothing may be applied.
+  absl::SleepFor(absl::Milliseconds(200));
   ctx.TryCancel();
   EXPECT_EQ(stream->Finish().error_code(), grpc::StatusCode::CANCELLED);
   ExpectUnchangedAndServing();
+  // The group takes the same step afterwards.
+  StepResult r = StepWith(2, Grads(3));
+  EXPECT_TRUE(r.status.ok()) << r.status;
 }
 
 TEST_F(BadInputTest, CheckpointNamesThatLeaveTheDirectory) {
@@ -338,6 +365,9 @@ TEST_F(MessageLimitTest, MessageOverTheLimitIsResourceExhausted) {
   grpc::ClientContext ctx;
   v1::GroupInfo info;
   ASSERT_TRUE(srv_.stub->CreateGroup(&ctx, create, &info).ok());
+  ASSERT_TRUE(Upload(*srv_.stub, "big", "x", v1::FLOAT32, AsBytes(RandomFloats(1 << 19, 5)),
+                     1 << 16)
+                  .ok());
   StepOptions opts;
   opts.chunk_elements = 1 << 19;  // 2 MiB > 1 MiB limit
   StepResult r = RunStep(*srv_.stub, "big", 1, {{"x", v1::FLOAT32, AsBytes(RandomFloats(1 << 19, 4))}},

@@ -15,6 +15,8 @@
 #include <fstream>
 #include <random>
 #include <sstream>
+#include <map>
+#include <mutex>
 #include <thread>
 
 #include "absl/strings/numbers.h"
@@ -158,34 +160,51 @@ absl::StatusOr<v1::UploadWeightsResponse> Upload(v1::Optimizer::Stub& stub,
   return response;
 }
 
-StepResult RunStep(v1::Optimizer::Stub& stub, const std::string& group, int64_t step,
-                   const std::vector<Grad>& grads, const StepOptions& options) {
+namespace {
+
+struct ChunkRange {
+  const Grad* grad = nullptr;
+  int64_t offset = 0;
+  int64_t n = 0;
+};
+
+// One stream of a step: begin, its chunks, commit; collects weights and StepDone.
+// Weights arriving on every stream of a step land in one map.
+struct SharedWeights {
+  std::mutex mu;
+  std::map<std::string, Bytes> weights;
+};
+
+StepResult RunStepStream(v1::Optimizer::Stub& stub, const v1::StepRequest& begin,
+                         const std::vector<ChunkRange>& chunks, bool bad, bool silent,
+                         int64_t deadline_ms, SharedWeights* out) {
   StepResult result;
   grpc::ClientContext ctx;
+  if (deadline_ms > 0) {
+    ctx.set_deadline(std::chrono::system_clock::now() + std::chrono::milliseconds(deadline_ms));
+  }
   auto stream = stub.Step(&ctx);
-  v1::StepRequest begin;
-  begin.mutable_begin()->set_group(group);
-  begin.mutable_begin()->set_worker(options.worker);
-  begin.mutable_begin()->set_step(step);
-  begin.mutable_begin()->set_weights(options.weights);
-  if (options.lr) begin.mutable_begin()->set_lr(*options.lr);
-  if (options.base_version) begin.mutable_begin()->set_base_version(*options.base_version);
   // A writer thread, so that weights streamed back while we send do not stall the stream.
   std::thread writer([&] {
     if (!stream->Write(begin)) return;
-    for (const Grad& g : grads) {
-      const int64_t esize = WireSize(g.dtype);
-      const int64_t numel = static_cast<int64_t>(g.data.size()) / esize;
-      for (int64_t off = 0; off < numel; off += options.chunk_elements) {
-        const int64_t n = std::min(options.chunk_elements, numel - off);
-        v1::StepRequest req;
-        req.mutable_gradient()->set_tensor(g.tensor);
-        req.mutable_gradient()->set_offset(off);
-        req.mutable_gradient()->set_dtype(g.dtype);
-        req.mutable_gradient()->set_data(g.data.data() + off * esize,
-                                         static_cast<size_t>(n * esize));
-        if (!stream->Write(req)) return;
-      }
+    if (silent) return;  // no chunks, no commit, no WritesDone: the deadline ends it
+    if (bad) {
+      v1::StepRequest req;
+      req.mutable_gradient()->set_tensor(chunks.empty() ? "" : chunks[0].grad->tensor);
+      req.mutable_gradient()->set_offset(int64_t{1} << 40);
+      req.mutable_gradient()->set_dtype(v1::FLOAT32);
+      req.mutable_gradient()->set_data(std::string(1024, '\0'));
+      if (!stream->Write(req)) return;
+    }
+    for (const ChunkRange& c : chunks) {
+      const int64_t esize = WireSize(c.grad->dtype);
+      v1::StepRequest req;
+      req.mutable_gradient()->set_tensor(c.grad->tensor);
+      req.mutable_gradient()->set_offset(c.offset);
+      req.mutable_gradient()->set_dtype(c.grad->dtype);
+      req.mutable_gradient()->set_data(c.grad->data.data() + c.offset * esize,
+                                       static_cast<size_t>(c.n * esize));
+      if (!stream->Write(req)) return;
     }
     v1::StepRequest commit;
     commit.mutable_commit();
@@ -202,7 +221,8 @@ StepResult RunStep(v1::Optimizer::Stub& stub, const std::string& group, int64_t 
     }
     const v1::TensorChunk& c = response.weights();
     const int64_t esize = WireSize(c.dtype());
-    Bytes& dst = result.weights[c.tensor()];
+    std::lock_guard<std::mutex> lock(out->mu);
+    Bytes& dst = out->weights[c.tensor()];
     const size_t end = static_cast<size_t>(c.offset() * esize) + c.data().size();
     if (dst.size() < end) dst.resize(end);
     std::memcpy(dst.data() + c.offset() * esize, c.data().data(), c.data().size());
@@ -212,6 +232,55 @@ StepResult RunStep(v1::Optimizer::Stub& stub, const std::string& group, int64_t 
   if (result.status.ok() && !got_done) {
     result.status = absl::InternalError("the stream ended without StepDone");
   }
+  return result;
+}
+
+}  // namespace
+
+StepResult RunStep(v1::Optimizer::Stub& stub, const std::string& group, int64_t step,
+                   const std::vector<Grad>& grads, const StepOptions& options) {
+  const int k = std::max(1, options.streams);
+  std::vector<std::vector<ChunkRange>> per_stream(static_cast<size_t>(k));
+  size_t j = 0;
+  for (const Grad& g : grads) {
+    const int64_t esize = WireSize(g.dtype);
+    const int64_t numel = static_cast<int64_t>(g.data.size()) / esize;
+    for (int64_t off = 0; off < numel; off += options.chunk_elements) {
+      per_stream[j++ % static_cast<size_t>(k)].push_back(
+          ChunkRange{&g, off, std::min(options.chunk_elements, numel - off)});
+    }
+  }
+  std::vector<StepResult> results(static_cast<size_t>(k));
+  SharedWeights weights;
+  std::vector<std::thread> threads;
+  for (int i = 0; i < k; ++i) {
+    v1::StepRequest begin;
+    begin.mutable_begin()->set_group(group);
+    begin.mutable_begin()->set_worker(options.worker);
+    begin.mutable_begin()->set_step(step);
+    begin.mutable_begin()->set_weights(options.weights);
+    if (options.lr) begin.mutable_begin()->set_lr(*options.lr);
+    if (options.base_version) begin.mutable_begin()->set_base_version(*options.base_version);
+    if (k > 1) {
+      begin.mutable_begin()->set_streams(k);
+      begin.mutable_begin()->set_stream_index(i);
+    }
+    threads.emplace_back([&, i, begin] {
+      results[static_cast<size_t>(i)] =
+          RunStepStream(stub, begin, per_stream[static_cast<size_t>(i)], i == options.bad_stream,
+                        i == options.silent_stream, options.deadline_ms, &weights);
+    });
+  }
+  for (auto& t : threads) t.join();
+  StepResult result = std::move(results[0]);
+  for (int i = 1; i < k; ++i) {
+    StepResult& r = results[static_cast<size_t>(i)];
+    if (result.status.ok() && !r.status.ok()) result.status = r.status;
+    if (result.status.ok() && r.done.SerializeAsString() != result.done.SerializeAsString()) {
+      result.status = absl::InternalError(absl::StrCat("stream ", i, " reported another StepDone"));
+    }
+  }
+  result.weights = std::move(weights.weights);
   return result;
 }
 

@@ -81,6 +81,13 @@ struct StepOptions {
   v1::WeightsReturn weights = v1::UPDATED;
   std::optional<int64_t> base_version;
   int64_t chunk_elements = 1 << 20;  // gradient elements per message (multiple of 256)
+  // K > 1: the step goes over K concurrent streams (StepBegin.streams); chunk j on stream j % K.
+  int streams = 1;
+  // Fault injection for K-stream tests: this stream sends a chunk outside its tensor first.
+  int bad_stream = -1;
+  // This stream sends its begin and then nothing (no chunks, no commit) until its deadline.
+  int silent_stream = -1;
+  int64_t deadline_ms = 0;  // per stream; 0 = none
 };
 
 struct StepResult {
@@ -89,7 +96,9 @@ struct StepResult {
   std::map<std::string, Bytes> weights;  // assembled from the weight chunks received
 };
 
-// Runs one step on its own stream.
+// Runs one step on its own stream (or K streams, options.streams). With K streams the result
+// holds the first failure, the weights of all streams, and stream 0's StepDone (InternalError if
+// the streams' StepDone differ).
 StepResult RunStep(v1::Optimizer::Stub& stub, const std::string& group, int64_t step,
                    const std::vector<Grad>& grads, const StepOptions& options = {});
 
