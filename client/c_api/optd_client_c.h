@@ -64,6 +64,13 @@ typedef struct {
   int32_t has_base_version;
   int64_t base_version;
   int32_t streams;          /* 0 = the client's */
+  /* A step the caller spreads over several concurrent calls (e.g. one per gradient bucket, each
+   * started as soon as backward produced its bucket): this call is stream `part_index` of
+   * `part_count` that together make the step (optd.v1.StepBegin streams/stream_index); it sends
+   * only its own gradients, on one stream, and gets back the weights of what it sent. The server
+   * applies the step when all parts have committed. 0 = this call is the whole step. */
+  int32_t part_count;
+  int32_t part_index;
 } optd_step_options;
 
 typedef struct {
