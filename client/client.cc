@@ -73,6 +73,9 @@ Client::~Client() = default;
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const std::string& target,
                                                        const ClientOptions& options) {
   if (target.empty()) return absl::InvalidArgumentError("target: empty server address");
+  if (options.streams < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("streams: ", options.streams, " < 1"));
+  }
   if (options.chunk_bytes < 1024) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk_bytes: ", options.chunk_bytes, " is below 1024"));
@@ -203,6 +206,13 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
                                         const StepOptions& options) {
   if (absl::Status s = CheckBuffers("gradients", gradients); !s.ok()) return s;
   if (absl::Status s = CheckBuffers("weights_out", weights_out); !s.ok()) return s;
+  if (options.part_count < 0 ||
+      (options.part_count > 0 &&
+       (options.part_index < 0 || options.part_index >= options.part_count))) {
+    return absl::InvalidArgumentError(absl::StrCat("part_index: ", options.part_index,
+                                                   " is outside [0, part_count = ",
+                                                   options.part_count, ")"));
+  }
   const internal::BufferMap out = internal::MakeBufferMap(weights_out);
 
   grpc::ClientContext ctx;
@@ -226,6 +236,10 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
                                      : options.weights;
     b->set_weights(static_cast<v1::WeightsReturn>(wanted));
     if (options.base_version) b->set_base_version(*options.base_version);
+    if (options.part_count > 0) {
+      b->set_streams(options.part_count);
+      b->set_stream_index(options.part_index);
+    }
     grpc::ByteBuffer msg;
     bool own = false;
     if (!grpc::SerializationTraits<v1::StepRequest>::Serialize(begin, &msg, &own).ok() ||

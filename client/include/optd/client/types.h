@@ -66,6 +66,15 @@ struct StepOptions {
   std::optional<float> lr;  // this step's lr (schedulers)
   WeightsReturn weights = WeightsReturn::kUpdated;
   std::optional<int64_t> base_version;  // async mode
+  // Concurrent streams (connections) for this step; 0 = the client's ClientOptions::streams.
+  int32_t streams = 0;
+  // A step the caller spreads over several concurrent Step() calls (e.g. one per gradient
+  // bucket, each started as soon as backward produced it): this call is part `part_index` of
+  // `part_count` that together make the step. It sends only its own gradients, on one stream,
+  // and gets back the weights of what it sent; the server applies the step when every part has
+  // committed. 0 = this call is the whole step.
+  int32_t part_count = 0;
+  int32_t part_index = 0;
 };
 
 struct StepResult {
@@ -82,6 +91,8 @@ struct ClientOptions {
   int max_message_bytes = 64 << 20;
   // Deadline of each call; 0 = none.
   int64_t timeout_ms = 0;
+  // Concurrent streams, each on its own connection, that a step's chunks are spread over.
+  int streams = 1;
 };
 
 // One array of a tensor's optimizer state (reference state_dict layout), raw little-endian.
