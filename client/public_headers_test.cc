@@ -5,7 +5,8 @@
 #include "optd/client/sharding.h"
 #include "optd/client/types.h"
 
-#if defined(GRPCPP_SUPPORT_CONFIG_H) || defined(GRPC_GRPC_H) || defined(GRPCPP_IMPL_CODEGEN_CONFIG_H)
+#if defined(GRPCPP_SUPPORT_CONFIG_H) || defined(GRPC_GRPC_H) || \
+    defined(GRPCPP_IMPL_CODEGEN_CONFIG_H)
 #error "a public optd client header includes gRPC"
 #endif
 #if defined(GOOGLE_PROTOBUF_VERSION) || defined(GOOGLE_PROTOBUF_COMMON_H__)

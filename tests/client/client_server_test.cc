@@ -2,6 +2,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -164,6 +165,39 @@ TEST_F(ClientServerTest, SubscriberSeesNewVersion) {
   EXPECT_EQ(*v1, 1);
   EXPECT_EQ(seen, w);
   sub->Cancel();
+}
+
+TEST_F(ClientServerTest, CancelEndsABlockedSubscription) {
+  ServerProcess* s = Start();
+  ASSERT_NE(s, nullptr);
+  auto c = Connect(s);
+  ASSERT_TRUE(c->CreateGroup("p", {{"t", DType::kFloat32, {512}}}).ok());
+  auto sub = c->Subscribe("p", /*send_current=*/false);  // nothing comes until a step
+  std::vector<float> seen(512, 0.0f);
+  absl::StatusOr<int64_t> next = -1;
+  std::thread reader([&] { next = sub->Next({{"t", DType::kFloat32, seen.data(), 512}}); });
+  // Whenever the cancel lands (before or during Next), Next ends with CANCELLED.
+  sub->Cancel();
+  reader.join();
+  EXPECT_EQ(next.status().code(), absl::StatusCode::kCancelled) << next.status();
+  EXPECT_EQ(sub->Next({{"t", DType::kFloat32, seen.data(), 512}}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ClientServerTest, DeadlineEndsAStepThatWaitsForAnotherWorker) {
+  ServerProcess* s = Start();
+  ASSERT_NE(s, nullptr);
+  ClientOptions short_deadline;
+  short_deadline.timeout_ms = 300;
+  auto c = Connect(s, short_deadline);
+  GroupOptions two;
+  two.num_workers = 2;  // step 1 waits for worker 1, who never comes
+  ASSERT_TRUE(c->CreateGroup("sync", {{"t", DType::kFloat32, {512}}}, two).ok());
+  std::vector<float> w(512, 1.0f), g(512, 1.0f);
+  ASSERT_TRUE(c->UploadWeights("sync", {{"t", DType::kFloat32, w.data(), 512}}).ok());
+  auto r = c->Step("sync", 1, {{"t", DType::kFloat32, g.data(), 512}},
+                   {{"t", DType::kFloat32, w.data(), 512}});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
 }
 
 TEST_F(ClientServerTest, GroupAdminCheckpointAndStateRoundTrip) {
