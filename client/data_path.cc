@@ -210,8 +210,9 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
           o.step_done.version(), " [server ", impl_->target, "]"));
     }
     result.duplicate = result.duplicate || o.step_done.duplicate();
-    // Each stream counts the non-finite elements of the chunks it carried.
-    result.nonfinite_gradient_elements += o.step_done.nonfinite_gradient_elements();
+    // Every stream reports the whole step's count.
+    result.nonfinite_gradient_elements = std::max(result.nonfinite_gradient_elements,
+                                                  o.step_done.nonfinite_gradient_elements());
     result.weight_elements_received += o.weight_elements;
   }
   return result;

@@ -112,6 +112,7 @@ TEST_F(ClientServerTest, ErrorsKeepTheServersMessage) {
 
   ASSERT_TRUE(c->CreateGroup("g", {{"a", DType::kFloat32, {10}}}).ok());
   std::vector<float> w(10, 1.0f);
+  ASSERT_TRUE(c->UploadWeights("g", {{"a", DType::kFloat32, w.data(), 10}}).ok());
   auto r = c->Step("g", 1, {{"zzz", DType::kFloat32, w.data(), 10}}, {});
   EXPECT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("zzz"), std::string::npos) << r.status();

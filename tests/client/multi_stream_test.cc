@@ -8,6 +8,7 @@
 #include <random>
 #include <sstream>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/match.h"
@@ -209,13 +210,11 @@ TEST_F(MultiStreamTest, StepWithAMissingWeightsBufferFailsBeforeSending) {
   EXPECT_EQ(info->version, 0);  // nothing was applied
 }
 
-// Note [K-stream step tests]
-// The tests below spread a step over K streams (StepBegin.streams/stream_index), which needs
-// the server's K-stream support. They are DISABLED_ until that server is on main; run them
-// with --gtest_also_run_disabled_tests.
+// The tests below spread a step over K streams (StepBegin.streams/stream_index): they need a
+// server with K-stream steps (server/pending_step.h, Note [A step over K streams]).
 
 // Steps over K = 1 and K = 2, 3, 4 streams give bit-identical weights, step after step.
-TEST_F(MultiStreamTest, DISABLED_KStreamStepsEqualOneStream) {
+TEST_F(MultiStreamTest, KStreamStepsEqualOneStream) {
   std::vector<std::unique_ptr<Client>> clients;
   for (int k : {1, 2, 3, 4}) clients.push_back(Connect(k));
   Model start(11);
@@ -264,9 +263,51 @@ TEST_F(MultiStreamTest, DISABLED_KStreamStepsEqualOneStream) {
   EXPECT_TRUE(dup->duplicate);
 }
 
+// A step sent as two concurrent calls of the caller's own (parts, as optd.torch sends gradient
+// buckets while backward runs) equals the same step sent in one call.
+TEST_F(MultiStreamTest, StepPartsFromConcurrentCallsEqualOneCall) {
+  auto c = Connect(2);
+  ASSERT_NE(c, nullptr);
+  Model whole(31);
+  Model parts = whole;
+  ASSERT_TRUE(c->CreateGroup("whole", whole.specs).ok());
+  ASSERT_TRUE(c->CreateGroup("parts", whole.specs).ok());
+  ASSERT_TRUE(c->UploadWeights("whole", whole.Const()).ok());
+  ASSERT_TRUE(c->UploadWeights("parts", parts.Const()).ok());
+  for (int step = 1; step <= 2; ++step) {
+    const Model grads(700 * step);
+    auto r = c->Step("whole", step, grads.Const(), whole.Mutable());
+    ASSERT_TRUE(r.ok()) << r.status();
+    // Part 0: the first two tensors; part 1: the rest.
+    const std::vector<ConstBuffer> g = grads.Const();
+    const std::vector<MutableBuffer> w = parts.Mutable();
+    absl::StatusOr<StepResult> results[2];
+    std::thread part1([&] {
+      StepOptions o;
+      o.part_count = 2;
+      o.part_index = 1;
+      results[1] = c->Step("parts", step, absl::MakeConstSpan(g).subspan(2),
+                           absl::MakeConstSpan(w).subspan(2), o);
+    });
+    StepOptions o;
+    o.part_count = 2;
+    o.part_index = 0;
+    results[0] = c->Step("parts", step, absl::MakeConstSpan(g).subspan(0, 2),
+                         absl::MakeConstSpan(w).subspan(0, 2), o);
+    part1.join();
+    for (const auto& p : results) {
+      ASSERT_TRUE(p.ok()) << p.status();
+      EXPECT_EQ(p->version, step);
+    }
+    int64_t received = results[0]->weight_elements_received + results[1]->weight_elements_received;
+    EXPECT_EQ(received, r->weight_elements_received);
+    EXPECT_TRUE(parts == whole) << "after step " << step;
+  }
+}
+
 // One stream of a K-stream step fails (its run names a tensor the group does not have): the
 // whole step is undone, the error names the cause, and the step can then be sent again.
-TEST_F(MultiStreamTest, DISABLED_OneFailingStreamUndoesTheWholeStep) {
+TEST_F(MultiStreamTest, OneFailingStreamUndoesTheWholeStep) {
   auto c = Connect(3);
   ASSERT_NE(c, nullptr);
   Model m(21);
