@@ -278,16 +278,17 @@ class ShardedTest : public ClientServerTest {
     return specs;
   }
   // Trains `steps` steps through `client`; returns all weights.
-  std::vector<std::vector<float>> Train(ShardedClient* client, int steps) {
+  std::vector<std::vector<float>> Train(ShardedClient* client, int steps,
+                                        const std::string& group = "model") {
     const auto specs = Specs();
-    EXPECT_TRUE(client->CreateGroup("model", specs).ok());
+    EXPECT_TRUE(client->CreateGroup(group, specs).ok());
     std::vector<std::vector<float>> w;
     std::vector<ConstBuffer> up;
     for (size_t i = 0; i < specs.size(); ++i) w.push_back(Random(specs[i].numel(), i));
     for (size_t i = 0; i < specs.size(); ++i) {
       up.push_back({specs[i].name, DType::kFloat32, w[i].data(), specs[i].numel()});
     }
-    absl::Status s = client->UploadWeights("model", up);
+    absl::Status s = client->UploadWeights(group, up);
     EXPECT_TRUE(s.ok()) << s;
     for (int k = 1; k <= steps; ++k) {
       std::vector<std::vector<float>> g;
@@ -298,7 +299,7 @@ class ShardedTest : public ClientServerTest {
         gb.push_back({specs[i].name, DType::kFloat32, g[i].data(), specs[i].numel()});
         ob.push_back({specs[i].name, DType::kFloat32, w[i].data(), specs[i].numel()});
       }
-      auto r = client->Step("model", k, gb, ob);
+      auto r = client->Step(group, k, gb, ob);
       EXPECT_TRUE(r.ok()) << r.status();
     }
     return w;
@@ -326,6 +327,19 @@ TEST_F(ShardedTest, ThreeShardsEqualOneServer) {
     for (const auto& t : info->tensors) EXPECT_EQ((*triple)->ShardOf("model", t.name), i);
   }
   EXPECT_GE(used, 2);
+
+  // The same over 3 streams per shard (another group name: another placement, same result).
+  ClientOptions three_streams;
+  three_streams.streams = 3;
+  three_streams.chunk_bytes = 4096;  // layers of 1000-5900 fp32 elements: 1-6 chunks each
+  auto wide = ShardedClient::Create({a->target(), b->target(), c->target()}, three_streams);
+  ASSERT_TRUE(wide.ok());
+  EXPECT_EQ(Train(wide->get(), 3, "model-k3"), w1);
+  // Step parts cannot be spread over shards.
+  StepOptions parts;
+  parts.part_count = 2;
+  EXPECT_EQ((*wide)->Step("model-k3", 4, {}, {}, parts).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ShardedTest, KilledShardIsReportedByAddress) {

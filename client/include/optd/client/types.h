@@ -134,7 +134,8 @@ struct ClientOptions {
   int max_message_bytes = 64 << 20;
   // Deadline of each call; 0 = none.
   int64_t timeout_ms = 0;
-  // Concurrent streams, each on its own connection, that a step's chunks are spread over.
+  // Connections to the server (each its own TCP connection), and the concurrent streams a
+  // step's chunks, an upload's chunks or a pull's tensors are spread over. >= 1.
   int streams = 1;
 };
 
