@@ -92,6 +92,9 @@ void BlockingStream::OnWriteDone(bool ok) {
 }
 
 bool BlockingStream::Read(grpc::ByteBuffer* message) {
+  // Frees the caller's previous message (megabytes of slices) before taking the lock, so that
+  // the reactor never waits for a free.
+  message->Clear();
   bool start = false;
   {
     absl::MutexLock lock(&mu_);
@@ -121,8 +124,7 @@ void BlockingStream::OnReadDone(bool ok) {
       return;
     }
     if (draining_) {
-      read_slot_.Clear();
-      again = true;
+      again = true;  // read_slot_ is overwritten by the next read
     } else {
       ready_.emplace_back();
       ready_.back().Swap(&read_slot_);
