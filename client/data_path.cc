@@ -16,7 +16,6 @@
 // On each stream a writer thread sends while the stream's own thread receives, so a chunk goes
 // up while the weights of the ones before it come back.
 #include <algorithm>
-#include <atomic>
 #include <memory>
 #include <string>
 #include <thread>
