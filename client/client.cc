@@ -1,462 +1,219 @@
+// Client: creation (the connections), group administration, checkpoints and Subscribe. The
+// data path (Step, UploadWeights, PullWeights) is in data_path.cc, the state exchange in
+// state_exchange.cc.
 #include "optd/client/client.h"
 
-#include <algorithm>
 #include <chrono>
-#include <cstring>
-#include <thread>
+#include <memory>
+#include <string>
 #include <utility>
+#include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/internal/blocking_stream.h"
+#include "client/internal/client_impl.h"
+#include "client/internal/convert.h"
 #include "client/internal/status.h"
 #include "client/internal/wire.h"
+#include "grpc/grpc.h"
 #include "grpcpp/create_channel.h"
 #include "grpcpp/security/credentials.h"
 #include "grpcpp/support/channel_arguments.h"
-#include "grpcpp/support/sync_stream.h"
 
 namespace optd::client {
 namespace {
 
 using internal::FromGrpc;
 
-constexpr char kStepMethod[] = "/optd.v1.Optimizer/Step";
-constexpr char kUploadMethod[] = "/optd.v1.Optimizer/UploadWeights";
-constexpr int kStepRequestGradientField = 2;
-constexpr int kUploadGroupField = 1;
-constexpr int kUploadChunkField = 2;
+constexpr char kSubscribeMethod[] = "/optd.v1.Optimizer/Subscribe";
 
-void FillHyperparameters(const Hyperparameters& h, v1::Hyperparameters* out) {
-  if (h.lr) out->set_lr(*h.lr);
-  if (h.beta1) out->set_beta1(*h.beta1);
-  if (h.beta2) out->set_beta2(*h.beta2);
-  if (h.eps) out->set_eps(*h.eps);
-  if (h.weight_decay) out->set_weight_decay(*h.weight_decay);
-  if (h.amsgrad) out->set_amsgrad(*h.amsgrad);
-  if (h.optim_bits) out->set_optim_bits(*h.optim_bits);
-  if (h.min_8bit_size) out->set_min_8bit_size(*h.min_8bit_size);
-  if (h.percentile_clipping) out->set_percentile_clipping(*h.percentile_clipping);
-  if (h.block_wise) out->set_block_wise(*h.block_wise);
-}
-
-absl::Status CheckBuffer(const char* what, size_t index, const std::string& tensor,
-                         const void* data, int64_t numel) {
-  if (tensor.empty()) {
-    return absl::InvalidArgumentError(absl::StrCat(what, "[", index, "].tensor: empty name"));
-  }
-  if (numel < 0 || (numel > 0 && data == nullptr)) {
-    return absl::InvalidArgumentError(
-        absl::StrCat(what, "[", index, "] (", tensor, "): null data or negative numel"));
-  }
-  return absl::OkStatus();
-}
-
-template <typename Buffers>
-absl::Status CheckBuffers(const char* what, const Buffers& buffers) {
-  for (size_t i = 0; i < buffers.size(); ++i) {
-    absl::Status s = CheckBuffer(what, i, buffers[i].tensor, buffers[i].data, buffers[i].numel);
-    if (!s.ok()) return s;
-  }
-  return absl::OkStatus();
-}
+// Note [One connection per channel]
+// gRPC shares one TCP connection (a subchannel) between channels to the same target whose
+// channel arguments are equal, through a process-wide subchannel pool. K streams on one
+// connection share one socket and one HTTP/2 flow-control window, which is what the K streams
+// are meant to escape. So each channel gets a local subchannel pool
+// (GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL) and an argument of its own (its index), and each then
+// opens a connection of its own.
+constexpr char kConnectionIndexArg[] = "optd.client.connection_index";
 
 }  // namespace
 
-Client::Client(std::string target, const ClientOptions& options,
-               std::shared_ptr<grpc::Channel> channel)
-    : target_(std::move(target)),
-      options_(options),
-      channel_(std::move(channel)),
-      stub_(v1::Optimizer::NewStub(channel_)) {}
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Client::~Client() = default;
+
+const std::string& Client::target() const { return impl_->target; }
+const ClientOptions& Client::options() const { return impl_->options; }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const std::string& target,
                                                        const ClientOptions& options) {
   if (target.empty()) return absl::InvalidArgumentError("target: empty server address");
+  if (options.streams < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("streams: ", options.streams, " < 1"));
+  }
   if (options.chunk_bytes < 1024) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk_bytes: ", options.chunk_bytes, " is below 1024"));
   }
-  grpc::ChannelArguments args;
-  args.SetMaxReceiveMessageSize(options.max_message_bytes);
-  args.SetMaxSendMessageSize(options.max_message_bytes);
-  auto channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
-  if (channel == nullptr) {
-    return absl::InvalidArgumentError(absl::StrCat("target: cannot open a channel to ", target));
+  auto impl = std::make_unique<Impl>();
+  impl->target = target;
+  impl->options = options;
+  for (int i = 0; i < options.streams; ++i) {
+    grpc::ChannelArguments args;
+    args.SetMaxReceiveMessageSize(options.max_message_bytes);
+    args.SetMaxSendMessageSize(options.max_message_bytes);
+    args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
+    args.SetInt(kConnectionIndexArg, i);
+    Connection c;
+    c.channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    if (c.channel == nullptr) {
+      return absl::InvalidArgumentError(
+          absl::StrCat("target: cannot open a channel to ", target));
+    }
+    c.stub = v1::Optimizer::NewStub(c.channel);
+    c.generic = std::make_unique<grpc::GenericStub>(c.channel);
+    impl->connections.push_back(std::move(c));
   }
-  return std::unique_ptr<Client>(new Client(target, options, std::move(channel)));
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
-void Client::PrepareContext(grpc::ClientContext* context) const {
-  if (options_.timeout_ms > 0) {
+void Client::Impl::PrepareContext(grpc::ClientContext* context) const {
+  if (options.timeout_ms > 0) {
     context->set_deadline(std::chrono::system_clock::now() +
-                          std::chrono::milliseconds(options_.timeout_ms));
+                          std::chrono::milliseconds(options.timeout_ms));
   }
 }
 
-absl::StatusOr<v1::GroupInfo> Client::CreateGroup(const std::string& group,
-                                                  const std::vector<TensorSpec>& tensors,
-                                                  const GroupOptions& options) {
+absl::StatusOr<GroupInfo> Client::CreateGroup(const std::string& group,
+                                              const std::vector<TensorSpec>& tensors,
+                                              const GroupOptions& options) {
   v1::CreateGroupRequest req;
   req.set_group(group);
-  for (const TensorSpec& t : tensors) {
-    v1::TensorInfo* info = req.add_tensors();
-    info->set_name(t.name);
-    info->set_dtype(static_cast<v1::DType>(t.dtype));
-    for (int64_t d : t.shape) info->add_shape(d);
-  }
-  FillHyperparameters(options.hyperparameters, req.mutable_hyperparameters());
+  for (const TensorSpec& t : tensors) internal::ToProto(t, req.add_tensors());
+  internal::ToProto(options.hyperparameters, req.mutable_hyperparameters());
   req.set_num_workers(options.num_workers);
   req.set_mode(static_cast<v1::SyncMode>(options.mode));
   req.set_sync_timeout_ms(options.sync_timeout_ms);
   req.set_max_staleness(options.max_staleness);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::GroupInfo info;
-  absl::Status s = FromGrpc(stub_->CreateGroup(&ctx, req, &info), target_);
+  absl::Status s = FromGrpc(impl_->stub().CreateGroup(&ctx, req, &info), impl_->target);
   if (!s.ok()) return s;
-  return info;
+  return internal::FromProto(info);
 }
 
-absl::StatusOr<v1::GroupInfo> Client::GetGroup(const std::string& group) {
+absl::StatusOr<GroupInfo> Client::GetGroup(const std::string& group) {
   v1::GetGroupRequest req;
   req.set_group(group);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::GroupInfo info;
-  absl::Status s = FromGrpc(stub_->GetGroup(&ctx, req, &info), target_);
+  absl::Status s = FromGrpc(impl_->stub().GetGroup(&ctx, req, &info), impl_->target);
   if (!s.ok()) return s;
-  return info;
+  return internal::FromProto(info);
 }
 
-absl::StatusOr<std::vector<v1::GroupInfo>> Client::ListGroups() {
+absl::StatusOr<std::vector<GroupInfo>> Client::ListGroups() {
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::ListGroupsResponse resp;
-  absl::Status s = FromGrpc(stub_->ListGroups(&ctx, v1::ListGroupsRequest(), &resp), target_);
+  absl::Status s =
+      FromGrpc(impl_->stub().ListGroups(&ctx, v1::ListGroupsRequest(), &resp), impl_->target);
   if (!s.ok()) return s;
-  return std::vector<v1::GroupInfo>(resp.groups().begin(), resp.groups().end());
+  std::vector<GroupInfo> groups;
+  for (const v1::GroupInfo& g : resp.groups()) groups.push_back(internal::FromProto(g));
+  return groups;
 }
 
 absl::Status Client::DeleteGroup(const std::string& group) {
   v1::DeleteGroupRequest req;
   req.set_group(group);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::DeleteGroupResponse resp;
-  return FromGrpc(stub_->DeleteGroup(&ctx, req, &resp), target_);
+  return FromGrpc(impl_->stub().DeleteGroup(&ctx, req, &resp), impl_->target);
 }
 
-absl::StatusOr<v1::GroupInfo> Client::UpdateHyperparameters(
-    const std::string& group, const Hyperparameters& hyperparameters) {
+absl::StatusOr<GroupInfo> Client::UpdateHyperparameters(const std::string& group,
+                                                        const Hyperparameters& hyperparameters) {
   v1::UpdateHyperparametersRequest req;
   req.set_group(group);
-  FillHyperparameters(hyperparameters, req.mutable_hyperparameters());
+  internal::ToProto(hyperparameters, req.mutable_hyperparameters());
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::GroupInfo info;
-  absl::Status s = FromGrpc(stub_->UpdateHyperparameters(&ctx, req, &info), target_);
+  absl::Status s = FromGrpc(impl_->stub().UpdateHyperparameters(&ctx, req, &info), impl_->target);
   if (!s.ok()) return s;
-  return info;
+  return internal::FromProto(info);
 }
 
-absl::StatusOr<int64_t> Client::UploadWeights(const std::string& group,
-                                              absl::Span<const ConstBuffer> weights) {
-  if (absl::Status s = CheckBuffers("weights", weights); !s.ok()) return s;
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  v1::UploadWeightsResponse resp;
-  const grpc::internal::RpcMethod method(kUploadMethod,
-                                         grpc::internal::RpcMethod::CLIENT_STREAMING);
-  std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
-      grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel_.get(), method, &ctx,
-                                                                    &resp));
-  std::string prefix = internal::StringField(kUploadGroupField, group);
-  bool wrote = false;
-  for (const ConstBuffer& w : weights) {
-    const int64_t per = internal::ElementsPerChunk(options_.chunk_bytes, w.dtype);
-    const int size = DTypeSize(w.dtype);
-    for (int64_t off = 0; off < w.numel; off += per) {
-      const int64_t n = std::min(per, w.numel - off);
-      grpc::ByteBuffer msg = internal::ChunkMessage(
-          prefix, kUploadChunkField, w.tensor, off, w.dtype,
-          static_cast<const char*>(w.data) + off * size, static_cast<size_t>(n * size));
-      prefix.clear();  // the group is named on the first message only
-      wrote = true;
-      if (!writer->Write(msg)) break;  // the server ended the call: Finish() says why
-    }
-  }
-  if (!wrote) {
-    grpc::ByteBuffer msg = internal::ChunkMessage(prefix, kUploadChunkField, "", 0,
-                                                  DType::kFloat32, nullptr, 0);
-    writer->Write(msg);
-  }
-  writer->WritesDone();
-  absl::Status s = FromGrpc(writer->Finish(), target_);
-  if (!s.ok()) return s;
-  return resp.elements_written();
-}
-
-absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
-                                        absl::Span<const ConstBuffer> gradients,
-                                        absl::Span<const MutableBuffer> weights_out,
-                                        const StepOptions& options) {
-  if (absl::Status s = CheckBuffers("gradients", gradients); !s.ok()) return s;
-  if (absl::Status s = CheckBuffers("weights_out", weights_out); !s.ok()) return s;
-  const internal::BufferMap out = internal::MakeBufferMap(weights_out);
-
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  const grpc::internal::RpcMethod method(kStepMethod, grpc::internal::RpcMethod::BIDI_STREAMING);
-  std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
-      grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
-          channel_.get(), method, &ctx));
-
-  // Writer thread: begin, every gradient chunk straight from the caller's memory, commit.
-  // The calling thread meanwhile receives weights, so upload and download overlap.
-  std::thread writer([&] {
-    v1::StepRequest begin;
-    v1::StepBegin* b = begin.mutable_begin();
-    b->set_group(group);
-    b->set_worker(options.worker);
-    b->set_step(step);
-    if (options.lr) b->set_lr(*options.lr);
-    const WeightsReturn wanted = weights_out.empty() && options.weights == WeightsReturn::kUpdated
-                                     ? WeightsReturn::kNone
-                                     : options.weights;
-    b->set_weights(static_cast<v1::WeightsReturn>(wanted));
-    if (options.base_version) b->set_base_version(*options.base_version);
-    grpc::ByteBuffer msg;
-    bool own = false;
-    if (!grpc::SerializationTraits<v1::StepRequest>::Serialize(begin, &msg, &own).ok() ||
-        !stream->Write(msg)) {
-      return;
-    }
-    for (const ConstBuffer& g : gradients) {
-      const int64_t per = internal::ElementsPerChunk(options_.chunk_bytes, g.dtype);
-      const int size = DTypeSize(g.dtype);
-      for (int64_t off = 0; off < g.numel; off += per) {
-        const int64_t n = std::min(per, g.numel - off);
-        grpc::ByteBuffer chunk = internal::ChunkMessage(
-            "", kStepRequestGradientField, g.tensor, off, g.dtype,
-            static_cast<const char*>(g.data) + off * size, static_cast<size_t>(n * size));
-        if (!stream->Write(chunk)) return;
-      }
-    }
-    v1::StepRequest commit;
-    commit.mutable_commit();
-    if (!grpc::SerializationTraits<v1::StepRequest>::Serialize(commit, &msg, &own).ok() ||
-        !stream->Write(msg)) {
-      return;
-    }
-    stream->WritesDone();
-  });
-
-  StepResult result;
-  absl::Status local;
-  bool done = false;
-  grpc::ByteBuffer in;
-  while (stream->Read(&in)) {
-    // Weight payloads go from gRPC's slices straight into the caller's buffers.
-    internal::DecodedStepResponse decoded;
-    local = internal::DecodeStepResponse(in, out, &decoded);
-    result.weight_elements_received += decoded.weight_elements;
-    if (!local.ok()) break;
-    if (decoded.has_done) {
-      result.step = decoded.done.step();
-      result.version = decoded.done.version();
-      result.duplicate = decoded.done.duplicate();
-      result.nonfinite_gradient_elements = decoded.done.nonfinite_gradient_elements();
-      done = true;
-      break;
-    }
-  }
-  if (!local.ok()) ctx.TryCancel();  // unblocks the writer; the server discards the step
-  writer.join();
-  if (done) {
-    // Drain: the server closes the stream once we are done writing.
-    while (stream->Read(&in)) {
-    }
-  }
-  grpc::Status st = stream->Finish();
-  if (!local.ok()) return local;
-  if (absl::Status s = FromGrpc(st, target_); !s.ok()) return s;
-  if (!done) {
-    return absl::InternalError(
-        absl::StrCat("step ", step, " of group ", group, ": stream ended without StepDone"));
-  }
-  return result;
-}
-
-absl::StatusOr<int64_t> Client::PullWeights(const std::string& group,
-                                            absl::Span<const MutableBuffer> out) {
-  if (absl::Status s = CheckBuffers("out", out); !s.ok()) return s;
-  v1::PullWeightsRequest req;
-  req.set_group(group);
-  for (const MutableBuffer& b : out) req.add_tensors(b.tensor);
-  const internal::BufferMap map = internal::MakeBufferMap(out);
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  std::unique_ptr<grpc::ClientReader<v1::WeightsMessage>> reader(stub_->PullWeights(&ctx, req));
-  v1::WeightsMessage msg;
-  int64_t version = -1, elements = 0;
-  absl::Status local;
-  while (reader->Read(&msg)) {
-    version = msg.version();
-    if (msg.has_chunk()) {
-      local = internal::WriteChunk(msg.chunk(), map, &elements);
-      if (!local.ok()) {
-        ctx.TryCancel();
-        break;
-      }
-    }
-  }
-  grpc::Status st = reader->Finish();
-  if (!local.ok()) return local;
-  if (absl::Status s = FromGrpc(st, target_); !s.ok()) return s;
-  return version;
-}
-
-std::unique_ptr<Subscription> Client::Subscribe(const std::string& group, bool send_current) {
-  std::unique_ptr<Subscription> sub(new Subscription());
-  sub->target_ = target_;
-  v1::SubscribeRequest req;
-  req.set_group(group);
-  req.set_send_current(send_current);
-  sub->reader_ = stub_->Subscribe(&sub->context_, req);
-  return sub;
-}
-
-Subscription::~Subscription() {
-  if (reader_ != nullptr) {
-    context_.TryCancel();
-    reader_->Finish().ok();
-  }
-}
-
-void Subscription::Cancel() { context_.TryCancel(); }
-
-absl::StatusOr<int64_t> Subscription::Next(absl::Span<const MutableBuffer> out) {
-  const internal::BufferMap map = internal::MakeBufferMap(out);
-  v1::WeightsMessage msg;
-  int64_t elements = 0;
-  while (reader_->Read(&msg)) {
-    if (msg.has_chunk()) {
-      absl::Status s = internal::WriteChunk(msg.chunk(), map, &elements);
-      if (!s.ok()) return s;
-    }
-    if (msg.version_complete()) return msg.version();
-  }
-  grpc::Status st = reader_->Finish();
-  reader_.reset();
-  if (st.ok()) return absl::OutOfRangeError("subscription: the server ended the stream");
-  return internal::FromGrpc(st, target_);
-}
-
-absl::StatusOr<v1::SaveCheckpointResponse> Client::SaveCheckpoint(
+absl::StatusOr<SaveCheckpointResult> Client::SaveCheckpoint(
     const std::string& name, const std::vector<std::string>& groups) {
   v1::SaveCheckpointRequest req;
   req.set_name(name);
   for (const std::string& g : groups) req.add_groups(g);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::SaveCheckpointResponse resp;
-  absl::Status s = FromGrpc(stub_->SaveCheckpoint(&ctx, req, &resp), target_);
+  absl::Status s = FromGrpc(impl_->stub().SaveCheckpoint(&ctx, req, &resp), impl_->target);
   if (!s.ok()) return s;
-  return resp;
+  return internal::FromProto(resp);
 }
 
-absl::StatusOr<v1::RestoreCheckpointResponse> Client::RestoreCheckpoint(
+absl::StatusOr<RestoreCheckpointResult> Client::RestoreCheckpoint(
     const std::string& name, const std::vector<std::string>& groups) {
   v1::RestoreCheckpointRequest req;
   req.set_name(name);
   for (const std::string& g : groups) req.add_groups(g);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::RestoreCheckpointResponse resp;
-  absl::Status s = FromGrpc(stub_->RestoreCheckpoint(&ctx, req, &resp), target_);
+  absl::Status s = FromGrpc(impl_->stub().RestoreCheckpoint(&ctx, req, &resp), impl_->target);
   if (!s.ok()) return s;
-  return resp;
+  return internal::FromProto(resp);
 }
 
-absl::StatusOr<std::vector<std::pair<std::string, TensorStateArrays>>> Client::ExportState(
-    const std::string& group, const std::vector<std::string>& tensors) {
-  v1::ExportStateRequest req;
+// A Subscribe call as a raw stream: chunks are decoded from gRPC's slices straight into the
+// caller's buffers, as for Step. No deadline: a subscription lasts until cancelled.
+// Thread safety: Next() from one thread; Cancel() from any thread.
+struct Subscription::Impl {
+  std::string target;
+  std::unique_ptr<internal::BlockingStream> stream;
+  bool ended = false;
+};
+
+std::unique_ptr<Subscription> Client::Subscribe(const std::string& group, bool send_current) {
+  auto impl = std::make_unique<Subscription::Impl>();
+  impl->target = impl_->target;
+  impl->stream = internal::BlockingStream::Start(impl_->generic(0), kSubscribeMethod,
+                                                 /*timeout_ms=*/0);
+  v1::SubscribeRequest req;
   req.set_group(group);
-  for (const std::string& t : tensors) req.add_tensors(t);
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  std::unique_ptr<grpc::ClientReader<v1::StateChunk>> reader(stub_->ExportState(&ctx, req));
-  std::vector<std::pair<std::string, TensorStateArrays>> out;
-  v1::StateChunk c;
-  while (reader->Read(&c)) {
-    if (out.empty() || out.back().first != c.tensor()) out.emplace_back(c.tensor(), TensorStateArrays());
-    TensorStateArrays& t = out.back().second;
-    if (c.key() == "step") {
-      if (c.data().size() >= sizeof(int64_t)) std::memcpy(&t.step, c.data().data(), sizeof(int64_t));
-      continue;
-    }
-    if (t.arrays.empty() || t.arrays.back().first != c.key()) {
-      StateArray a;
-      a.type = c.type();
-      a.shape.assign(c.shape().begin(), c.shape().end());
-      t.arrays.emplace_back(c.key(), std::move(a));
-    }
-    StateArray& a = t.arrays.back().second;
-    const size_t elem = a.type == v1::STATE_ELEMENT_TYPE_UINT8 ? 1 : (a.type == v1::STATE_ELEMENT_TYPE_FLOAT32 ? 4 : 8);
-    const size_t at = static_cast<size_t>(c.offset()) * elem;
-    if (a.bytes.size() < at + c.data().size()) a.bytes.resize(at + c.data().size());
-    std::memcpy(a.bytes.data() + at, c.data().data(), c.data().size());
-  }
-  absl::Status s = FromGrpc(reader->Finish(), target_);
-  if (!s.ok()) return s;
-  return out;
+  req.set_send_current(send_current);
+  if (impl->stream->Write(internal::SerializeToByteBuffer(req))) impl->stream->WritesDone();
+  return std::unique_ptr<Subscription>(new Subscription(std::move(impl)));
 }
 
-absl::Status Client::ImportState(
-    const std::string& group,
-    const std::vector<std::pair<std::string, TensorStateArrays>>& states) {
-  grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  v1::ImportStateResponse resp;
-  std::unique_ptr<grpc::ClientWriter<v1::StateChunk>> writer(stub_->ImportState(&ctx, &resp));
-  bool first = true;
-  auto send = [&](v1::StateChunk& c) {
-    if (first) c.set_group(group);
-    first = false;
-    return writer->Write(c);
-  };
-  bool open = true;
-  for (const auto& [tensor, st] : states) {
-    if (!open) break;
-    v1::StateChunk step;
-    step.set_tensor(tensor);
-    step.set_key("step");
-    step.set_type(v1::STATE_ELEMENT_TYPE_INT64);
-    step.set_data(std::string(reinterpret_cast<const char*>(&st.step), sizeof(int64_t)));
-    open = send(step);
-    for (const auto& [key, a] : st.arrays) {
-      const size_t elem = a.type == v1::STATE_ELEMENT_TYPE_UINT8 ? 1 : (a.type == v1::STATE_ELEMENT_TYPE_FLOAT32 ? 4 : 8);
-      const size_t per = static_cast<size_t>(options_.chunk_bytes) / elem * elem;
-      for (size_t at = 0; open && (at < a.bytes.size() || at == 0); at += per) {
-        v1::StateChunk c;
-        c.set_tensor(tensor);
-        c.set_key(key);
-        c.set_type(static_cast<v1::StateElementType>(a.type));
-        for (int64_t d : a.shape) c.add_shape(d);
-        c.set_offset(static_cast<int64_t>(at / elem));
-        c.set_data(a.bytes.data() + at, std::min(per, a.bytes.size() - at));
-        open = send(c);
-        if (a.bytes.empty()) break;
-      }
-    }
+Subscription::Subscription(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
+Subscription::~Subscription() = default;  // the stream cancels itself if still open
+
+void Subscription::Cancel() { impl_->stream->Cancel(); }
+
+absl::StatusOr<int64_t> Subscription::Next(absl::Span<const MutableBuffer> out) {
+  if (impl_->ended) return absl::FailedPreconditionError("subscription: the stream has ended");
+  const internal::BufferMap map = internal::MakeBufferMap(out);
+  grpc::ByteBuffer in;
+  while (impl_->stream->Read(&in)) {
+    internal::DecodedWeightsMessage d;
+    if (absl::Status s = internal::DecodeWeightsMessage(in, map, &d); !s.ok()) return s;
+    if (d.version_complete) return d.version;
   }
-  if (first) {
-    v1::StateChunk c;
-    send(c);
-  }
-  writer->WritesDone();
-  return FromGrpc(writer->Finish(), target_);
+  impl_->ended = true;
+  grpc::Status st = impl_->stream->Finish();
+  if (st.ok()) return absl::OutOfRangeError("subscription: the server ended the stream");
+  return FromGrpc(st, impl_->target);
 }
 
 }  // namespace optd::client

@@ -92,6 +92,11 @@ absl::Status ShardedClient::UploadWeights(const std::string& group,
 absl::StatusOr<std::vector<StepResult>> ShardedClient::Step(
     const std::string& group, int64_t step, absl::Span<const ConstBuffer> gradients,
     absl::Span<const MutableBuffer> weights_out, const StepOptions& options) {
+  if (options.part_count > 0) {
+    // A part's tensors reach only some shards, and a shard waits for every part of its step.
+    return absl::InvalidArgumentError(
+        "part_count: step parts are per server; send them with shard(i).Step()");
+  }
   std::vector<std::vector<ConstBuffer>> grads(targets_.size());
   std::vector<std::vector<MutableBuffer>> outs(targets_.size());
   for (const ConstBuffer& g : gradients) grads[ShardOf(group, g.tensor)].push_back(g);

@@ -1,5 +1,6 @@
-// DecodeStepResponse: a small protobuf wire-format reader over gRPC's slices, so that the
-// payload of a weight chunk goes from the received slices straight into the caller's buffer.
+// DecodeStepResponse and DecodeWeightsMessage: a small protobuf wire-format reader over gRPC's
+// slices, so that the payload of a weight chunk goes from the received slices straight into the
+// caller's buffer.
 #include <cstring>
 #include <string>
 #include <vector>
@@ -92,7 +93,7 @@ class SliceReader {
 };
 
 absl::Status Malformed(const char* what) {
-  return absl::DataLossError(absl::StrCat("malformed StepResponse from the server: ", what));
+  return absl::DataLossError(absl::StrCat("malformed message from the server: ", what));
 }
 
 // Decodes a TensorChunk of `length` bytes; the payload goes straight into its buffer.
@@ -181,6 +182,32 @@ absl::Status DecodeStepResponse(const grpc::ByteBuffer& message, const BufferMap
         return Malformed("done");
       }
       decoded->has_done = true;
+    } else if (!r.Skip(type)) {
+      return Malformed("field");
+    }
+  }
+  return absl::OkStatus();
+}
+
+absl::Status DecodeWeightsMessage(const grpc::ByteBuffer& message, const BufferMap& out,
+                                  DecodedWeightsMessage* decoded) {
+  std::vector<grpc::Slice> slices;
+  if (!message.Dump(&slices).ok()) return Malformed("unreadable buffer");
+  SliceReader r(&slices);
+  while (r.remaining() > 0) {
+    uint64_t tag, v;
+    if (!r.ReadVarint(&tag)) return Malformed("tag");
+    const int field = static_cast<int>(tag >> 3), type = static_cast<int>(tag & 7);
+    if (field == 1 && type == kVarint) {  // version
+      if (!r.ReadVarint(&v)) return Malformed("version");
+      decoded->version = static_cast<int64_t>(v);
+    } else if (field == 2 && type == kLengthDelimited) {  // chunk
+      if (!r.ReadVarint(&v) || v > r.remaining()) return Malformed("chunk length");
+      absl::Status s = DecodeChunk(&r, v, out, &decoded->weight_elements);
+      if (!s.ok()) return s;
+    } else if (field == 3 && type == kVarint) {  // version_complete
+      if (!r.ReadVarint(&v)) return Malformed("version_complete");
+      decoded->version_complete = v != 0;
     } else if (!r.Skip(type)) {
       return Malformed("field");
     }

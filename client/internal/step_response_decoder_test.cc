@@ -82,5 +82,35 @@ TEST(StepResponseDecoderTest, BadChunksGiveThePreciseError) {
   EXPECT_EQ(s.code(), absl::StatusCode::kDataLoss) << s;
 }
 
+TEST(StepResponseDecoderTest, WeightsMessageLandsInTheBuffer) {
+  std::vector<uint16_t> src(300);
+  std::iota(src.begin(), src.end(), uint16_t{1});
+  v1::WeightsMessage m;
+  m.set_version(12);
+  m.mutable_chunk()->set_tensor("h");
+  m.mutable_chunk()->set_offset(256);
+  m.mutable_chunk()->set_dtype(v1::BFLOAT16);
+  m.mutable_chunk()->set_data(src.data(), 600);
+  m.set_version_complete(true);
+  for (size_t piece : {size_t{1}, size_t{5}, size_t{4096}}) {
+    std::vector<uint16_t> dst(600, 0);
+    std::vector<MutableBuffer> bufs = {{"h", DType::kBFloat16, dst.data(), 600}};
+    DecodedWeightsMessage d;
+    absl::Status s = DecodeWeightsMessage(Sliced(m.SerializeAsString(), piece),
+                                          MakeBufferMap(bufs), &d);
+    ASSERT_TRUE(s.ok()) << s << " piece " << piece;
+    EXPECT_EQ(d.version, 12);
+    EXPECT_TRUE(d.version_complete);
+    EXPECT_EQ(d.weight_elements, 300);
+    EXPECT_EQ(dst[255], 0);
+    EXPECT_EQ(std::memcmp(dst.data() + 256, src.data(), 600), 0) << piece;
+    EXPECT_EQ(dst[556], 0);
+  }
+  // Without a buffer for the tensor: the precise error.
+  DecodedWeightsMessage d;
+  absl::Status s = DecodeWeightsMessage(Sliced(m.SerializeAsString(), 7), {}, &d);
+  EXPECT_NE(s.message().find("'h'"), std::string::npos) << s;
+}
+
 }  // namespace
 }  // namespace optd::client::internal

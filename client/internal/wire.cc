@@ -60,6 +60,23 @@ grpc::ByteBuffer ChunkMessage(std::string_view prefix, int chunk_field, const st
   return grpc::ByteBuffer(slices.data(), slices.size());
 }
 
+grpc::ByteBuffer SerializeToByteBuffer(const google::protobuf::MessageLite& message) {
+  const std::string bytes = message.SerializeAsString();
+  grpc::Slice slice(bytes);
+  return grpc::ByteBuffer(&slice, 1);
+}
+
+bool ParseFromByteBuffer(const grpc::ByteBuffer& buffer, google::protobuf::MessageLite* message) {
+  std::vector<grpc::Slice> slices;
+  if (!buffer.Dump(&slices).ok()) return false;
+  std::string bytes;
+  bytes.reserve(buffer.Length());
+  for (const grpc::Slice& s : slices) {
+    bytes.append(reinterpret_cast<const char*>(s.begin()), s.size());
+  }
+  return message->ParseFromString(bytes);
+}
+
 BufferMap MakeBufferMap(absl::Span<const MutableBuffer> buffers) {
   BufferMap map;
   for (const MutableBuffer& b : buffers) map[b.tensor] = &b;

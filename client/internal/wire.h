@@ -35,6 +35,12 @@ grpc::ByteBuffer ChunkMessage(std::string_view prefix, int chunk_field, const st
 // Serialized string field (tag + length + bytes).
 std::string StringField(int field, std::string_view value);
 
+// A small protobuf message (a request, a response) as one slice: copies its bytes.
+grpc::ByteBuffer SerializeToByteBuffer(const google::protobuf::MessageLite& message);
+// False when the bytes do not parse as `message`'s type.
+[[nodiscard]] bool ParseFromByteBuffer(const grpc::ByteBuffer& buffer,
+                                       google::protobuf::MessageLite* message);
+
 // Destination buffers by tensor name.
 using BufferMap = absl::flat_hash_map<std::string, const MutableBuffer*>;
 BufferMap MakeBufferMap(absl::Span<const MutableBuffer> buffers);
@@ -55,11 +61,21 @@ struct DecodedStepResponse {
   int64_t weight_elements = 0;  // elements written into `out` by this message
 };
 
+// What DecodeWeightsMessage found in one WeightsMessage (PullWeights, Subscribe).
+struct DecodedWeightsMessage {
+  int64_t version = 0;
+  bool version_complete = false;
+  int64_t weight_elements = 0;  // elements written into `out` by this message
+};
+
 // Decodes a serialized optd.v1.StepResponse held in gRPC slices. A weight chunk's payload is
 // copied once, from the slices straight into its buffer in `out` (no protobuf string in
 // between); everything else is parsed normally. Errors: DataLoss for a malformed message, the
 // WriteChunk errors for a chunk that does not fit its buffer.
 absl::Status DecodeStepResponse(const grpc::ByteBuffer& message, const BufferMap& out,
                                 DecodedStepResponse* decoded);
+// The same for a serialized optd.v1.WeightsMessage.
+absl::Status DecodeWeightsMessage(const grpc::ByteBuffer& message, const BufferMap& out,
+                                  DecodedWeightsMessage* decoded);
 
 }  // namespace optd::client::internal

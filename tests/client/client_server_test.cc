@@ -2,6 +2,7 @@
 #include <memory>
 #include <random>
 #include <string>
+#include <thread>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -57,8 +58,8 @@ TEST_F(ClientServerTest, CreateUploadStepPull) {
   opts.hyperparameters.lr = 2e-3f;
   auto info = c->CreateGroup("g", specs, opts);
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->tensors_size(), 2);
-  EXPECT_FLOAT_EQ(info->hyperparameters().lr(), 2e-3f);
+  EXPECT_EQ(info->tensors.size(), 2u);
+  EXPECT_FLOAT_EQ(info->hyperparameters.lr, 2e-3f);
 
   std::vector<float> a = Random(5000, 1), b = Random(300, 2);
   const std::vector<float> a0 = a;
@@ -111,6 +112,7 @@ TEST_F(ClientServerTest, ErrorsKeepTheServersMessage) {
 
   ASSERT_TRUE(c->CreateGroup("g", {{"a", DType::kFloat32, {10}}}).ok());
   std::vector<float> w(10, 1.0f);
+  ASSERT_TRUE(c->UploadWeights("g", {{"a", DType::kFloat32, w.data(), 10}}).ok());
   auto r = c->Step("g", 1, {{"zzz", DType::kFloat32, w.data(), 10}}, {});
   EXPECT_FALSE(r.ok());
   EXPECT_NE(r.status().message().find("zzz"), std::string::npos) << r.status();
@@ -166,6 +168,39 @@ TEST_F(ClientServerTest, SubscriberSeesNewVersion) {
   sub->Cancel();
 }
 
+TEST_F(ClientServerTest, CancelEndsABlockedSubscription) {
+  ServerProcess* s = Start();
+  ASSERT_NE(s, nullptr);
+  auto c = Connect(s);
+  ASSERT_TRUE(c->CreateGroup("p", {{"t", DType::kFloat32, {512}}}).ok());
+  auto sub = c->Subscribe("p", /*send_current=*/false);  // nothing comes until a step
+  std::vector<float> seen(512, 0.0f);
+  absl::StatusOr<int64_t> next = -1;
+  std::thread reader([&] { next = sub->Next({{"t", DType::kFloat32, seen.data(), 512}}); });
+  // Whenever the cancel lands (before or during Next), Next ends with CANCELLED.
+  sub->Cancel();
+  reader.join();
+  EXPECT_EQ(next.status().code(), absl::StatusCode::kCancelled) << next.status();
+  EXPECT_EQ(sub->Next({{"t", DType::kFloat32, seen.data(), 512}}).status().code(),
+            absl::StatusCode::kFailedPrecondition);
+}
+
+TEST_F(ClientServerTest, DeadlineEndsAStepThatWaitsForAnotherWorker) {
+  ServerProcess* s = Start();
+  ASSERT_NE(s, nullptr);
+  ClientOptions short_deadline;
+  short_deadline.timeout_ms = 300;
+  auto c = Connect(s, short_deadline);
+  GroupOptions two;
+  two.num_workers = 2;  // step 1 waits for worker 1, who never comes
+  ASSERT_TRUE(c->CreateGroup("sync", {{"t", DType::kFloat32, {512}}}, two).ok());
+  std::vector<float> w(512, 1.0f), g(512, 1.0f);
+  ASSERT_TRUE(c->UploadWeights("sync", {{"t", DType::kFloat32, w.data(), 512}}).ok());
+  auto r = c->Step("sync", 1, {{"t", DType::kFloat32, g.data(), 512}},
+                   {{"t", DType::kFloat32, w.data(), 512}});
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+}
+
 TEST_F(ClientServerTest, GroupAdminCheckpointAndStateRoundTrip) {
   ServerProcess* s = Start();
   ASSERT_NE(s, nullptr);
@@ -182,9 +217,9 @@ TEST_F(ClientServerTest, GroupAdminCheckpointAndStateRoundTrip) {
   h.weight_decay = 0.0f;
   auto updated = c->UpdateHyperparameters("a", h);
   ASSERT_TRUE(updated.ok()) << updated.status();
-  EXPECT_FLOAT_EQ(updated->hyperparameters().lr(), 5e-4f);
-  EXPECT_FLOAT_EQ(updated->hyperparameters().weight_decay(), 0.0f);
-  EXPECT_FLOAT_EQ(updated->hyperparameters().beta1(), 0.9f);  // unchanged
+  EXPECT_FLOAT_EQ(updated->hyperparameters.lr, 5e-4f);
+  EXPECT_FLOAT_EQ(updated->hyperparameters.weight_decay, 0.0f);
+  EXPECT_FLOAT_EQ(updated->hyperparameters.beta1, 0.9f);  // unchanged
 
   std::vector<float> w = Random(n, 3);
   ASSERT_TRUE(c->UploadWeights("a", {{"t", DType::kFloat32, w.data(), n}}).ok());
@@ -195,7 +230,7 @@ TEST_F(ClientServerTest, GroupAdminCheckpointAndStateRoundTrip) {
   }
   auto saved = c->SaveCheckpoint("ck", {"a"});
   ASSERT_TRUE(saved.ok()) << saved.status();
-  EXPECT_GT(saved->bytes(), n * 6);  // weights + 2 state bytes per element at least
+  EXPECT_GT(saved->bytes, n * 6);  // weights + 2 state bytes per element at least
 
   // State export -> import into b (same weights): the next step matches bit for bit.
   auto state = c->ExportState("a");
@@ -225,8 +260,8 @@ TEST_F(ClientServerTest, GroupAdminCheckpointAndStateRoundTrip) {
   // Restore brings group a back to version 2.
   auto restored = c->RestoreCheckpoint("ck");
   ASSERT_TRUE(restored.ok()) << restored.status();
-  ASSERT_EQ(restored->groups_size(), 1);
-  EXPECT_EQ(restored->groups(0).version(), 2);
+  ASSERT_EQ(restored->groups.size(), 1u);
+  EXPECT_EQ(restored->groups[0].version, 2);
   EXPECT_EQ(c->RestoreCheckpoint("missing").status().ok(), false);
 
   ASSERT_TRUE(c->DeleteGroup("b").ok());
@@ -243,16 +278,17 @@ class ShardedTest : public ClientServerTest {
     return specs;
   }
   // Trains `steps` steps through `client`; returns all weights.
-  std::vector<std::vector<float>> Train(ShardedClient* client, int steps) {
+  std::vector<std::vector<float>> Train(ShardedClient* client, int steps,
+                                        const std::string& group = "model") {
     const auto specs = Specs();
-    EXPECT_TRUE(client->CreateGroup("model", specs).ok());
+    EXPECT_TRUE(client->CreateGroup(group, specs).ok());
     std::vector<std::vector<float>> w;
     std::vector<ConstBuffer> up;
     for (size_t i = 0; i < specs.size(); ++i) w.push_back(Random(specs[i].numel(), i));
     for (size_t i = 0; i < specs.size(); ++i) {
       up.push_back({specs[i].name, DType::kFloat32, w[i].data(), specs[i].numel()});
     }
-    absl::Status s = client->UploadWeights("model", up);
+    absl::Status s = client->UploadWeights(group, up);
     EXPECT_TRUE(s.ok()) << s;
     for (int k = 1; k <= steps; ++k) {
       std::vector<std::vector<float>> g;
@@ -263,7 +299,7 @@ class ShardedTest : public ClientServerTest {
         gb.push_back({specs[i].name, DType::kFloat32, g[i].data(), specs[i].numel()});
         ob.push_back({specs[i].name, DType::kFloat32, w[i].data(), specs[i].numel()});
       }
-      auto r = client->Step("model", k, gb, ob);
+      auto r = client->Step(group, k, gb, ob);
       EXPECT_TRUE(r.ok()) << r.status();
     }
     return w;
@@ -288,9 +324,22 @@ TEST_F(ShardedTest, ThreeShardsEqualOneServer) {
     auto info = (*triple)->shard(i).GetGroup("model");
     if (!info.ok()) continue;
     ++used;
-    for (const auto& t : info->tensors()) EXPECT_EQ((*triple)->ShardOf("model", t.name()), i);
+    for (const auto& t : info->tensors) EXPECT_EQ((*triple)->ShardOf("model", t.name), i);
   }
   EXPECT_GE(used, 2);
+
+  // The same over 3 streams per shard (another group name: another placement, same result).
+  ClientOptions three_streams;
+  three_streams.streams = 3;
+  three_streams.chunk_bytes = 4096;  // layers of 1000-5900 fp32 elements: 1-6 chunks each
+  auto wide = ShardedClient::Create({a->target(), b->target(), c->target()}, three_streams);
+  ASSERT_TRUE(wide.ok());
+  EXPECT_EQ(Train(wide->get(), 3, "model-k3"), w1);
+  // Step parts cannot be spread over shards.
+  StepOptions parts;
+  parts.part_count = 2;
+  EXPECT_EQ((*wide)->Step("model-k3", 4, {}, {}, parts).status().code(),
+            absl::StatusCode::kInvalidArgument);
 }
 
 TEST_F(ShardedTest, KilledShardIsReportedByAddress) {

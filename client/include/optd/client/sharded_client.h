@@ -35,7 +35,8 @@ class ShardedClient {
                            const GroupOptions& options = {});
   absl::Status UploadWeights(const std::string& group, absl::Span<const ConstBuffer> weights);
   // Runs the step on every shard that receives a gradient, in parallel. Returns one result per
-  // shard (shards with no gradient keep a default StepResult with step = 0).
+  // shard (shards with no gradient keep a default StepResult with step = 0). Each shard's step
+  // uses options.streams streams; step parts (options.part_count) are refused here.
   absl::StatusOr<std::vector<StepResult>> Step(const std::string& group, int64_t step,
                                                absl::Span<const ConstBuffer> gradients,
                                                absl::Span<const MutableBuffer> weights_out,
