@@ -2,6 +2,7 @@
 the optd server as a child process, the tensor layouts of bench/wire/layout.cc, bf16 test data,
 and markdown tables. Not a library: only the benchmarks import it."""
 
+import importlib
 import os
 import shutil
 import signal
@@ -19,15 +20,27 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 def import_optd():
     """Imports the optd package: the installed one, else the checkout's client/python."""
     try:
-        import optd  # noqa: F401
+        return importlib.import_module("optd")
     except ImportError:
         sys.path.insert(0, os.path.join(REPO, "client", "python"))
-        import optd  # noqa: F401
-    return sys.modules["optd"]
+        return importlib.import_module("optd")
+
+
+def active_path(optd):
+    """'native' or 'pure': which data path the imported package uses."""
+    for holder in (optd, sys.modules.get("optd.client")):
+        for attr in ("NATIVE", "native", "using_native", "native_available"):
+            v = getattr(holder, attr, None)
+            if callable(v):
+                v = v()
+            if isinstance(v, bool):
+                return "native" if v else "pure"
+    return "pure"  # a package without a native path
 
 
 def default_server():
-    """$OPTD_SERVER_BIN, else the optd of a build in the checkout (build/, build-*/), else .gpu/bin."""
+    """$OPTD_SERVER_BIN, else the optd of a build in the checkout (build/, build-*/), else
+    .gpu/bin/optd."""
     env = os.environ.get("OPTD_SERVER_BIN")
     if env:
         return env

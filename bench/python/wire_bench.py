@@ -36,18 +36,6 @@ CXX_OP = {"upload": "upload", "pull": "pull", "step": "step", "step_none": "step
           "torch_step": "step"}
 
 
-def active_path(optd):
-    """'native' or 'pure': which data path the imported package uses."""
-    for holder in (optd, sys.modules.get("optd.client")):
-        for attr in ("NATIVE", "native", "using_native", "native_available"):
-            v = getattr(holder, attr, None)
-            if callable(v):
-                v = v()
-            if isinstance(v, bool):
-                return "native" if v else "pure"
-    return "pure"  # a package without a native path
-
-
 def streams_kwargs(fn, k):
     """{'streams': k} where `fn` takes it; {} for k == 1 without it; None: K not supported."""
     try:
@@ -158,7 +146,7 @@ def torch_row(optd, target, data, k, repeats, path):
 
 def worker(args):
     optd = bc.import_optd()
-    path = active_path(optd)
+    path = bc.active_path(optd)
     result = {"path": path, "rows": []}
     if args.asked and path != args.asked:  # e.g. no native library: that path has no rows
         with open(args.out, "w") as f:
@@ -242,8 +230,8 @@ def main():
                 env["OPTD_PURE_PYTHON"] = "1"
             out = os.path.join(tmp, f"{path}.json")
             cmd = [sys.executable, os.path.abspath(__file__), "--worker", "--target",
-                   server.target, "--out", out, "--asked", path, "--layout", args.layout, "--streams",
-                   args.streams, "--repeats", str(args.repeats)]
+                   server.target, "--out", out, "--asked", path, "--layout", args.layout,
+                   "--streams", args.streams, "--repeats", str(args.repeats)]
             if not args.torch:
                 cmd.append("--no-torch")
             print(f"+ {path} path: " + " ".join(cmd[1:]), flush=True)

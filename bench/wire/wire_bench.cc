@@ -303,7 +303,9 @@ void WriteJson(const std::string& path, const Layout& layout, const std::vector<
                quoted(absl::GetFlag(FLAGS_backend)).c_str());
   std::fprintf(f, " \"tcp\": [");
   for (size_t i = 0; i < tcp.size(); ++i) {
-    std::fprintf(f, "%s\n  {\"k\": %d, \"one_way_gbps\": %.4f, \"two_way_gbps\": %.4f, \"error\": %s}",
+    std::fprintf(f,
+                 "%s\n  {\"k\": %d, \"one_way_gbps\": %.4f, \"two_way_gbps\": %.4f, "
+                 "\"error\": %s}",
                  i ? "," : "", tcp[i].k, tcp[i].one_way, tcp[i].two_way,
                  quoted(tcp[i].error).c_str());
   }
@@ -389,7 +391,8 @@ int main(int argc, char** argv) {
   }
 
   std::printf("\n## Plain loopback TCP, %d MiB per direction from a cold buffer, 1 MiB writes "
-              "(GB/s = 1e9 B/s, both directions summed)\n\n| K connections | one way | both ways at once |\n|---|---|---|\n",
+              "(GB/s = 1e9 B/s, both directions summed)\n\n"
+              "| K connections | one way | both ways at once |\n|---|---|---|\n",
               absl::GetFlag(FLAGS_tcp_mib));
   for (const TcpRow& t : tcp_rows) {
     std::printf("| %d | %s | %s |\n", t.k, Figure(t.one_way, t.error).c_str(),
