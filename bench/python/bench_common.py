@@ -27,15 +27,12 @@ def import_optd():
 
 
 def active_path(optd):
-    """'native' or 'pure': which data path the imported package uses."""
-    for holder in (optd, sys.modules.get("optd.client")):
-        for attr in ("NATIVE", "native", "using_native", "native_available"):
-            v = getattr(holder, attr, None)
-            if callable(v):
-                v = v()
-            if isinstance(v, bool):
-                return "native" if v else "pure"
-    return "pure"  # a package without a native path
+    """('native' or 'pure', detail): the data path the imported package uses, and the library's
+    path or why it is not used."""
+    fn = getattr(sys.modules.get("optd.client"), "data_path", None)
+    if callable(fn):
+        return tuple(fn())
+    return "pure", "this optd package has no native path"
 
 
 def default_server():

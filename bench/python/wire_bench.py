@@ -146,7 +146,8 @@ def torch_row(optd, target, data, k, repeats, path):
 
 def worker(args):
     optd = bc.import_optd()
-    path = bc.active_path(optd)
+    path, detail = bc.active_path(optd)
+    print(f"  data path: {path} ({detail})", flush=True)
     result = {"path": path, "rows": []}
     if args.asked and path != args.asked:  # e.g. no native library: that path has no rows
         with open(args.out, "w") as f:

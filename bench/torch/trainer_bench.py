@@ -277,7 +277,7 @@ def worker(args):
     out = {"name": args.worker, "rows": []}
     if args.worker.startswith("optd"):
         optd = bc.import_optd()
-        out["optd_path"] = bc.active_path(optd)
+        out["optd_path"] = "{} ({})".format(*bc.active_path(optd))
     jobs = []
     if "step" in args.modes:
         jobs.append(("step", None))
@@ -316,7 +316,7 @@ def per_param(v, params):
 
 
 def print_tables(args, results):
-    step_rows, train_rows, notes = [], [], []
+    step_rows, train_rows, notes = [], [], {}  # notes: (label, what, why) -> [rows]
     base_step = next((r["ms"] for n, rows in results for r in rows
                       if n == "torch" and r["mode"] == "step" and "ms" in r), None)
     bnb_tps = {r["micro_batches"]: r["tokens_per_s"] for n, rows in results for r in rows
@@ -327,10 +327,12 @@ def print_tables(args, results):
             if name == "torch" and args.device != "cuda":
                 label = "torch AdamW (not fused: CPU tensors), in process"
             if "skipped" in r or "error" in r:
-                why = r.get("skipped") or r.get("error")
-                where = "step" if r["mode"] == "step" else f"train x{r['micro_batches']}"
-                notes.append(f"{label}, {where}: {'skipped' if 'skipped' in r else 'failed'}: "
-                             f"{why}")
+                if name == "none" and r["mode"] == "step":
+                    continue
+                key = (label, "skipped" if "skipped" in r else "failed",
+                       r.get("skipped") or r.get("error"))
+                where = "step alone" if r["mode"] == "step" else f"loop x{r['micro_batches']}"
+                notes.setdefault(key, []).append(where)
                 continue
             m = r.get("memory", {})
             p = r.get("params")
@@ -366,8 +368,10 @@ def print_tables(args, results):
               "minus before the optimizer existed, which includes bitsandbytes' managed memory "
               "and, for optd rows, the optd server's device memory on the same card; 'this "
               "process' is NVML's per-process figure ('-' where the driver lists no processes).")
-    for n in sorted(NOTES) + notes:
+    for n in sorted(NOTES):
         print(n)
+    for (label, what, why), where in notes.items():
+        print(f"{label} ({', '.join(where)}): {what}: {why}")
 
 
 def main():
