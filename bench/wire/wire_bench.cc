@@ -13,13 +13,14 @@
 // - Step, weights UPDATED: gradient bytes up plus weight bytes down over the call's wall time,
 //   against two-way TCP. This includes the server's apply (journal + optimizer update).
 // - Step, weights NONE: gradient bytes up, against one-way TCP; includes the apply too.
-// - Step minus apply (estimate): the server's apply time is taken as
-//   t(Step NONE) - t(UploadWeights): both move the same bytes up, the step adds only the apply
-//   (undo journal + update), so the difference is what the apply costs the caller. The
-//   Step UPDATED time minus that estimate is the wire time of the step; its rate is compared
-//   with two-way TCP. On a backend that applies while chunks arrive (the CPU engine's streamed
-//   path) part of the apply hides under the transfer, so this overstates the apply and the
-//   wire-only rate is an upper bound.
+// - Step minus apply: the wire time of a step, Step UPDATED's time minus the server's apply
+//   time, against two-way TCP. The apply time is the server's own figure where /metrics has
+//   optd_step_apply_seconds (mean over the timed steps); otherwise it is estimated as
+//   t(Step NONE) - t(UploadWeights): both move the same bytes up, the step adds the apply.
+//   That holds where the server gathers a step's gradients and applies at the commit; where it
+//   applies while chunks arrive, the apply hides under the transfer and the estimate is too
+//   large. The row is then reported as failed when the remainder is shorter than the slower
+//   of the two one-way calls (upload, pull), which no two-way transfer can beat.
 // Times are medians of --repeats calls after one untimed warm-up step per K (a fresh group per
 // K, so a failed K-stream step cannot spoil the next K). CPU s/GB is CPU seconds over payload
 // bytes: the client's (this process, getrusage) and the server's (/proc/<pid>/stat).
@@ -44,7 +45,9 @@
 #include "bench/wire/layout.h"
 #include "bench/wire/server_child.h"
 #include "bench/wire/tcp_loopback.h"
+#include "absl/strings/match.h"
 #include "optd/client/client.h"
+#include "server/metrics_http_get.h"
 
 ABSL_FLAG(std::string, layout, "default",
           "default (16 bf16 tensors, 256 MiB), tinyllama (201 bf16 tensors, 1.1 B params) or "
@@ -62,6 +65,9 @@ ABSL_FLAG(std::string, json, "", "also write the figures as JSON to this file");
 namespace {
 
 using Clock = std::chrono::steady_clock;
+// A histogram of the server's apply time per step (journal + update, no I/O), where the server
+// exports one; the benchmark estimates it otherwise.
+constexpr char kApplyMetric[] = "optd_step_apply_seconds_sum";
 namespace oc = optd::client;
 using optd::bench::Layout;
 using optd::bench::TcpLoopback;
@@ -100,6 +106,7 @@ struct Row {
   int k = 1;
   TcpPattern pattern = TcpPattern::kOneWay;
   double gbps = 0;
+  double seconds = 0;      // median seconds of one call
   double tcp_gbps = 0;
   double client_cpu = -1;  // s/GB
   double server_cpu = -1;  // s/GB
@@ -162,7 +169,29 @@ void Time(Row& row, int repeats, const optd::bench::ServerChild& server, Fn fn) 
   const double gb = bytes * repeats / 1e9;
   row.client_cpu = (ProcessCpuSeconds() - client0) / gb;
   row.server_cpu = (server.CpuSeconds() - server0) / gb;
-  row.gbps = bytes / Median(seconds) / 1e9;
+  row.seconds = Median(seconds);
+  row.gbps = bytes / row.seconds / 1e9;
+}
+
+// The sum of every series of `name` on the server's /metrics (e.g. a histogram's `_sum` over
+// all groups), or -1 when the server does not export it.
+double MetricSum(const optd::bench::ServerChild& server, const std::string& name) {
+  auto body = optd::server::HttpGetLoopback(server.metrics_port(), "/metrics");
+  if (!body.ok()) return -1;
+  double sum = 0;
+  bool found = false;
+  for (absl::string_view line : absl::StrSplit(*body, '\n')) {
+    if (!absl::StartsWith(line, name) || line.size() <= name.size() ||
+        (line[name.size()] != '{' && line[name.size()] != ' ')) {
+      continue;
+    }
+    double v = 0;
+    if (absl::SimpleAtod(line.substr(line.rfind(' ') + 1), &v)) {
+      sum += v;
+      found = true;
+    }
+  }
+  return found ? sum : -1;
 }
 
 // All client rows for one K, on a fresh group.
@@ -183,7 +212,7 @@ std::vector<Row> ClientRows(int k, const Layout& layout, Buffers& buf,
   add("pull", "PullWeights (down)", TcpPattern::kOneWay);
   add("step", "Step, weights UPDATED (up + down, incl. apply)", TcpPattern::kTwoWay);
   add("step_none", "Step, weights NONE (up, incl. apply)", TcpPattern::kOneWay);
-  add("step_wire", "Step UPDATED minus apply (estimate, see note)", TcpPattern::kTwoWay);
+  add("step_wire", "Step UPDATED minus apply", TcpPattern::kTwoWay);
   auto fail_all = [&](const std::string& why) {
     for (Row& r : rows) {
       if (r.error.empty() && r.gbps == 0) r.error = why;
@@ -222,6 +251,9 @@ std::vector<Row> ClientRows(int k, const Layout& layout, Buffers& buf,
     if (!r.ok()) return r.status();
     return bytes;
   });
+  // The server's own apply time, where it exports one (see Note [What the wire benchmark
+  // reports]).
+  const double apply0 = MetricSum(server, kApplyMetric);
   if (rows[2].error.empty()) {
     Time(rows[2], repeats, server, [&]() -> absl::StatusOr<double> {
       auto r = c.Step(group, ++step, buf.grads(), buf.weights_out());
@@ -233,6 +265,7 @@ std::vector<Row> ClientRows(int k, const Layout& layout, Buffers& buf,
       return 2 * bytes;
     });
   }
+  const double apply1 = MetricSum(server, kApplyMetric);
   if (rows[2].error.empty()) {
     oc::StepOptions none;
     none.weights = oc::WeightsReturn::kNone;
@@ -242,14 +275,33 @@ std::vector<Row> ClientRows(int k, const Layout& layout, Buffers& buf,
       return bytes;
     });
   }
-  if (rows[2].error.empty() && rows[3].error.empty() && rows[0].error.empty()) {
-    // Seconds from the medians: apply = t(NONE) - t(upload), wire = t(UPDATED) - apply.
-    const double t_step = 2 * bytes / 1e9 / rows[2].gbps, t_none = bytes / 1e9 / rows[3].gbps,
-                 t_up = bytes / 1e9 / rows[0].gbps;
-    const double wire = t_step - std::max(0.0, t_none - t_up);
-    rows[4].gbps = 2 * bytes / 1e9 / wire;
-  } else if (rows[4].error.empty()) {
-    rows[4].error = "needs the upload and both step rows";
+  Row& wire = rows[4];
+  if (!rows[2].error.empty() || !rows[3].error.empty() || !rows[0].error.empty() ||
+      !rows[1].error.empty()) {
+    wire.error = "needs the upload, pull and both step rows";
+  } else {
+    const double t_step = rows[2].seconds, t_none = rows[3].seconds, t_up = rows[0].seconds,
+                 t_pull = rows[1].seconds;
+    double apply = 0;
+    if (apply0 >= 0 && apply1 >= 0) {
+      apply = (apply1 - apply0) / repeats;  // a mean, beside the other rows' medians
+      wire.label = absl::StrCat("Step UPDATED minus the server's apply (", kApplyMetric, ")");
+    } else {
+      apply = std::max(0.0, t_none - t_up);
+      wire.label = "Step UPDATED minus apply estimated as t(Step NONE) - t(Upload)";
+    }
+    std::printf("  K=%d: t(Upload) %.1f ms, t(Pull) %.1f ms, t(Step UPDATED) %.1f ms, "
+                "t(Step NONE) %.1f ms, apply %.1f ms (%s)\n",
+                k, 1e3 * t_up, 1e3 * t_pull, 1e3 * t_step, 1e3 * t_none, 1e3 * apply,
+                apply0 >= 0 ? "server metric" : "estimate");
+    // Gradients up and weights down cannot together take less than the slower of the two
+    // one-way calls: an apply figure that says so overlapped the transfer.
+    if (t_step - apply < std::max(t_up, t_pull)) {
+      wire.error = "apply overlaps the transfer (Step minus apply < the slower one-way call)";
+    } else {
+      wire.seconds = t_step - apply;
+      wire.gbps = 2 * bytes / 1e9 / wire.seconds;
+    }
   }
   if (auto s = c.DeleteGroup(group); !s.ok()) {
     std::fprintf(stderr, "DeleteGroup %s: %s\n", group.c_str(), s.ToString().c_str());
@@ -413,10 +465,10 @@ int main(int argc, char** argv) {
                   derived ? "-" : Figure(r.client_cpu, r.error).c_str(),
                   derived ? "-" : Figure(r.server_cpu, r.error).c_str());
     }
-    std::printf("\nStep minus apply: the server's apply time is estimated as t(Step NONE) - "
-                "t(UploadWeights) (same bytes up; the step adds journal + update) and taken off "
-                "t(Step UPDATED). Where the backend applies while chunks arrive, part of the "
-                "apply is hidden, so the estimate is an upper bound on the wire-only rate.\n");
+    std::printf("\nStep minus apply: t(Step UPDATED) minus the server's apply time: its "
+                "optd_step_apply_seconds where /metrics has it, else t(Step NONE) - "
+                "t(UploadWeights) (the same bytes up; the step adds the apply), which holds where "
+                "the server applies after gathering a step's gradients.\n");
     std::string last;  // a reason once per K, not once per row
     for (const Row& r : rows) {
       const std::string reason = absl::StrCat(r.k, r.error);
