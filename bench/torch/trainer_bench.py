@@ -99,6 +99,9 @@ def make_optimizer(name, params, args, group):
                       f"not {args.streams}")
         if _takes(cls.__init__, "overlap"):
             kw["overlap"] = overlap
+            if overlap and not hasattr(torch.Tensor, "register_post_accumulate_grad_hook"):
+                NOTES.add(f"torch {torch.__version__} has no register_post_accumulate_grad_hook:"
+                          f" the overlap rows ran optd.torch's same API without the overlap")
         elif overlap:
             raise Skip("optd.torch.PagedAdamW8bit takes no overlap= (no overlap mode)")
         if offload:
