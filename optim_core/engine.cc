@@ -1,4 +1,6 @@
 // The engine factory: picks the backend. The CUDA engine exists only in CUDA builds.
+#include <new>
+
 #include "optd/core/engine.h"
 
 #include "cpu/cpu_engine.h"
@@ -16,6 +18,14 @@ std::string_view BackendName(Backend b) {
       return "cuda";
   }
   return "unknown";
+}
+
+void* Engine::AllocateHost(size_t bytes) {
+  return ::operator new(bytes == 0 ? 1 : bytes, std::align_val_t{64}, std::nothrow);
+}
+
+void Engine::FreeHost(void* p) {
+  if (p != nullptr) ::operator delete(p, std::align_val_t{64});
 }
 
 bool CudaEngineCompiled() {

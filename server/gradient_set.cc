@@ -32,7 +32,7 @@ absl::StatusOr<void*> GradientSet::Reserve(const Group& group, const CheckedChun
   if (!t.touched) {
     t.touched = true;
     t.dtype = c.dtype;
-    if (t.data.size() != size) t.data = WireBuffer(size);
+    if (t.data.size() != size) t.data = WireBuffer(size, engine_);
   }
   return t.data.data() + static_cast<size_t>(c.offset) * esize;
 }

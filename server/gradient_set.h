@@ -20,7 +20,9 @@ class Group;
 // ranges never overlap (Reserve refuses overlaps), so the writers never touch the same bytes.
 class GradientSet {
  public:
-  explicit GradientSet(int num_tensors) : tensors_(static_cast<size_t>(num_tensors)) {}
+  // Buffers come from `engine`'s host memory (page-locked on CUDA); may be null.
+  GradientSet(int num_tensors, core::Engine* engine)
+      : engine_(engine), tensors_(static_cast<size_t>(num_tensors)) {}
 
   // Forgets what arrived; keeps the buffers for the next step (a new buffer of a few GB would
   // page-fault on every step).
@@ -46,6 +48,7 @@ class GradientSet {
     bool touched = false;
     IntervalSet covered;
   };
+  core::Engine* const engine_;
   std::vector<Tensor> tensors_;
 };
 

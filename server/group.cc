@@ -8,6 +8,11 @@
 
 namespace optd::server {
 
+WeightSnapshot::~WeightSnapshot() {
+  if (pool == nullptr) return;
+  for (WireBuffer& b : data) pool->Return(std::move(b));
+}
+
 int WeightSnapshot::SlotOf(int t) const {
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (tensors[i] == t) return static_cast<int>(i);
@@ -39,7 +44,7 @@ std::unique_ptr<GradientSet> GradientPool::Take() {
     set = std::move(free_.back());
     free_.pop_back();
   } else {
-    set = std::make_unique<GradientSet>(num_tensors_);
+    set = std::make_unique<GradientSet>(num_tensors_, engine_);
   }
   return set;
 }
@@ -74,7 +79,8 @@ void Subscriber::Close() {
 }
 
 Group::Group(GroupRecord record, std::unique_ptr<core::ParamGroup> params,
-             std::shared_ptr<GroupMetrics> metrics, bool weights_initialized)
+             std::shared_ptr<GroupMetrics> metrics, bool weights_initialized,
+             core::Engine* engine)
     : name_(record.name),
       tensors_(record.spec.tensors),
       record_(std::move(record)),
@@ -82,7 +88,9 @@ Group::Group(GroupRecord record, std::unique_ptr<core::ParamGroup> params,
       uploaded_(tensors_.size()),
       metrics_(std::move(metrics)),
       gradient_pool_(std::make_shared<GradientPool>(static_cast<int>(tensors_.size()),
-                                                    std::max(1, record_.num_workers))) {
+                                                    std::max(1, record_.num_workers), engine)),
+      // Two copies of the weights: one being sent while the next step's is made.
+      snapshot_pool_(std::make_shared<BufferPool>(2 * WeightBytes(record_.spec), engine)) {
   if (weights_initialized) {
     for (size_t t = 0; t < tensors_.size(); ++t) uploaded_[t].InsertMerge(0, tensors_[t].numel());
   }
@@ -142,6 +150,7 @@ absl::StatusOr<std::shared_ptr<const WeightSnapshot>> Group::Snapshot(
     const std::vector<int>& tensors) const {
   auto snap = std::make_shared<WeightSnapshot>();
   snap->version = record_.version;
+  snap->pool = snapshot_pool_;
   if (tensors.empty()) {
     for (int t = 0; t < num_tensors(); ++t) snap->tensors.push_back(t);
   } else {
@@ -153,7 +162,8 @@ absl::StatusOr<std::shared_ptr<const WeightSnapshot>> Group::Snapshot(
   for (int t : snap->tensors) {
     const core::TensorSpec& spec = tensor(t);
     // Not zero-filled: ReadParam overwrites all of it (Note [Uninitialized staging]).
-    WireBuffer data(static_cast<size_t>(spec.numel()) * core::DTypeSize(spec.dtype));
+    WireBuffer data =
+        snapshot_pool_->Take(static_cast<size_t>(spec.numel()) * core::DTypeSize(spec.dtype));
     core::TensorView view{data.data(), spec.dtype, spec.numel(), core::MemoryKind::kHost};
     if (absl::Status s = params_->ReadParam(t, 0, view); !s.ok()) return s;
     snap->data.push_back(std::move(data));

@@ -17,6 +17,7 @@
 #include "absl/synchronization/mutex.h"
 #include "optd/core/engine.h"
 #include "optd/v1/optd.pb.h"
+#include "server/buffer_pool.h"
 #include "server/checkpoint_file.h"
 #include "server/gradient_set.h"
 #include "server/interval_set.h"
@@ -32,9 +33,15 @@ class PendingStep;
 // PullWeights send). Sends point into `data` (slices with a reference to the snapshot), so a
 // snapshot is immutable once made.
 struct WeightSnapshot {
+  WeightSnapshot() = default;
+  WeightSnapshot(const WeightSnapshot&) = delete;
+  WeightSnapshot& operator=(const WeightSnapshot&) = delete;
+  ~WeightSnapshot();  // gives `data` back to `pool`
+
   int64_t version = 0;
   std::vector<int> tensors;                 // indices into the group's spec
   std::vector<WireBuffer> data;             // raw weights of each, in the tensor's dtype
+  std::shared_ptr<BufferPool> pool;         // where `data` came from; may be null
   // Index of tensor t in `tensors`, or -1.
   int SlotOf(int t) const;
 };
@@ -68,7 +75,8 @@ class Subscriber {
 // fresh GB. Thread safety: thread-safe.
 class GradientPool {
  public:
-  GradientPool(int num_tensors, int max_kept) : num_tensors_(num_tensors), max_kept_(max_kept) {}
+  GradientPool(int num_tensors, int max_kept, core::Engine* engine)
+      : num_tensors_(num_tensors), max_kept_(max_kept), engine_(engine) {}
   std::unique_ptr<GradientSet> Take();
   void Return(std::unique_ptr<GradientSet> set);
   // Bytes held by the sets kept for reuse (not those in use).
@@ -77,6 +85,7 @@ class GradientPool {
  private:
   const int num_tensors_;
   const int max_kept_;
+  core::Engine* const engine_;
   mutable absl::Mutex mu_;
   std::vector<std::unique_ptr<GradientSet>> free_ ABSL_GUARDED_BY(mu_);
 };
@@ -88,8 +97,11 @@ class GradientPool {
 // while waiting for mu().
 class Group {
  public:
+  // `engine` (may be null) provides the host memory of the data path's buffers; it must outlive
+  // the group.
   Group(GroupRecord record, std::unique_ptr<core::ParamGroup> params,
-        std::shared_ptr<GroupMetrics> metrics, bool weights_initialized);
+        std::shared_ptr<GroupMetrics> metrics, bool weights_initialized,
+        core::Engine* engine = nullptr);
   ~Group();
 
   const std::string& name() const { return name_; }
@@ -158,6 +170,7 @@ class Group {
   std::shared_ptr<SyncRound> round_ ABSL_GUARDED_BY(sync_mu_);
 
   const std::shared_ptr<GradientPool> gradient_pool_;
+  const std::shared_ptr<BufferPool> snapshot_pool_;
   absl::Mutex steps_mu_;
   std::map<std::pair<int, int64_t>, std::shared_ptr<PendingStep>> pending_
       ABSL_GUARDED_BY(steps_mu_);

@@ -19,7 +19,7 @@ absl::StatusOr<std::shared_ptr<Group>> OptimizerCore::MakeGroup(GroupRecord reco
   if (!params.ok()) return params.status();
   auto metrics = MetricsFor(record.name);
   auto group = std::make_shared<Group>(std::move(record), *std::move(params), std::move(metrics),
-                                       weights_initialized);
+                                       weights_initialized, engine_);
   {
     absl::MutexLock lock(&group->mu());
     group->UpdateByteMetrics(engine_->backend());

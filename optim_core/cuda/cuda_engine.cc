@@ -63,6 +63,20 @@ class CudaEngine final : public Engine {
     return s;
   }
 
+  void* AllocateHost(size_t bytes) override {
+    void* p = nullptr;
+    if (cudaSetDevice(shared_->device) != cudaSuccess ||
+        cudaHostAlloc(&p, bytes == 0 ? 1 : bytes, cudaHostAllocPortable) != cudaSuccess) {
+      cudaGetLastError();  // not sticky: the caller falls back or reports ResourceExhausted
+      return nullptr;
+    }
+    return p;
+  }
+
+  void FreeHost(void* p) override {
+    if (p != nullptr) cudaFreeHost(p);
+  }
+
  private:
   std::shared_ptr<EngineShared> shared_;
 };

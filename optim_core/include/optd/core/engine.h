@@ -127,6 +127,14 @@ class Engine {
   // spec; ResourceExhausted when memory runs out.
   virtual absl::StatusOr<std::unique_ptr<ParamGroup>> CreateGroup(const GroupSpec& spec) = 0;
   virtual EngineStats Stats() const = 0;
+
+  // Host memory for buffers that the caller copies to and from this engine's groups over and
+  // over (a server's gradient gathering and weight snapshots): page-locked on CUDA, so that those
+  // copies run at full bus speed instead of through the driver's own bounce buffers; ordinary
+  // memory on the CPU backend. Contents indeterminate. nullptr when it cannot be had. Free with
+  // FreeHost. Slow (it pins pages): allocate once and reuse.
+  virtual void* AllocateHost(size_t bytes);
+  virtual void FreeHost(void* p);
 };
 
 // True when this build contains the CUDA engine.
