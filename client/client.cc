@@ -7,6 +7,8 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "client/internal/client_impl.h"
+#include "client/internal/convert.h"
 #include "client/internal/status.h"
 #include "client/internal/wire.h"
 #include "grpcpp/create_channel.h"
@@ -24,19 +26,6 @@ constexpr char kUploadMethod[] = "/optd.v1.Optimizer/UploadWeights";
 constexpr int kStepRequestGradientField = 2;
 constexpr int kUploadGroupField = 1;
 constexpr int kUploadChunkField = 2;
-
-void FillHyperparameters(const Hyperparameters& h, v1::Hyperparameters* out) {
-  if (h.lr) out->set_lr(*h.lr);
-  if (h.beta1) out->set_beta1(*h.beta1);
-  if (h.beta2) out->set_beta2(*h.beta2);
-  if (h.eps) out->set_eps(*h.eps);
-  if (h.weight_decay) out->set_weight_decay(*h.weight_decay);
-  if (h.amsgrad) out->set_amsgrad(*h.amsgrad);
-  if (h.optim_bits) out->set_optim_bits(*h.optim_bits);
-  if (h.min_8bit_size) out->set_min_8bit_size(*h.min_8bit_size);
-  if (h.percentile_clipping) out->set_percentile_clipping(*h.percentile_clipping);
-  if (h.block_wise) out->set_block_wise(*h.block_wise);
-}
 
 absl::Status CheckBuffer(const char* what, size_t index, const std::string& tensor,
                          const void* data, int64_t numel) {
@@ -61,18 +50,19 @@ absl::Status CheckBuffers(const char* what, const Buffers& buffers) {
 
 }  // namespace
 
-Client::Client(std::string target, const ClientOptions& options,
-               std::shared_ptr<grpc::Channel> channel)
-    : target_(std::move(target)),
-      options_(options),
-      channel_(std::move(channel)),
-      stub_(v1::Optimizer::NewStub(channel_)) {}
+Client::Client(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
 
 Client::~Client() = default;
+
+const std::string& Client::target() const { return impl_->target; }
+const ClientOptions& Client::options() const { return impl_->options; }
 
 absl::StatusOr<std::unique_ptr<Client>> Client::Create(const std::string& target,
                                                        const ClientOptions& options) {
   if (target.empty()) return absl::InvalidArgumentError("target: empty server address");
+  if (options.streams < 1) {
+    return absl::InvalidArgumentError(absl::StrCat("streams: ", options.streams, " < 1"));
+  }
   if (options.chunk_bytes < 1024) {
     return absl::InvalidArgumentError(
         absl::StrCat("chunk_bytes: ", options.chunk_bytes, " is below 1024"));
@@ -84,97 +74,99 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const std::string& target
   if (channel == nullptr) {
     return absl::InvalidArgumentError(absl::StrCat("target: cannot open a channel to ", target));
   }
-  return std::unique_ptr<Client>(new Client(target, options, std::move(channel)));
+  auto impl = std::make_unique<Impl>();
+  impl->target = target;
+  impl->options = options;
+  impl->channel = std::move(channel);
+  impl->stub = v1::Optimizer::NewStub(impl->channel);
+  return std::unique_ptr<Client>(new Client(std::move(impl)));
 }
 
-void Client::PrepareContext(grpc::ClientContext* context) const {
-  if (options_.timeout_ms > 0) {
+void Client::Impl::PrepareContext(grpc::ClientContext* context) const {
+  if (options.timeout_ms > 0) {
     context->set_deadline(std::chrono::system_clock::now() +
-                          std::chrono::milliseconds(options_.timeout_ms));
+                          std::chrono::milliseconds(options.timeout_ms));
   }
 }
 
-absl::StatusOr<v1::GroupInfo> Client::CreateGroup(const std::string& group,
+absl::StatusOr<GroupInfo> Client::CreateGroup(const std::string& group,
                                                   const std::vector<TensorSpec>& tensors,
                                                   const GroupOptions& options) {
   v1::CreateGroupRequest req;
   req.set_group(group);
-  for (const TensorSpec& t : tensors) {
-    v1::TensorInfo* info = req.add_tensors();
-    info->set_name(t.name);
-    info->set_dtype(static_cast<v1::DType>(t.dtype));
-    for (int64_t d : t.shape) info->add_shape(d);
-  }
-  FillHyperparameters(options.hyperparameters, req.mutable_hyperparameters());
+  for (const TensorSpec& t : tensors) internal::ToProto(t, req.add_tensors());
+  internal::ToProto(options.hyperparameters, req.mutable_hyperparameters());
   req.set_num_workers(options.num_workers);
   req.set_mode(static_cast<v1::SyncMode>(options.mode));
   req.set_sync_timeout_ms(options.sync_timeout_ms);
   req.set_max_staleness(options.max_staleness);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::GroupInfo info;
-  absl::Status s = FromGrpc(stub_->CreateGroup(&ctx, req, &info), target_);
+  absl::Status s = FromGrpc(impl_->stub->CreateGroup(&ctx, req, &info), impl_->target);
   if (!s.ok()) return s;
-  return info;
+  return internal::FromProto(info);
 }
 
-absl::StatusOr<v1::GroupInfo> Client::GetGroup(const std::string& group) {
+absl::StatusOr<GroupInfo> Client::GetGroup(const std::string& group) {
   v1::GetGroupRequest req;
   req.set_group(group);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::GroupInfo info;
-  absl::Status s = FromGrpc(stub_->GetGroup(&ctx, req, &info), target_);
+  absl::Status s = FromGrpc(impl_->stub->GetGroup(&ctx, req, &info), impl_->target);
   if (!s.ok()) return s;
-  return info;
+  return internal::FromProto(info);
 }
 
-absl::StatusOr<std::vector<v1::GroupInfo>> Client::ListGroups() {
+absl::StatusOr<std::vector<GroupInfo>> Client::ListGroups() {
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::ListGroupsResponse resp;
-  absl::Status s = FromGrpc(stub_->ListGroups(&ctx, v1::ListGroupsRequest(), &resp), target_);
+  absl::Status s = FromGrpc(impl_->stub->ListGroups(&ctx, v1::ListGroupsRequest(), &resp), impl_->target);
   if (!s.ok()) return s;
-  return std::vector<v1::GroupInfo>(resp.groups().begin(), resp.groups().end());
+  std::vector<GroupInfo> groups;
+  for (const v1::GroupInfo& g : resp.groups()) groups.push_back(internal::FromProto(g));
+  return groups;
 }
 
 absl::Status Client::DeleteGroup(const std::string& group) {
   v1::DeleteGroupRequest req;
   req.set_group(group);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::DeleteGroupResponse resp;
-  return FromGrpc(stub_->DeleteGroup(&ctx, req, &resp), target_);
+  return FromGrpc(impl_->stub->DeleteGroup(&ctx, req, &resp), impl_->target);
 }
 
-absl::StatusOr<v1::GroupInfo> Client::UpdateHyperparameters(
+absl::StatusOr<GroupInfo> Client::UpdateHyperparameters(
     const std::string& group, const Hyperparameters& hyperparameters) {
   v1::UpdateHyperparametersRequest req;
   req.set_group(group);
-  FillHyperparameters(hyperparameters, req.mutable_hyperparameters());
+  internal::ToProto(hyperparameters, req.mutable_hyperparameters());
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::GroupInfo info;
-  absl::Status s = FromGrpc(stub_->UpdateHyperparameters(&ctx, req, &info), target_);
+  absl::Status s = FromGrpc(impl_->stub->UpdateHyperparameters(&ctx, req, &info), impl_->target);
   if (!s.ok()) return s;
-  return info;
+  return internal::FromProto(info);
 }
 
 absl::StatusOr<int64_t> Client::UploadWeights(const std::string& group,
                                               absl::Span<const ConstBuffer> weights) {
   if (absl::Status s = CheckBuffers("weights", weights); !s.ok()) return s;
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::UploadWeightsResponse resp;
   const grpc::internal::RpcMethod method(kUploadMethod,
                                          grpc::internal::RpcMethod::CLIENT_STREAMING);
   std::unique_ptr<grpc::ClientWriter<grpc::ByteBuffer>> writer(
-      grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(channel_.get(), method, &ctx,
+      grpc::internal::ClientWriterFactory<grpc::ByteBuffer>::Create(impl_->channel.get(), method, &ctx,
                                                                     &resp));
   std::string prefix = internal::StringField(kUploadGroupField, group);
   bool wrote = false;
   for (const ConstBuffer& w : weights) {
-    const int64_t per = internal::ElementsPerChunk(options_.chunk_bytes, w.dtype);
+    const int64_t per = internal::ElementsPerChunk(impl_->options.chunk_bytes, w.dtype);
     const int size = DTypeSize(w.dtype);
     for (int64_t off = 0; off < w.numel; off += per) {
       const int64_t n = std::min(per, w.numel - off);
@@ -192,7 +184,7 @@ absl::StatusOr<int64_t> Client::UploadWeights(const std::string& group,
     writer->Write(msg);
   }
   writer->WritesDone();
-  absl::Status s = FromGrpc(writer->Finish(), target_);
+  absl::Status s = FromGrpc(writer->Finish(), impl_->target);
   if (!s.ok()) return s;
   return resp.elements_written();
 }
@@ -203,14 +195,21 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
                                         const StepOptions& options) {
   if (absl::Status s = CheckBuffers("gradients", gradients); !s.ok()) return s;
   if (absl::Status s = CheckBuffers("weights_out", weights_out); !s.ok()) return s;
+  if (options.part_count < 0 ||
+      (options.part_count > 0 &&
+       (options.part_index < 0 || options.part_index >= options.part_count))) {
+    return absl::InvalidArgumentError(absl::StrCat("part_index: ", options.part_index,
+                                                   " is outside [0, part_count = ",
+                                                   options.part_count, ")"));
+  }
   const internal::BufferMap out = internal::MakeBufferMap(weights_out);
 
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   const grpc::internal::RpcMethod method(kStepMethod, grpc::internal::RpcMethod::BIDI_STREAMING);
   std::unique_ptr<grpc::ClientReaderWriter<grpc::ByteBuffer, grpc::ByteBuffer>> stream(
       grpc::internal::ClientReaderWriterFactory<grpc::ByteBuffer, grpc::ByteBuffer>::Create(
-          channel_.get(), method, &ctx));
+          impl_->channel.get(), method, &ctx));
 
   // Writer thread: begin, every gradient chunk straight from the caller's memory, commit.
   // The calling thread meanwhile receives weights, so upload and download overlap.
@@ -226,6 +225,10 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
                                      : options.weights;
     b->set_weights(static_cast<v1::WeightsReturn>(wanted));
     if (options.base_version) b->set_base_version(*options.base_version);
+    if (options.part_count > 0) {
+      b->set_streams(options.part_count);
+      b->set_stream_index(options.part_index);
+    }
     grpc::ByteBuffer msg;
     bool own = false;
     if (!grpc::SerializationTraits<v1::StepRequest>::Serialize(begin, &msg, &own).ok() ||
@@ -233,7 +236,7 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
       return;
     }
     for (const ConstBuffer& g : gradients) {
-      const int64_t per = internal::ElementsPerChunk(options_.chunk_bytes, g.dtype);
+      const int64_t per = internal::ElementsPerChunk(impl_->options.chunk_bytes, g.dtype);
       const int size = DTypeSize(g.dtype);
       for (int64_t off = 0; off < g.numel; off += per) {
         const int64_t n = std::min(per, g.numel - off);
@@ -280,7 +283,7 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
   }
   grpc::Status st = stream->Finish();
   if (!local.ok()) return local;
-  if (absl::Status s = FromGrpc(st, target_); !s.ok()) return s;
+  if (absl::Status s = FromGrpc(st, impl_->target); !s.ok()) return s;
   if (!done) {
     return absl::InternalError(
         absl::StrCat("step ", step, " of group ", group, ": stream ended without StepDone"));
@@ -296,8 +299,8 @@ absl::StatusOr<int64_t> Client::PullWeights(const std::string& group,
   for (const MutableBuffer& b : out) req.add_tensors(b.tensor);
   const internal::BufferMap map = internal::MakeBufferMap(out);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  std::unique_ptr<grpc::ClientReader<v1::WeightsMessage>> reader(stub_->PullWeights(&ctx, req));
+  impl_->PrepareContext(&ctx);
+  std::unique_ptr<grpc::ClientReader<v1::WeightsMessage>> reader(impl_->stub->PullWeights(&ctx, req));
   v1::WeightsMessage msg;
   int64_t version = -1, elements = 0;
   absl::Status local;
@@ -313,70 +316,82 @@ absl::StatusOr<int64_t> Client::PullWeights(const std::string& group,
   }
   grpc::Status st = reader->Finish();
   if (!local.ok()) return local;
-  if (absl::Status s = FromGrpc(st, target_); !s.ok()) return s;
+  if (absl::Status s = FromGrpc(st, impl_->target); !s.ok()) return s;
   return version;
 }
 
+// Thread safety: Next() from one thread; Cancel() (TryCancel) from any thread.
+struct Subscription::Impl {
+  std::string target;
+  grpc::ClientContext context;
+  std::unique_ptr<grpc::ClientReader<v1::WeightsMessage>> reader;
+};
+
 std::unique_ptr<Subscription> Client::Subscribe(const std::string& group, bool send_current) {
-  std::unique_ptr<Subscription> sub(new Subscription());
-  sub->target_ = target_;
+  auto impl = std::make_unique<Subscription::Impl>();
+  impl->target = impl_->target;
   v1::SubscribeRequest req;
   req.set_group(group);
   req.set_send_current(send_current);
-  sub->reader_ = stub_->Subscribe(&sub->context_, req);
-  return sub;
+  impl->reader = impl_->stub->Subscribe(&impl->context, req);
+  return std::unique_ptr<Subscription>(new Subscription(std::move(impl)));
 }
 
+Subscription::Subscription(std::unique_ptr<Impl> impl) : impl_(std::move(impl)) {}
+
 Subscription::~Subscription() {
-  if (reader_ != nullptr) {
-    context_.TryCancel();
-    reader_->Finish().ok();
+  if (impl_->reader != nullptr) {
+    impl_->context.TryCancel();
+    impl_->reader->Finish().ok();
   }
 }
 
-void Subscription::Cancel() { context_.TryCancel(); }
+void Subscription::Cancel() { impl_->context.TryCancel(); }
 
 absl::StatusOr<int64_t> Subscription::Next(absl::Span<const MutableBuffer> out) {
+  if (impl_->reader == nullptr) {
+    return absl::FailedPreconditionError("subscription: the stream has ended");
+  }
   const internal::BufferMap map = internal::MakeBufferMap(out);
   v1::WeightsMessage msg;
   int64_t elements = 0;
-  while (reader_->Read(&msg)) {
+  while (impl_->reader->Read(&msg)) {
     if (msg.has_chunk()) {
       absl::Status s = internal::WriteChunk(msg.chunk(), map, &elements);
       if (!s.ok()) return s;
     }
     if (msg.version_complete()) return msg.version();
   }
-  grpc::Status st = reader_->Finish();
-  reader_.reset();
+  grpc::Status st = impl_->reader->Finish();
+  impl_->reader.reset();
   if (st.ok()) return absl::OutOfRangeError("subscription: the server ended the stream");
-  return internal::FromGrpc(st, target_);
+  return internal::FromGrpc(st, impl_->target);
 }
 
-absl::StatusOr<v1::SaveCheckpointResponse> Client::SaveCheckpoint(
+absl::StatusOr<SaveCheckpointResult> Client::SaveCheckpoint(
     const std::string& name, const std::vector<std::string>& groups) {
   v1::SaveCheckpointRequest req;
   req.set_name(name);
   for (const std::string& g : groups) req.add_groups(g);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::SaveCheckpointResponse resp;
-  absl::Status s = FromGrpc(stub_->SaveCheckpoint(&ctx, req, &resp), target_);
+  absl::Status s = FromGrpc(impl_->stub->SaveCheckpoint(&ctx, req, &resp), impl_->target);
   if (!s.ok()) return s;
-  return resp;
+  return internal::FromProto(resp);
 }
 
-absl::StatusOr<v1::RestoreCheckpointResponse> Client::RestoreCheckpoint(
+absl::StatusOr<RestoreCheckpointResult> Client::RestoreCheckpoint(
     const std::string& name, const std::vector<std::string>& groups) {
   v1::RestoreCheckpointRequest req;
   req.set_name(name);
   for (const std::string& g : groups) req.add_groups(g);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::RestoreCheckpointResponse resp;
-  absl::Status s = FromGrpc(stub_->RestoreCheckpoint(&ctx, req, &resp), target_);
+  absl::Status s = FromGrpc(impl_->stub->RestoreCheckpoint(&ctx, req, &resp), impl_->target);
   if (!s.ok()) return s;
-  return resp;
+  return internal::FromProto(resp);
 }
 
 absl::StatusOr<std::vector<std::pair<std::string, TensorStateArrays>>> Client::ExportState(
@@ -385,8 +400,8 @@ absl::StatusOr<std::vector<std::pair<std::string, TensorStateArrays>>> Client::E
   req.set_group(group);
   for (const std::string& t : tensors) req.add_tensors(t);
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
-  std::unique_ptr<grpc::ClientReader<v1::StateChunk>> reader(stub_->ExportState(&ctx, req));
+  impl_->PrepareContext(&ctx);
+  std::unique_ptr<grpc::ClientReader<v1::StateChunk>> reader(impl_->stub->ExportState(&ctx, req));
   std::vector<std::pair<std::string, TensorStateArrays>> out;
   v1::StateChunk c;
   while (reader->Read(&c)) {
@@ -398,17 +413,17 @@ absl::StatusOr<std::vector<std::pair<std::string, TensorStateArrays>>> Client::E
     }
     if (t.arrays.empty() || t.arrays.back().first != c.key()) {
       StateArray a;
-      a.type = c.type();
+      a.type = static_cast<StateElementType>(c.type());
       a.shape.assign(c.shape().begin(), c.shape().end());
       t.arrays.emplace_back(c.key(), std::move(a));
     }
     StateArray& a = t.arrays.back().second;
-    const size_t elem = a.type == v1::STATE_ELEMENT_TYPE_UINT8 ? 1 : (a.type == v1::STATE_ELEMENT_TYPE_FLOAT32 ? 4 : 8);
+    const size_t elem = static_cast<size_t>(StateElementSize(a.type));
     const size_t at = static_cast<size_t>(c.offset()) * elem;
     if (a.bytes.size() < at + c.data().size()) a.bytes.resize(at + c.data().size());
     std::memcpy(a.bytes.data() + at, c.data().data(), c.data().size());
   }
-  absl::Status s = FromGrpc(reader->Finish(), target_);
+  absl::Status s = FromGrpc(reader->Finish(), impl_->target);
   if (!s.ok()) return s;
   return out;
 }
@@ -417,9 +432,9 @@ absl::Status Client::ImportState(
     const std::string& group,
     const std::vector<std::pair<std::string, TensorStateArrays>>& states) {
   grpc::ClientContext ctx;
-  PrepareContext(&ctx);
+  impl_->PrepareContext(&ctx);
   v1::ImportStateResponse resp;
-  std::unique_ptr<grpc::ClientWriter<v1::StateChunk>> writer(stub_->ImportState(&ctx, &resp));
+  std::unique_ptr<grpc::ClientWriter<v1::StateChunk>> writer(impl_->stub->ImportState(&ctx, &resp));
   bool first = true;
   auto send = [&](v1::StateChunk& c) {
     if (first) c.set_group(group);
@@ -436,8 +451,8 @@ absl::Status Client::ImportState(
     step.set_data(std::string(reinterpret_cast<const char*>(&st.step), sizeof(int64_t)));
     open = send(step);
     for (const auto& [key, a] : st.arrays) {
-      const size_t elem = a.type == v1::STATE_ELEMENT_TYPE_UINT8 ? 1 : (a.type == v1::STATE_ELEMENT_TYPE_FLOAT32 ? 4 : 8);
-      const size_t per = static_cast<size_t>(options_.chunk_bytes) / elem * elem;
+      const size_t elem = static_cast<size_t>(StateElementSize(a.type));
+      const size_t per = static_cast<size_t>(impl_->options.chunk_bytes) / elem * elem;
       for (size_t at = 0; open && (at < a.bytes.size() || at == 0); at += per) {
         v1::StateChunk c;
         c.set_tensor(tensor);
@@ -456,7 +471,7 @@ absl::Status Client::ImportState(
     send(c);
   }
   writer->WritesDone();
-  return FromGrpc(writer->Finish(), target_);
+  return FromGrpc(writer->Finish(), impl_->target);
 }
 
 }  // namespace optd::client

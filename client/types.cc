@@ -13,6 +13,15 @@ const char* DTypeName(DType dtype) {
   return "unknown";
 }
 
+int StateElementSize(StateElementType type) {
+  switch (type) {
+    case StateElementType::kUint8: return 1;
+    case StateElementType::kFloat32: return 4;
+    case StateElementType::kInt64: return 8;
+  }
+  return 1;
+}
+
 int64_t TensorSpec::numel() const {
   int64_t n = 1;
   for (int64_t d : shape) n *= d;

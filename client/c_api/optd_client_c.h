@@ -106,6 +106,50 @@ int optd_client_upload_weights(optd_client* client, const char* group,
 int optd_client_pull_weights(optd_client* client, const char* group, const optd_buffer* out,
                              int64_t n_out, int64_t* version);
 
+/* Group administration, so that a caller of this library alone can set up what it steps.
+ * (The rest of the administration -- hyperparameter updates, checkpoints, state exchange --
+ * stays with the C++ and gRPC clients.) */
+
+/* = optd.v1.SyncMode */
+#define OPTD_SYNC_MODE_SYNC 1
+#define OPTD_SYNC_MODE_ASYNC 2
+
+typedef struct {
+  const char* name;      /* NUL-terminated tensor name */
+  int32_t dtype;         /* OPTD_DTYPE_* of the weights */
+  const int64_t* shape;  /* ndim extents; may be NULL when ndim == 0 (a scalar) */
+  int32_t ndim;
+} optd_tensor_spec;
+
+/* A has_* of 0 leaves that hyperparameter at the server's default (bitsandbytes'). */
+typedef struct {
+  uint32_t struct_size;
+  int32_t has_lr;
+  float lr;
+  int32_t has_beta1;
+  float beta1;
+  int32_t has_beta2;
+  float beta2;
+  int32_t has_eps;
+  float eps;
+  int32_t has_weight_decay;
+  float weight_decay;
+  int32_t has_min_8bit_size;
+  int64_t min_8bit_size;
+  int32_t has_percentile_clipping;
+  int32_t percentile_clipping;
+  int32_t num_workers;      /* 0 = 1 */
+  int32_t mode;             /* OPTD_SYNC_MODE_*; 0 = SYNC */
+  int64_t sync_timeout_ms;  /* 0 = the server's default */
+  int64_t max_staleness;    /* 0 = unbounded */
+} optd_group_options;
+
+/* Creates `group` with n_tensors tensors. options may be NULL (defaults). */
+int optd_client_create_group(optd_client* client, const char* group,
+                             const optd_tensor_spec* tensors, int64_t n_tensors,
+                             const optd_group_options* options);
+int optd_client_delete_group(optd_client* client, const char* group);
+
 #ifdef __cplusplus
 }
 #endif

@@ -57,8 +57,8 @@ TEST_F(ClientServerTest, CreateUploadStepPull) {
   opts.hyperparameters.lr = 2e-3f;
   auto info = c->CreateGroup("g", specs, opts);
   ASSERT_TRUE(info.ok()) << info.status();
-  EXPECT_EQ(info->tensors_size(), 2);
-  EXPECT_FLOAT_EQ(info->hyperparameters().lr(), 2e-3f);
+  EXPECT_EQ(info->tensors.size(), 2u);
+  EXPECT_FLOAT_EQ(info->hyperparameters.lr, 2e-3f);
 
   std::vector<float> a = Random(5000, 1), b = Random(300, 2);
   const std::vector<float> a0 = a;
@@ -182,9 +182,9 @@ TEST_F(ClientServerTest, GroupAdminCheckpointAndStateRoundTrip) {
   h.weight_decay = 0.0f;
   auto updated = c->UpdateHyperparameters("a", h);
   ASSERT_TRUE(updated.ok()) << updated.status();
-  EXPECT_FLOAT_EQ(updated->hyperparameters().lr(), 5e-4f);
-  EXPECT_FLOAT_EQ(updated->hyperparameters().weight_decay(), 0.0f);
-  EXPECT_FLOAT_EQ(updated->hyperparameters().beta1(), 0.9f);  // unchanged
+  EXPECT_FLOAT_EQ(updated->hyperparameters.lr, 5e-4f);
+  EXPECT_FLOAT_EQ(updated->hyperparameters.weight_decay, 0.0f);
+  EXPECT_FLOAT_EQ(updated->hyperparameters.beta1, 0.9f);  // unchanged
 
   std::vector<float> w = Random(n, 3);
   ASSERT_TRUE(c->UploadWeights("a", {{"t", DType::kFloat32, w.data(), n}}).ok());
@@ -195,7 +195,7 @@ TEST_F(ClientServerTest, GroupAdminCheckpointAndStateRoundTrip) {
   }
   auto saved = c->SaveCheckpoint("ck", {"a"});
   ASSERT_TRUE(saved.ok()) << saved.status();
-  EXPECT_GT(saved->bytes(), n * 6);  // weights + 2 state bytes per element at least
+  EXPECT_GT(saved->bytes, n * 6);  // weights + 2 state bytes per element at least
 
   // State export -> import into b (same weights): the next step matches bit for bit.
   auto state = c->ExportState("a");
@@ -225,8 +225,8 @@ TEST_F(ClientServerTest, GroupAdminCheckpointAndStateRoundTrip) {
   // Restore brings group a back to version 2.
   auto restored = c->RestoreCheckpoint("ck");
   ASSERT_TRUE(restored.ok()) << restored.status();
-  ASSERT_EQ(restored->groups_size(), 1);
-  EXPECT_EQ(restored->groups(0).version(), 2);
+  ASSERT_EQ(restored->groups.size(), 1u);
+  EXPECT_EQ(restored->groups[0].version, 2);
   EXPECT_EQ(c->RestoreCheckpoint("missing").status().ok(), false);
 
   ASSERT_TRUE(c->DeleteGroup("b").ok());
@@ -288,7 +288,7 @@ TEST_F(ShardedTest, ThreeShardsEqualOneServer) {
     auto info = (*triple)->shard(i).GetGroup("model");
     if (!info.ok()) continue;
     ++used;
-    for (const auto& t : info->tensors()) EXPECT_EQ((*triple)->ShardOf("model", t.name()), i);
+    for (const auto& t : info->tensors) EXPECT_EQ((*triple)->ShardOf("model", t.name), i);
   }
   EXPECT_GE(used, 2);
 }

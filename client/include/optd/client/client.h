@@ -4,19 +4,21 @@
 // Thread safety: a Client is thread-safe; calls on different groups may run concurrently.
 // Data path: gradients and uploads are sent straight from the caller's buffers (each message is
 // a small header plus a slice over the caller's memory, no copy), and weights are written
-// straight into the caller's buffers as chunks arrive. Step() sends from a writer thread while
-// the calling thread receives, so tensor i+1 goes out while tensor i's weights come back.
+// straight into the caller's buffers as chunks arrive. A step's chunks may be spread over
+// several streams, each on its own connection (ClientOptions::streams); on each stream the
+// gradients go up from one thread while another receives, so chunk i+1 goes out while chunk
+// i's weights come back.
 #pragma once
 
 #include <memory>
 #include <string>
+#include <utility>
 #include <vector>
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
 #include "optd/client/types.h"
-#include "optd/v1/optd.grpc.pb.h"
 
 namespace optd::client {
 
@@ -31,40 +33,48 @@ class Client {
   Client(const Client&) = delete;
   Client& operator=(const Client&) = delete;
 
-  const std::string& target() const { return target_; }
-  const ClientOptions& options() const { return options_; }
+  const std::string& target() const;
+  const ClientOptions& options() const;
 
-  absl::StatusOr<v1::GroupInfo> CreateGroup(const std::string& group,
-                                            const std::vector<TensorSpec>& tensors,
-                                            const GroupOptions& options = {});
-  absl::StatusOr<v1::GroupInfo> GetGroup(const std::string& group);
-  absl::StatusOr<std::vector<v1::GroupInfo>> ListGroups();
+  absl::StatusOr<GroupInfo> CreateGroup(const std::string& group,
+                                        const std::vector<TensorSpec>& tensors,
+                                        const GroupOptions& options = {});
+  absl::StatusOr<GroupInfo> GetGroup(const std::string& group);
+  absl::StatusOr<std::vector<GroupInfo>> ListGroups();
   absl::Status DeleteGroup(const std::string& group);
-  absl::StatusOr<v1::GroupInfo> UpdateHyperparameters(const std::string& group,
-                                                      const Hyperparameters& hyperparameters);
+  // Changes the hyperparameters set in `hyperparameters`; returns the group as it is now.
+  absl::StatusOr<GroupInfo> UpdateHyperparameters(const std::string& group,
+                                                  const Hyperparameters& hyperparameters);
 
-  // Uploads whole tensors. Returns the number of elements written.
+  // Uploads whole tensors, spread over up to ClientOptions::streams concurrent calls (whole
+  // tensors per call). Returns the number of elements written.
   absl::StatusOr<int64_t> UploadWeights(const std::string& group,
                                         absl::Span<const ConstBuffer> weights);
 
   // One step: streams `gradients`, writes returned weights into the matching `weights_out`
   // buffers (by tensor name; a returned tensor without a buffer is an InvalidArgument).
   // With no `weights_out` and options.weights == kUpdated, no weights are asked for (kNone).
+  // The gradients are cut into chunks of ClientOptions::chunk_bytes and dealt over up to
+  // `streams` streams (options.streams, else the client's), balancing bytes; a step of fewer
+  // chunks uses fewer streams. If one stream fails, the others are cancelled, the server undoes
+  // the whole step, and the first real error is returned.
+  // REQUIRES: the buffers stay valid and unchanged (gradients) until the call returns.
   absl::StatusOr<StepResult> Step(const std::string& group, int64_t step,
                                   absl::Span<const ConstBuffer> gradients,
                                   absl::Span<const MutableBuffer> weights_out,
                                   const StepOptions& options = {});
 
-  // Reads the current weights into `out` (the tensors named there). Returns the version.
+  // Reads the current weights into `out` (the tensors named there), with up to
+  // ClientOptions::streams concurrent calls (whole tensors per call). Returns the version.
   absl::StatusOr<int64_t> PullWeights(const std::string& group,
                                       absl::Span<const MutableBuffer> out);
 
   // Opens a Subscribe stream; see Subscription.
   std::unique_ptr<Subscription> Subscribe(const std::string& group, bool send_current);
 
-  absl::StatusOr<v1::SaveCheckpointResponse> SaveCheckpoint(
-      const std::string& name, const std::vector<std::string>& groups = {});
-  absl::StatusOr<v1::RestoreCheckpointResponse> RestoreCheckpoint(
+  absl::StatusOr<SaveCheckpointResult> SaveCheckpoint(const std::string& name,
+                                                      const std::vector<std::string>& groups = {});
+  absl::StatusOr<RestoreCheckpointResult> RestoreCheckpoint(
       const std::string& name, const std::vector<std::string>& groups = {});
 
   // Optimizer state in the reference's state_dict layout, per tensor name.
@@ -74,17 +84,13 @@ class Client {
       const std::string& group,
       const std::vector<std::pair<std::string, TensorStateArrays>>& states);
 
+  // The connections and stubs (gRPC types stay out of this header).
+  struct Impl;
+
  private:
-  Client(std::string target, const ClientOptions& options,
-         std::shared_ptr<grpc::Channel> channel);
-  void PrepareContext(grpc::ClientContext* context) const;
+  explicit Client(std::unique_ptr<Impl> impl);
 
-  const std::string target_;
-  const ClientOptions options_;
-  std::shared_ptr<grpc::Channel> channel_;
-  std::unique_ptr<v1::Optimizer::Stub> stub_;
-
-  friend class Subscription;
+  std::unique_ptr<Impl> impl_;
 };
 
 // A Subscribe stream: each Next() fills `out` with the next complete weight version.
@@ -92,16 +98,21 @@ class Client {
 class Subscription {
  public:
   ~Subscription();
+  Subscription(const Subscription&) = delete;
+  Subscription& operator=(const Subscription&) = delete;
+
   // Blocks until a whole version arrived; returns its number. Cancelled after Cancel().
   absl::StatusOr<int64_t> Next(absl::Span<const MutableBuffer> out);
   void Cancel();
 
+  // The call (gRPC types stay out of this header).
+  struct Impl;
+
  private:
   friend class Client;
-  Subscription() = default;
-  std::string target_;
-  grpc::ClientContext context_;
-  std::unique_ptr<grpc::ClientReader<v1::WeightsMessage>> reader_;
+  explicit Subscription(std::unique_ptr<Impl> impl);
+
+  std::unique_ptr<Impl> impl_;
 };
 
 }  // namespace optd::client

@@ -1,14 +1,18 @@
-// Plain types of the optd C++ client: tensor descriptions, caller-owned buffers, options.
+// Plain types of the optd C++ client: tensor descriptions, caller-owned buffers, options, and
+// what the server reports (group info, checkpoint results, optimizer state). No proto or gRPC
+// type appears here; the enums' values equal the wire's (optd.v1) so conversion is a cast.
 #pragma once
 
 #include <cstdint>
 #include <optional>
 #include <string>
+#include <utility>
 #include <vector>
 
 namespace optd::client {
 
-enum class DType : int { kFloat32 = 1, kFloat16 = 2, kBFloat16 = 3 };  // = optd.v1.DType
+// The one element-type numbering of the client (= optd.v1.DType; the C ABI's OPTD_DTYPE_*).
+enum class DType : int { kFloat32 = 1, kFloat16 = 2, kBFloat16 = 3 };
 int DTypeSize(DType dtype);
 const char* DTypeName(DType dtype);
 
@@ -33,8 +37,22 @@ struct Hyperparameters {
   std::optional<bool> block_wise;
 };
 
-enum class SyncMode : int { kSync = 1, kAsync = 2 };
-enum class WeightsReturn : int { kUpdated = 1, kAll = 2, kNone = 3 };
+// The hyperparameters a group runs with, every one resolved (the server fills its defaults).
+struct GroupHyperparameters {
+  float lr = 0.0f;
+  float beta1 = 0.0f;
+  float beta2 = 0.0f;
+  float eps = 0.0f;
+  float weight_decay = 0.0f;
+  bool amsgrad = false;
+  int32_t optim_bits = 0;
+  int64_t min_8bit_size = 0;
+  int32_t percentile_clipping = 0;
+  bool block_wise = false;
+};
+
+enum class SyncMode : int { kSync = 1, kAsync = 2 };             // = optd.v1.SyncMode
+enum class WeightsReturn : int { kUpdated = 1, kAll = 2, kNone = 3 };  // = optd.v1.WeightsReturn
 
 struct GroupOptions {
   Hyperparameters hyperparameters;
@@ -42,6 +60,31 @@ struct GroupOptions {
   SyncMode mode = SyncMode::kSync;
   int64_t sync_timeout_ms = 0;  // 0 = the server's default
   int64_t max_staleness = 0;    // 0 = unbounded
+};
+
+// A group as the server holds it.
+struct GroupInfo {
+  std::string group;
+  std::vector<TensorSpec> tensors;
+  GroupHyperparameters hyperparameters;
+  int32_t num_workers = 0;
+  SyncMode mode = SyncMode::kSync;
+  int64_t sync_timeout_ms = 0;
+  int64_t max_staleness = 0;       // 0 = unbounded
+  int64_t version = 0;             // updates applied to the group's weights
+  int64_t weight_bytes = 0;
+  int64_t state_bytes = 0;
+  bool weights_initialized = false;  // every element of every tensor has been uploaded
+};
+
+struct SaveCheckpointResult {
+  std::string path;                 // on the server
+  int64_t bytes = 0;
+  std::vector<std::string> groups;  // the groups saved
+};
+
+struct RestoreCheckpointResult {
+  std::vector<GroupInfo> groups;  // the groups restored, as they are now
 };
 
 // A caller-owned flat tensor the client reads from. Must stay valid and unchanged until the
@@ -66,6 +109,15 @@ struct StepOptions {
   std::optional<float> lr;  // this step's lr (schedulers)
   WeightsReturn weights = WeightsReturn::kUpdated;
   std::optional<int64_t> base_version;  // async mode
+  // Concurrent streams (connections) for this step; 0 = the client's ClientOptions::streams.
+  int32_t streams = 0;
+  // A step the caller spreads over several concurrent Step() calls (e.g. one per gradient
+  // bucket, each started as soon as backward produced it): this call is part `part_index` of
+  // `part_count` that together make the step. It sends only its own gradients, on one stream,
+  // and gets back the weights of what it sent; the server applies the step when every part has
+  // committed. 0 = this call is the whole step.
+  int32_t part_count = 0;
+  int32_t part_index = 0;
 };
 
 struct StepResult {
@@ -82,11 +134,17 @@ struct ClientOptions {
   int max_message_bytes = 64 << 20;
   // Deadline of each call; 0 = none.
   int64_t timeout_ms = 0;
+  // Concurrent streams, each on its own connection, that a step's chunks are spread over.
+  int streams = 1;
 };
+
+// Element type of an optimizer-state array (= optd.v1.StateElementType).
+enum class StateElementType : int { kUint8 = 1, kFloat32 = 2, kInt64 = 3 };
+int StateElementSize(StateElementType type);
 
 // One array of a tensor's optimizer state (reference state_dict layout), raw little-endian.
 struct StateArray {
-  int type = 0;                 // optd.v1.StateElementType
+  StateElementType type = StateElementType::kUint8;
   std::vector<int64_t> shape;
   std::vector<uint8_t> bytes;
 };
