@@ -2,7 +2,9 @@
 
 ctest runs this suite twice: python_client with OPTD_NATIVE_LIB set to the built library (the
 native path must then really be in use: a library that fails to load fails here instead of
-silently testing the pure path) and python_client_pure with OPTD_PURE_PYTHON=1."""
+silently testing the pure path) and python_client_pure with OPTD_PURE_PYTHON=1.
+OPTD_EXPECT_DATA_PATH=native|pure states the expected path otherwise (e.g. for an installed
+package, OPTD_TEST_INSTALLED=1)."""
 
 import ctypes
 import os
@@ -31,13 +33,17 @@ def test_the_path_asked_for_is_the_one_in_use(server):
     path, why = data_path()
     c = optd.Client(server.target)
     assert c.data_path == path
+    expected = os.environ.get("OPTD_EXPECT_DATA_PATH")
     if _pure_forced():
         assert path == "pure" and "OPTD_PURE_PYTHON" in why
     elif os.environ.get("OPTD_NATIVE_LIB"):
         assert path == "native", why
         assert os.path.samefile(why, os.environ["OPTD_NATIVE_LIB"])
-    else:
-        pytest.skip(f"neither OPTD_NATIVE_LIB nor OPTD_PURE_PYTHON is set (in use: {path})")
+    elif not expected:
+        pytest.skip(f"none of OPTD_NATIVE_LIB, OPTD_PURE_PYTHON, OPTD_EXPECT_DATA_PATH is set "
+                    f"(in use: {path})")
+    if expected:
+        assert path == expected, why
 
 
 def _python(code, **env):
@@ -45,7 +51,8 @@ def _python(code, **env):
     full_env = {k: v for k, v in os.environ.items()
                 if k not in ("OPTD_NATIVE_LIB", "OPTD_PURE_PYTHON")}
     full_env.update(env)
-    full_env["PYTHONPATH"] = PACKAGE
+    if os.environ.get("OPTD_TEST_INSTALLED", "") in ("", "0"):
+        full_env["PYTHONPATH"] = PACKAGE
     return subprocess.run([sys.executable, "-c", textwrap.dedent(code)], env=full_env,
                           capture_output=True, text=True, timeout=120)
 
