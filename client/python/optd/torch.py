@@ -213,6 +213,7 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         self._lock = threading.RLock()  # hooks run on autograd's threads
         self._side_streams = {}  # CUDA device -> stream of the gradient/weight copies
         self._hooks = []
+        self._hooks_off = set()  # param_group indices whose hooks wait for step() (an error)
         if self.overlap and HAS_POST_ACCUMULATE_GRAD_HOOK:
             me = weakref.ref(self)
             for gi, g in enumerate(self.param_groups):
@@ -382,10 +383,18 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         if self.accumulating:
             return
         with self._lock, torch.no_grad():
+            if gi in self._hooks_off:
+                return
             plan = self._plans.get(gi)
             if plan is not None and plan.failed:
                 plan.reset()  # a new backward after a failed step: that step is dropped
-            plan = self._begin(gi)
+            try:
+                plan = self._begin(gi)
+            except OptdError:
+                # Creating the group or updating its hyperparameters failed: backward goes on
+                # untouched, and step() does this step itself and raises the error there.
+                self._hooks_off.add(gi)
+                return
             if i in plan.staged:
                 raise RuntimeError(
                     f"optd: parameter {i} of param_groups[{gi}] got a second gradient before "
@@ -438,16 +447,16 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         the weights back (REQUIRES: lock). Returns {shard: StepDone}, empty when no parameter
         had a gradient."""
         params = self.param_groups[gi]["params"]
+        if plan.failed:  # a retry: every part again, from the staged gradients
+            for b in plan.buckets:
+                b.future = None
+            plan.failed = False
         for i in reversed(range(len(params))):
             if i not in plan.staged and params[i].grad is not None:
                 self._grad_ready(gi, plan, i, params[i])
         if not plan.staged:
             plan.reset()
             return {}
-        if plan.failed:  # a retry: every part again, from the staged gradients
-            for b in plan.buckets:
-                b.future = None
-            plan.failed = False
         used = {plan.bucket_of[i].shard for i in plan.staged if i in plan.bucket_of}
         for b in plan.buckets:
             if b.future is None and b.shard in used:
@@ -516,6 +525,7 @@ class PagedAdamW8bit(torch.optim.Optimizer):
                 loss = closure()
         duplicate = False
         with self._lock:
+            self._hooks_off.clear()
             for gi in range(len(self.param_groups)):
                 plan = self._plans.get(gi)
                 if plan is None or not plan.active:
