@@ -13,7 +13,7 @@
 
 namespace optd::server {
 
-// Default payload bytes per TensorChunk / StateChunk message (shared/spec/wire.md: 1 to 4 MiB is
+// Default payload bytes per TensorChunk / StateChunk message (docs/wire.md: 1 to 4 MiB is
 // the sweet spot; 4 MiB halves the per-message overhead of 1 MiB and stays under 16 MiB limits).
 inline constexpr int64_t kDefaultChunkBytes = int64_t{4} << 20;
 

@@ -8,13 +8,53 @@
 
 namespace optd::server {
 
-void Subscriber::Push(std::shared_ptr<const WeightSnapshot> snapshot) {
+int WeightSnapshot::SlotOf(int t) const {
+  for (size_t i = 0; i < tensors.size(); ++i) {
+    if (tensors[i] == t) return static_cast<int>(i);
+  }
+  return -1;
+}
+
+bool Subscriber::Push(std::shared_ptr<const WeightSnapshot> snapshot) {
   absl::MutexLock lock(&mu_);
-  auto has_room = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
-    return closed_ || queue_.size() < kCapacity;
-  };
-  mu_.Await(absl::Condition(&has_room));
-  if (!closed_) queue_.push_back(std::move(snapshot));
+  if (closed_) return true;
+  if (queue_.size() >= kCapacity) {
+    queue_.back() = std::move(snapshot);  // Note [Subscribers never slow a step]
+    ++skipped_;
+    return false;
+  }
+  queue_.push_back(std::move(snapshot));
+  return true;
+}
+
+int64_t Subscriber::skipped() const {
+  absl::MutexLock lock(&mu_);
+  return skipped_;
+}
+
+std::unique_ptr<GradientSet> GradientPool::Take() {
+  absl::MutexLock lock(&mu_);
+  std::unique_ptr<GradientSet> set;
+  if (!free_.empty()) {
+    set = std::move(free_.back());
+    free_.pop_back();
+  } else {
+    set = std::make_unique<GradientSet>(num_tensors_);
+  }
+  return set;
+}
+
+void GradientPool::Return(std::unique_ptr<GradientSet> set) {
+  absl::MutexLock lock(&mu_);
+  set->Reset();
+  if (static_cast<int>(free_.size()) < max_kept_) free_.push_back(std::move(set));
+}
+
+int64_t GradientPool::bytes() const {
+  absl::MutexLock lock(&mu_);
+  int64_t total = 0;
+  for (const auto& s : free_) total += s->bytes();
+  return total;
 }
 
 std::shared_ptr<const WeightSnapshot> Subscriber::Pop(absl::Duration timeout) {
@@ -40,7 +80,9 @@ Group::Group(GroupRecord record, std::unique_ptr<core::ParamGroup> params,
       record_(std::move(record)),
       params_(std::move(params)),
       uploaded_(tensors_.size()),
-      metrics_(std::move(metrics)) {
+      metrics_(std::move(metrics)),
+      gradient_pool_(std::make_shared<GradientPool>(static_cast<int>(tensors_.size()),
+                                                    std::max(1, record_.num_workers))) {
   if (weights_initialized) {
     for (size_t t = 0; t < tensors_.size(); ++t) uploaded_[t].InsertMerge(0, tensors_[t].numel());
   }
@@ -104,6 +146,9 @@ absl::StatusOr<std::shared_ptr<const WeightSnapshot>> Group::Snapshot(
     for (int t = 0; t < num_tensors(); ++t) snap->tensors.push_back(t);
   } else {
     snap->tensors = tensors;
+    std::sort(snap->tensors.begin(), snap->tensors.end());
+    snap->tensors.erase(std::unique(snap->tensors.begin(), snap->tensors.end()),
+                        snap->tensors.end());
   }
   for (int t : snap->tensors) {
     const core::TensorSpec& spec = tensor(t);
@@ -126,7 +171,11 @@ void Group::Publish() {
     subscribers_.clear();
     return;
   }
-  for (auto& s : subscribers_) s->Push(*snap);
+  Publish(*std::move(snap));
+}
+
+void Group::Publish(std::shared_ptr<const WeightSnapshot> snapshot) {
+  for (auto& s : subscribers_) s->Push(snapshot);
 }
 
 void Group::UpdateByteMetrics(core::Backend backend) {

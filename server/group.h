@@ -1,9 +1,12 @@
 // A parameter group as the service holds it: the engine's ParamGroup, the service metadata,
-// upload progress, the pending sync round and the subscribers to its weight versions.
+// upload progress, the steps being gathered, the pending sync round and the subscribers to its
+// weight versions.
 #pragma once
 
 #include <cstdint>
 #include <deque>
+#include <map>
+#include <utility>
 #include <memory>
 #include <string>
 #include <string_view>
@@ -15,6 +18,7 @@
 #include "optd/core/engine.h"
 #include "optd/v1/optd.pb.h"
 #include "server/checkpoint_file.h"
+#include "server/gradient_set.h"
 #include "server/interval_set.h"
 #include "server/metrics.h"
 #include "server/sync_round.h"
@@ -22,35 +26,66 @@
 
 namespace optd::server {
 
-// A host copy of some tensors' weights at one version (what Subscribe and PullWeights send).
+class PendingStep;
+
+// A host copy of some tensors' weights at one version (what steps return, Subscribe and
+// PullWeights send). Sends point into `data` (slices with a reference to the snapshot), so a
+// snapshot is immutable once made.
 struct WeightSnapshot {
   int64_t version = 0;
   std::vector<int> tensors;                 // indices into the group's spec
   std::vector<WireBuffer> data;             // raw weights of each, in the tensor's dtype
+  // Index of tensor t in `tensors`, or -1.
+  int SlotOf(int t) const;
 };
 
 // One Subscribe stream's queue of versions.
+//
+// Note [Subscribers never slow a step]
+// A step publishes its new version to every subscriber while it holds its group's mutex, so
+// Push never waits: the queue holds at most kCapacity versions, and when it is full the newest
+// queued version is replaced (a slow subscriber skips intermediate versions; it always gets the
+// latest). The subscriber's own thread sends, outside every group lock.
 // Thread safety: thread-safe.
 class Subscriber {
  public:
-  // Blocks while the queue holds kCapacity versions (backpressure on the publishing step), until
-  // the subscriber closes.
-  void Push(std::shared_ptr<const WeightSnapshot> snapshot);
+  // Never blocks. Returns false when a queued version was dropped to make room.
+  bool Push(std::shared_ptr<const WeightSnapshot> snapshot);
   // Next version, or nullptr after `timeout` or once closed.
   std::shared_ptr<const WeightSnapshot> Pop(absl::Duration timeout);
   void Close();
+  int64_t skipped() const;
 
  private:
   static constexpr size_t kCapacity = 2;
-  absl::Mutex mu_;
+  mutable absl::Mutex mu_;
   std::deque<std::shared_ptr<const WeightSnapshot>> queue_ ABSL_GUARDED_BY(mu_);
   bool closed_ ABSL_GUARDED_BY(mu_) = false;
+  int64_t skipped_ ABSL_GUARDED_BY(mu_) = 0;
+};
+
+// Gradient buffers of a group, kept between steps so that a step does not page-fault a few
+// fresh GB. Thread safety: thread-safe.
+class GradientPool {
+ public:
+  GradientPool(int num_tensors, int max_kept) : num_tensors_(num_tensors), max_kept_(max_kept) {}
+  std::unique_ptr<GradientSet> Take();
+  void Return(std::unique_ptr<GradientSet> set);
+  // Bytes held by the sets kept for reuse (not those in use).
+  int64_t bytes() const;
+
+ private:
+  const int num_tensors_;
+  const int max_kept_;
+  mutable absl::Mutex mu_;
+  std::vector<std::unique_ptr<GradientSet>> free_ ABSL_GUARDED_BY(mu_);
 };
 
 // Thread safety: thread-safe through its mutexes. mu() serializes everything that touches the
-// weights, states, record and upload progress (the ParamGroup is not thread-safe): one group's
-// steps run one at a time, in the order they take mu(); different groups run in parallel.
-// sync_mu() guards the pending sync round and is never held while waiting for mu().
+// weights, states, record and upload progress (the ParamGroup is not thread-safe). It is held
+// only for engine work and copies, never across network reads or writes (Note [No I/O under a
+// group's mutex] in step_runner.cc). sync_mu() guards the pending sync round and is never held
+// while waiting for mu().
 class Group {
  public:
   Group(GroupRecord record, std::unique_ptr<core::ParamGroup> params,
@@ -78,11 +113,15 @@ class Group {
   }
   bool weights_initialized() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   void FillInfo(v1::GroupInfo* info) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
-  // Copies the weights of `tensors` (all when empty).
+  // Copies the weights of `tensors` (all when empty; duplicates are copied once).
   absl::StatusOr<std::shared_ptr<const WeightSnapshot>> Snapshot(const std::vector<int>& tensors)
       const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After a new version: hands a snapshot to every subscriber (none is made when there are none).
+  // Never blocks (Note [Subscribers never slow a step]).
   void Publish() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The same with a snapshot of every tensor already made.
+  void Publish(std::shared_ptr<const WeightSnapshot> snapshot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  bool has_subscribers() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !subscribers_.empty(); }
   // Refreshes the per-group byte gauges.
   void UpdateByteMetrics(core::Backend backend) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
@@ -95,6 +134,14 @@ class Group {
 
   absl::Mutex& sync_mu() ABSL_LOCK_RETURNED(sync_mu_) { return sync_mu_; }
   std::shared_ptr<SyncRound>& round() ABSL_EXCLUSIVE_LOCKS_REQUIRED(sync_mu_) { return round_; }
+
+  const std::shared_ptr<GradientPool>& gradient_pool() const { return gradient_pool_; }
+  // The steps being gathered, by (worker, step) (pending_step.h).
+  absl::Mutex& steps_mu() ABSL_LOCK_RETURNED(steps_mu_) { return steps_mu_; }
+  std::map<std::pair<int, int64_t>, std::shared_ptr<PendingStep>>& pending()
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(steps_mu_) {
+    return pending_;
+  }
 
  private:
   const std::string name_;
@@ -109,6 +156,11 @@ class Group {
 
   absl::Mutex sync_mu_;
   std::shared_ptr<SyncRound> round_ ABSL_GUARDED_BY(sync_mu_);
+
+  const std::shared_ptr<GradientPool> gradient_pool_;
+  absl::Mutex steps_mu_;
+  std::map<std::pair<int, int64_t>, std::shared_ptr<PendingStep>> pending_
+      ABSL_GUARDED_BY(steps_mu_);
 };
 
 }  // namespace optd::server

@@ -5,6 +5,7 @@
 #include <utility>
 
 #include "absl/strings/str_cat.h"
+#include "server/chunk_checks.h"
 #include "server/convert.h"
 
 namespace optd::server {
@@ -64,56 +65,43 @@ absl::Status OptimizerCore::CreateGroup(const v1::CreateGroupRequest& request,
   return absl::OkStatus();
 }
 
-absl::Status OptimizerCore::UploadWeights(
-    grpc::ServerReaderInterface<v1::UploadWeightsRequest>* reader,
-    v1::UploadWeightsResponse* response) {
-  v1::UploadWeightsRequest request;
+absl::Status OptimizerCore::UploadWeights(UploadStream* stream,
+                                          v1::UploadWeightsResponse* response) {
+  std::string group_name;
+  ChunkRef chunk;
   std::shared_ptr<Group> group;
   int64_t written = 0;
-  while (reader->Read(&request)) {
+  WireBuffer staging;  // for a payload spread over several receive slices
+  while (true) {
+    auto more = stream->Read(&group_name, &chunk);
+    if (!more.ok()) return more.status();
+    if (!*more) break;
     if (group == nullptr) {
-      if (request.group().empty()) {
+      if (group_name.empty()) {
         return absl::InvalidArgumentError("group must be set on the first UploadWeights message");
       }
-      auto found = registry_.Find(request.group());
+      auto found = registry_.Find(group_name);
       if (!found.ok()) return found.status();
       group = *std::move(found);
-    } else if (!request.group().empty() && request.group() != group->name()) {
-      return absl::InvalidArgumentError(absl::StrCat("group '", request.group(),
+    } else if (!group_name.empty() && group_name != group->name()) {
+      return absl::InvalidArgumentError(absl::StrCat("group '", group_name,
                                                      "' differs from this stream's group '",
                                                      group->name(), "'"));
     }
-    const v1::TensorChunk& chunk = request.chunk();
-    const int t = group->FindTensor(chunk.tensor());
-    if (t < 0) {
-      return absl::NotFoundError(absl::StrCat("chunk.tensor '", chunk.tensor(),
-                                              "' is not in group '", group->name(), "'"));
-    }
-    const core::TensorSpec& spec = group->tensor(t);
-    auto dtype = FromProtoDType(chunk.dtype(), "chunk.dtype");
-    if (!dtype.ok()) return dtype.status();
-    if (*dtype != spec.dtype) {
-      return absl::InvalidArgumentError(
-          absl::StrCat("chunk.dtype ", DTypeStr(*dtype), " does not match tensor '",
-                       spec.name, "' (", DTypeStr(spec.dtype), ")"));
-    }
-    const int64_t esize = static_cast<int64_t>(core::DTypeSize(spec.dtype));
-    const int64_t nbytes = static_cast<int64_t>(chunk.data().size());
-    if (nbytes % esize != 0) {
-      return absl::InvalidArgumentError(absl::StrCat("chunk.data of tensor '", spec.name, "' has ",
-                                                     nbytes, " bytes, not a multiple of ", esize));
-    }
-    const int64_t n = nbytes / esize;
-    if (chunk.offset() < 0 || chunk.offset() > spec.numel() - n) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "chunk.offset ", chunk.offset(), " + ", n, " elements is outside tensor '", spec.name,
-          "' of ", spec.numel(), " elements"));
+    auto c = CheckUploadChunk(*group, chunk);
+    if (!c.ok()) return c.status();
+    const void* src = chunk.data.contiguous();
+    if (src == nullptr && chunk.data.size() > 0) {
+      // Joined outside the group's mutex; WriteParam then copies once more into the engine.
+      if (staging.size() < chunk.data.size()) staging = WireBuffer(chunk.data.size());
+      chunk.data.CopyTo(staging.data());
+      src = staging.data();
     }
     absl::MutexLock lock(&group->mu());
-    core::ConstTensorView src{chunk.data().data(), spec.dtype, n, core::MemoryKind::kHost};
-    if (absl::Status s = group->params().WriteParam(t, chunk.offset(), src); !s.ok()) return s;
-    group->uploaded(t).InsertMerge(chunk.offset(), chunk.offset() + n);
-    written += n;
+    core::ConstTensorView view{src, c->dtype, c->n, core::MemoryKind::kHost};
+    if (absl::Status s = group->params().WriteParam(c->tensor, c->offset, view); !s.ok()) return s;
+    group->uploaded(c->tensor).InsertMerge(c->offset, c->offset + c->n);
+    written += c->n;
   }
   if (group == nullptr) return absl::InvalidArgumentError("UploadWeights received no message");
   response->set_elements_written(written);

@@ -1,5 +1,6 @@
 // What the optd.v1.Optimizer service does, independent of how gRPC delivers the calls: every
-// operation returns absl::Status and the service adapters convert it once (service.cc).
+// operation returns absl::Status and the service adapters convert it once (service.cc). The
+// data-path operations read and write through the transport-neutral streams of data_streams.h.
 #pragma once
 
 #include <atomic>
@@ -11,10 +12,9 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
-#include "grpcpp/server_context.h"
-#include "grpcpp/support/sync_stream.h"
 #include "optd/core/engine.h"
 #include "optd/v1/optd.pb.h"
+#include "server/data_streams.h"
 #include "server/group_registry.h"
 #include "server/metrics.h"
 
@@ -34,8 +34,7 @@ class OptimizerCore {
   OptimizerCore(core::Engine* engine, Metrics* metrics, CoreOptions options);
 
   absl::Status CreateGroup(const v1::CreateGroupRequest& request, v1::GroupInfo* info);
-  absl::Status UploadWeights(grpc::ServerReaderInterface<v1::UploadWeightsRequest>* reader,
-                             v1::UploadWeightsResponse* response);
+  absl::Status UploadWeights(UploadStream* stream, v1::UploadWeightsResponse* response);
   absl::Status GetGroup(const v1::GetGroupRequest& request, v1::GroupInfo* info);
   absl::Status ListGroups(v1::ListGroupsResponse* response);
   absl::Status DeleteGroup(const v1::DeleteGroupRequest& request);
@@ -43,22 +42,17 @@ class OptimizerCore {
                                      v1::GroupInfo* info);
 
   // See step_runner.cc.
-  absl::Status Step(grpc::ServerContext* context,
-                    grpc::ServerReaderWriterInterface<v1::StepResponse, v1::StepRequest>* stream);
+  absl::Status Step(StepStream* stream);
 
-  absl::Status Subscribe(grpc::ServerContext* context, const v1::SubscribeRequest& request,
-                         grpc::ServerWriterInterface<v1::WeightsMessage>* writer);
-  absl::Status PullWeights(const v1::PullWeightsRequest& request,
-                           grpc::ServerWriterInterface<v1::WeightsMessage>* writer);
+  absl::Status Subscribe(const v1::SubscribeRequest& request, WeightsSink* sink);
+  absl::Status PullWeights(const v1::PullWeightsRequest& request, WeightsSink* sink);
 
   absl::Status SaveCheckpoint(const v1::SaveCheckpointRequest& request,
                               v1::SaveCheckpointResponse* response);
   absl::Status RestoreCheckpoint(const v1::RestoreCheckpointRequest& request,
                                  v1::RestoreCheckpointResponse* response);
-  absl::Status ExportState(const v1::ExportStateRequest& request,
-                           grpc::ServerWriterInterface<v1::StateChunk>* writer);
-  absl::Status ImportState(grpc::ServerReaderInterface<v1::StateChunk>* reader,
-                           v1::ImportStateResponse* response);
+  absl::Status ExportState(const v1::ExportStateRequest& request, StateSink* sink);
+  absl::Status ImportState(StateSource* source, v1::ImportStateResponse* response);
 
   // Ends Subscribe streams so that a graceful server shutdown does not wait on them forever.
   void BeginShutdown();

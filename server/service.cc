@@ -3,6 +3,9 @@
 #include <cstdio>
 #include <string>
 
+#include "server/chunk_codec.h"
+#include "server/grpc_data_streams.h"
+#include "server/message_stream.h"
 #include "server/status_conversion.h"
 
 namespace optd::server {
@@ -23,10 +26,15 @@ grpc::Status OptimizerService::CreateGroup(grpc::ServerContext*,
   return Finish("CreateGroup", core_->CreateGroup(*request, response));
 }
 
-grpc::Status OptimizerService::UploadWeights(grpc::ServerContext*,
-                                             grpc::ServerReader<v1::UploadWeightsRequest>* reader,
-                                             v1::UploadWeightsResponse* response) {
-  return Finish("UploadWeights", core_->UploadWeights(reader, response));
+grpc::ServerReadReactor<grpc::ByteBuffer>* OptimizerService::UploadWeights(
+    grpc::CallbackServerContext*, grpc::ByteBuffer* response) {
+  return new ReadStreamCall([this, response](MessageStream* stream) {
+    GrpcUploadStream upload(stream);
+    v1::UploadWeightsResponse out;
+    absl::Status s = core_->UploadWeights(&upload, &out);
+    if (s.ok()) *response = EncodeMessage(out);
+    return Finish("UploadWeights", s);
+  });
 }
 
 grpc::Status OptimizerService::GetGroup(grpc::ServerContext*, const v1::GetGroupRequest* request,
@@ -51,22 +59,34 @@ grpc::Status OptimizerService::UpdateHyperparameters(
   return Finish("UpdateHyperparameters", core_->UpdateHyperparameters(*request, response));
 }
 
-grpc::Status OptimizerService::Step(
-    grpc::ServerContext* context,
-    grpc::ServerReaderWriter<v1::StepResponse, v1::StepRequest>* stream) {
-  return Finish("Step", core_->Step(context, stream));
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OptimizerService::Step(
+    grpc::CallbackServerContext*) {
+  return new BidiStreamCall([this](MessageStream* stream) {
+    GrpcStepStream step(stream);
+    return Finish("Step", core_->Step(&step));
+  });
 }
 
-grpc::Status OptimizerService::Subscribe(grpc::ServerContext* context,
-                                         const v1::SubscribeRequest* request,
-                                         grpc::ServerWriter<v1::WeightsMessage>* writer) {
-  return Finish("Subscribe", core_->Subscribe(context, *request, writer));
+grpc::ServerWriteReactor<grpc::ByteBuffer>* OptimizerService::Subscribe(
+    grpc::CallbackServerContext*, const grpc::ByteBuffer* request) {
+  return new WriteStreamCall([this, request = *request](MessageStream* stream) {
+    v1::SubscribeRequest parsed;
+    absl::Status s = DecodeMessage(request, &parsed);
+    GrpcWeightsSink sink(stream);
+    if (s.ok()) s = core_->Subscribe(parsed, &sink);
+    return Finish("Subscribe", s);
+  });
 }
 
-grpc::Status OptimizerService::PullWeights(grpc::ServerContext*,
-                                           const v1::PullWeightsRequest* request,
-                                           grpc::ServerWriter<v1::WeightsMessage>* writer) {
-  return Finish("PullWeights", core_->PullWeights(*request, writer));
+grpc::ServerWriteReactor<grpc::ByteBuffer>* OptimizerService::PullWeights(
+    grpc::CallbackServerContext*, const grpc::ByteBuffer* request) {
+  return new WriteStreamCall([this, request = *request](MessageStream* stream) {
+    v1::PullWeightsRequest parsed;
+    absl::Status s = DecodeMessage(request, &parsed);
+    GrpcWeightsSink sink(stream);
+    if (s.ok()) s = core_->PullWeights(parsed, &sink);
+    return Finish("PullWeights", s);
+  });
 }
 
 grpc::Status OptimizerService::SaveCheckpoint(grpc::ServerContext*,
@@ -81,16 +101,26 @@ grpc::Status OptimizerService::RestoreCheckpoint(grpc::ServerContext*,
   return Finish("RestoreCheckpoint", core_->RestoreCheckpoint(*request, response));
 }
 
-grpc::Status OptimizerService::ExportState(grpc::ServerContext*,
-                                           const v1::ExportStateRequest* request,
-                                           grpc::ServerWriter<v1::StateChunk>* writer) {
-  return Finish("ExportState", core_->ExportState(*request, writer));
+grpc::ServerWriteReactor<grpc::ByteBuffer>* OptimizerService::ExportState(
+    grpc::CallbackServerContext*, const grpc::ByteBuffer* request) {
+  return new WriteStreamCall([this, request = *request](MessageStream* stream) {
+    v1::ExportStateRequest parsed;
+    absl::Status s = DecodeMessage(request, &parsed);
+    GrpcStateSink sink(stream);
+    if (s.ok()) s = core_->ExportState(parsed, &sink);
+    return Finish("ExportState", s);
+  });
 }
 
-grpc::Status OptimizerService::ImportState(grpc::ServerContext*,
-                                           grpc::ServerReader<v1::StateChunk>* reader,
-                                           v1::ImportStateResponse* response) {
-  return Finish("ImportState", core_->ImportState(reader, response));
+grpc::ServerReadReactor<grpc::ByteBuffer>* OptimizerService::ImportState(
+    grpc::CallbackServerContext*, grpc::ByteBuffer* response) {
+  return new ReadStreamCall([this, response](MessageStream* stream) {
+    GrpcStateSource source(stream);
+    v1::ImportStateResponse out;
+    absl::Status s = core_->ImportState(&source, &out);
+    if (s.ok()) *response = EncodeMessage(out);
+    return Finish("ImportState", s);
+  });
 }
 
 }  // namespace optd::server

@@ -1,11 +1,13 @@
 // The optd.v1.Optimizer gRPC service: thin adapters from gRPC calls to OptimizerCore.
 //
 // Note [Sync API]
-// The service uses gRPC's synchronous API on purpose: a step blocks on the engine (an update of
-// a whole tensor), a sync-mode worker waits for the others, and checkpoints do file IO. With
-// callback reactors all of that would have to move to a separate executor, because reactions must
-// not block; the synchronous API gives each RPC its own thread from gRPC's pool, which is exactly
-// that executor, with far less code to get wrong.
+// The control methods use gRPC's synchronous API on purpose: checkpoints do file IO and a create
+// allocates engine memory; the synchronous API gives each RPC its own thread from gRPC's pool,
+// which is exactly the executor that blocking work needs, with far less code to get wrong. The
+// data-path methods (Step, UploadWeights, PullWeights, Subscribe, ExportState, ImportState) are
+// raw callback methods instead, so that their bytes stay in gRPC's slices (Note [Chunk messages
+// without protobuf copies]); each call still runs on a thread of its own (Note [Blocking streams
+// over callback reactors]).
 #pragma once
 
 #include <functional>
@@ -13,14 +15,24 @@
 #include <utility>
 
 #include "absl/status/status.h"
+#include "grpcpp/support/byte_buffer.h"
 #include "optd/v1/optd.grpc.pb.h"
 #include "server/metrics.h"
 #include "server/optimizer_core.h"
 
 namespace optd::server {
 
+// The generated service with the data-path methods in their raw callback form.
+using OptimizerServiceBase = v1::Optimizer::WithRawCallbackMethod_Step<
+    v1::Optimizer::WithRawCallbackMethod_UploadWeights<
+        v1::Optimizer::WithRawCallbackMethod_PullWeights<
+            v1::Optimizer::WithRawCallbackMethod_Subscribe<
+                v1::Optimizer::WithRawCallbackMethod_ExportState<
+                    v1::Optimizer::WithRawCallbackMethod_ImportState<
+                        v1::Optimizer::Service>>>>>>;
+
 // Thread safety: thread-safe (gRPC calls it from many threads).
-class OptimizerService final : public v1::Optimizer::Service {
+class OptimizerService final : public OptimizerServiceBase {
  public:
   // `core` and `metrics` must outlive the service.
   // Called with every INTERNAL status a handler returns (device errors); may be empty.
@@ -30,9 +42,8 @@ class OptimizerService final : public v1::Optimizer::Service {
 
   grpc::Status CreateGroup(grpc::ServerContext* context, const v1::CreateGroupRequest* request,
                            v1::GroupInfo* response) override;
-  grpc::Status UploadWeights(grpc::ServerContext* context,
-                             grpc::ServerReader<v1::UploadWeightsRequest>* reader,
-                             v1::UploadWeightsResponse* response) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* UploadWeights(grpc::CallbackServerContext* context,
+                                                           grpc::ByteBuffer* response) override;
   grpc::Status GetGroup(grpc::ServerContext* context, const v1::GetGroupRequest* request,
                         v1::GroupInfo* response) override;
   grpc::Status ListGroups(grpc::ServerContext* context, const v1::ListGroupsRequest* request,
@@ -42,22 +53,22 @@ class OptimizerService final : public v1::Optimizer::Service {
   grpc::Status UpdateHyperparameters(grpc::ServerContext* context,
                                      const v1::UpdateHyperparametersRequest* request,
                                      v1::GroupInfo* response) override;
-  grpc::Status Step(grpc::ServerContext* context,
-                    grpc::ServerReaderWriter<v1::StepResponse, v1::StepRequest>* stream) override;
-  grpc::Status Subscribe(grpc::ServerContext* context, const v1::SubscribeRequest* request,
-                         grpc::ServerWriter<v1::WeightsMessage>* writer) override;
-  grpc::Status PullWeights(grpc::ServerContext* context, const v1::PullWeightsRequest* request,
-                           grpc::ServerWriter<v1::WeightsMessage>* writer) override;
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Step(
+      grpc::CallbackServerContext* context) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* Subscribe(grpc::CallbackServerContext* context,
+                                                       const grpc::ByteBuffer* request) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* PullWeights(grpc::CallbackServerContext* context,
+                                                         const grpc::ByteBuffer* request) override;
   grpc::Status SaveCheckpoint(grpc::ServerContext* context,
                               const v1::SaveCheckpointRequest* request,
                               v1::SaveCheckpointResponse* response) override;
   grpc::Status RestoreCheckpoint(grpc::ServerContext* context,
                                  const v1::RestoreCheckpointRequest* request,
                                  v1::RestoreCheckpointResponse* response) override;
-  grpc::Status ExportState(grpc::ServerContext* context, const v1::ExportStateRequest* request,
-                           grpc::ServerWriter<v1::StateChunk>* writer) override;
-  grpc::Status ImportState(grpc::ServerContext* context, grpc::ServerReader<v1::StateChunk>* reader,
-                           v1::ImportStateResponse* response) override;
+  grpc::ServerWriteReactor<grpc::ByteBuffer>* ExportState(grpc::CallbackServerContext* context,
+                                                         const grpc::ByteBuffer* request) override;
+  grpc::ServerReadReactor<grpc::ByteBuffer>* ImportState(grpc::CallbackServerContext* context,
+                                                         grpc::ByteBuffer* response) override;
 
  private:
   // Records the RPC's outcome, logs a failure with its reason, converts the status.

@@ -12,6 +12,7 @@
 #include "optd/core/quant_maps.h"
 #include "server/checkpoint_file.h"
 #include "server/convert.h"
+#include "server/group_snapshot.h"
 #include "server/optimizer_core.h"
 
 namespace optd::server {
@@ -186,7 +187,7 @@ absl::StatusOr<core::TensorState> BuildState(const std::string& tensor,
 }  // namespace
 
 absl::Status OptimizerCore::ExportState(const v1::ExportStateRequest& request,
-                                        grpc::ServerWriterInterface<v1::StateChunk>* writer) {
+                                        StateSink* sink) {
   auto found = registry_.Find(request.group());
   if (!found.ok()) return found.status();
   Group& group = **found;
@@ -196,34 +197,38 @@ absl::Status OptimizerCore::ExportState(const v1::ExportStateRequest& request,
   if (tensors.empty()) {
     for (int t = 0; t < group.num_tensors(); ++t) tensors.push_back(t);
   }
-  std::vector<core::TensorState> states;
+  // A tensor named twice is exported once.
+  std::sort(tensors.begin(), tensors.end());
+  tensors.erase(std::unique(tensors.begin(), tensors.end()), tensors.end());
+  // Sent as slices over this copy; it lives until gRPC has written the last of them.
+  auto states = std::make_shared<std::vector<core::TensorState>>();
   {
     // One consistent version of every tensor's state.
     absl::MutexLock lock(&group.mu());
     for (int t : tensors) {
       auto s = group.params().ExportState(t);
       if (!s.ok()) return s.status();
-      states.push_back(*std::move(s));
+      states->push_back(*std::move(s));
     }
   }
-  v1::StateChunk chunk;
+  v1::StateChunk header;
   for (size_t i = 0; i < tensors.size(); ++i) {
     const core::TensorSpec& spec = group.tensor(tensors[i]);
-    for (const Array& a : ArraysOf(spec, states[i], &states[i].step)) {
+    core::TensorState& state = (*states)[i];
+    for (const Array& a : ArraysOf(spec, state, &state.step)) {
       const int64_t esize = ElementSize(a.type);
       const int64_t piece = std::max<int64_t>(1, options_.chunk_bytes / esize);
       for (int64_t off = 0; off < a.count || off == 0; off += piece) {
         const int64_t m = std::min(piece, a.count - off);
-        chunk.Clear();
-        chunk.set_group(group.name());
-        chunk.set_tensor(spec.name);
-        chunk.set_key(a.key);
-        chunk.set_type(a.type);
-        for (int64_t d : a.shape) chunk.add_shape(d);
-        chunk.set_offset(off);
-        chunk.set_data(static_cast<const char*>(a.data) + off * esize,
-                       static_cast<size_t>(std::max<int64_t>(m, 0) * esize));
-        if (!writer->Write(chunk)) {
+        header.Clear();
+        header.set_group(group.name());
+        header.set_tensor(spec.name);
+        header.set_key(a.key);
+        header.set_type(a.type);
+        for (int64_t d : a.shape) header.add_shape(d);
+        header.set_offset(off);
+        if (!sink->Send(header, static_cast<const char*>(a.data) + off * esize,
+                        static_cast<size_t>(std::max<int64_t>(m, 0) * esize), states)) {
           return absl::CancelledError("the client went away during ExportState");
         }
         if (a.count == 0) break;
@@ -233,12 +238,16 @@ absl::Status OptimizerCore::ExportState(const v1::ExportStateRequest& request,
   return absl::OkStatus();
 }
 
-absl::Status OptimizerCore::ImportState(grpc::ServerReaderInterface<v1::StateChunk>* reader,
+absl::Status OptimizerCore::ImportState(StateSource* source,
                                         v1::ImportStateResponse* response) {
   v1::StateChunk c;
+  Payload data;
   std::shared_ptr<Group> group;
   std::map<int, std::map<std::string, Incoming>> incoming;  // tensor -> key -> array
-  while (reader->Read(&c)) {
+  while (true) {
+    auto more = source->Read(&c, &data);
+    if (!more.ok()) return more.status();
+    if (!*more) break;
     if (group == nullptr) {
       if (c.group().empty()) {
         return absl::InvalidArgumentError("group must be set on the first ImportState message");
@@ -268,7 +277,7 @@ absl::Status OptimizerCore::ImportState(grpc::ServerReaderInterface<v1::StateChu
                                                      c.key(), "' changed between chunks"));
     }
     const int64_t esize = ElementSize(in.type);
-    const int64_t nbytes = static_cast<int64_t>(c.data().size());
+    const int64_t nbytes = static_cast<int64_t>(data.size());
     if (nbytes % esize != 0 || c.offset() < 0 || c.offset() > in.count - nbytes / esize) {
       return absl::InvalidArgumentError(absl::StrCat(
           "offset ", c.offset(), " + ", nbytes, " bytes is outside tensor '", c.tensor(),
@@ -279,7 +288,7 @@ absl::Status OptimizerCore::ImportState(grpc::ServerReaderInterface<v1::StateChu
                                                      c.tensor(), "' key '", c.key(),
                                                      "' overlaps an earlier chunk"));
     }
-    std::memcpy(in.bytes.data() + c.offset() * esize, c.data().data(), static_cast<size_t>(nbytes));
+    data.CopyTo(in.bytes.data() + c.offset() * esize);
   }
   if (group == nullptr) return absl::InvalidArgumentError("ImportState received no message");
 
@@ -356,8 +365,16 @@ absl::Status OptimizerCore::SaveCheckpoint(const v1::SaveCheckpointRequest& requ
   auto writer = CheckpointWriter::Create(*path);
   if (!writer.ok()) return writer.status();
   for (const auto& g : groups) {
-    absl::MutexLock lock(&g->mu());
-    if (absl::Status s = (*writer)->AddGroup(g->record(), g->params()); !s.ok()) return s;
+    // Copied under the group's mutex, written without it (Note [No I/O under a group's mutex]).
+    GroupRecord record;
+    absl::StatusOr<std::unique_ptr<GroupSnapshot>> snap;
+    {
+      absl::MutexLock lock(&g->mu());
+      record = g->record();
+      snap = GroupSnapshot::Copy(g->params());
+    }
+    if (!snap.ok()) return snap.status();
+    if (absl::Status s = (*writer)->AddGroup(record, **snap); !s.ok()) return s;
     response->add_groups(g->name());
   }
   auto bytes = (*writer)->Commit();

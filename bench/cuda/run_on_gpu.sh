@@ -1,7 +1,13 @@
 #!/usr/bin/env bash
 # Everything the CUDA engine needs checked and timed on the GPU machine, in one command:
 # GPU tests, conformance (tight, both modes), the engine benchmark and torch's fused AdamW.
-# Binaries come bundled in .gpu/ (see ../shared/device/README.md); logs go to $OUT (or /tmp).
+# Binaries come bundled in .gpu/ by bench/cuda/bundle.sh (docs/gpu.md says how to build, carry
+# and record a run); logs go to $OUT (or /tmp). On the development machine, once per commit:
+#   cmake -S . -B build-cuda -DOPTD_CUDA=ON && cmake --build build-cuda -j2 \
+#     --target optim_core_gpu_tests cuda_adamw_bench optd-conformance
+#   bench/cuda/bundle.sh .gpu build-cuda/optim_core/cuda/optim_core_gpu_tests \
+#     build-cuda/bench/cuda/cuda_adamw_bench build-cuda/optim_core/tools/optd-conformance
+# then on the GPU host, in the checkout with .gpu beside it:
 #   bench/cuda/run_on_gpu.sh [tests|conformance|bench|torch]...   (default: all four)
 set -uo pipefail
 out=${OUT:-/tmp/optd-gpu-run}
@@ -10,8 +16,11 @@ mkdir -p "$out"
 lib=$PWD/.gpu/lib${LD_LIBRARY_PATH:+:$LD_LIBRARY_PATH}
 export OPTD_GOLDEN_DIR=$PWD/tests/data/golden
 parts=${*:-tests conformance bench torch}
+# What a record in bench/gpu-runs/ needs: card, date, the binaries' commit and the command.
 nvidia-smi --query-gpu=name,driver_version,memory.used,memory.total --format=csv | tee "$out/gpu.txt"
 date -u | tee -a "$out/gpu.txt"
+echo "binaries of commit $(cat .gpu/COMMIT 2>/dev/null || echo unknown); command: $0 $parts" |
+  tee -a "$out/gpu.txt"
 rc=0
 for p in $parts; do
   case $p in

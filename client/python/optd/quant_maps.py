@@ -2,7 +2,7 @@
 
 Constants (exact float32 values as hex floats): re-deriving them in float differs from the
 reference by 1-2 ulp on 42 entries. SHA-256 of their little-endian bytes is checked by
-tests/python/test_reference.py against shared/spec/paged-adamw8bit.md.
+tests/python/test_reference.py against the values in docs/algorithm.md.
 """
 
 import numpy as np

@@ -1,4 +1,4 @@
-"""A pure-numpy reference of bitsandbytes' PagedAdamW8bit update (shared/spec/paged-adamw8bit.md).
+"""A pure-numpy reference of bitsandbytes' PagedAdamW8bit update (docs/algorithm.md).
 
 Exact fp32 arithmetic, like optd's CPU engine: it is what remote training through optd is
 compared against. Slow but simple; meant for tests, demos and small models.

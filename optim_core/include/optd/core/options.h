@@ -1,5 +1,5 @@
 // Hyperparameters of PagedAdamW8bit, with the reference's defaults and validation rules
-// (see shared/spec/paged-adamw8bit.md, "Constructor contract").
+// (see docs/algorithm.md, "Hyperparameters, and what is rejected").
 #pragma once
 
 #include <cstdint>

@@ -1,0 +1,121 @@
+#include "server/message_stream.h"
+
+#include <thread>
+#include <utility>
+
+namespace optd::server {
+
+void StreamBridge::Start(StreamHandler handler) {
+  if (reads_) {
+    {
+      absl::MutexLock lock(&mu_);
+      read_pending_ = true;
+    }
+    DoStartRead(&read_buffer_);
+  }
+  std::thread([this, handler = std::move(handler)] { FinishCall(handler(this)); }).detach();
+}
+
+bool StreamBridge::Read(grpc::ByteBuffer* message) {
+  if (!reads_) return false;
+  bool restart = false;
+  {
+    absl::MutexLock lock(&mu_);
+    auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return !read_queue_.empty() || read_done_ || cancelled_;
+    };
+    mu_.Await(absl::Condition(&ready));
+    if (read_queue_.empty() || cancelled_) return false;
+    *message = std::move(read_queue_.front());
+    read_queue_.pop_front();
+    if (!read_pending_ && !read_done_) {
+      read_pending_ = true;
+      restart = true;
+    }
+  }
+  if (restart) DoStartRead(&read_buffer_);
+  return true;
+}
+
+void StreamBridge::ReadDone(bool ok) {
+  bool restart = false;
+  {
+    absl::MutexLock lock(&mu_);
+    read_pending_ = false;
+    if (!ok) {
+      read_done_ = true;
+      return;
+    }
+    read_queue_.push_back(std::move(read_buffer_));
+    read_buffer_.Clear();
+    if (read_queue_.size() < kMaxQueuedReads && !cancelled_) {
+      read_pending_ = true;
+      restart = true;
+    }
+  }
+  // Outside the lock: a reaction may run inline from StartRead.
+  if (restart) DoStartRead(&read_buffer_);
+}
+
+bool StreamBridge::Write(grpc::ByteBuffer message) {
+  if (!writes_) return false;
+  const grpc::ByteBuffer* start = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    auto room = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return write_queue_.size() < kMaxQueuedWrites || broken_ || cancelled_;
+    };
+    mu_.Await(absl::Condition(&room));
+    if (broken_ || cancelled_) return false;
+    write_queue_.push_back(std::move(message));
+    if (!write_pending_) {
+      write_pending_ = true;
+      start = &write_queue_.front();
+    }
+  }
+  if (start != nullptr) DoStartWrite(start);
+  return true;
+}
+
+void StreamBridge::WriteDone(bool ok) {
+  const grpc::ByteBuffer* next = nullptr;
+  {
+    absl::MutexLock lock(&mu_);
+    write_queue_.pop_front();
+    if (!ok) {
+      broken_ = true;
+      write_queue_.clear();
+      write_pending_ = false;
+      return;
+    }
+    if (write_queue_.empty()) {
+      write_pending_ = false;
+    } else {
+      next = &write_queue_.front();
+    }
+  }
+  if (next != nullptr) DoStartWrite(next);
+}
+
+void StreamBridge::Cancelled() {
+  absl::MutexLock lock(&mu_);
+  cancelled_ = true;
+}
+
+bool StreamBridge::cancelled() const {
+  absl::MutexLock lock(&mu_);
+  return cancelled_;
+}
+
+void StreamBridge::FinishCall(const grpc::Status& status) {
+  {
+    absl::MutexLock lock(&mu_);
+    auto drained = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
+      return (!write_pending_ && write_queue_.empty()) || broken_;
+    };
+    mu_.Await(absl::Condition(&drained));
+  }
+  DoFinish(status);  // OnDone may delete this at any time after
+}
+
+}  // namespace optd::server

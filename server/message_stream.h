@@ -1,0 +1,141 @@
+// Blocking streams over gRPC's callback reactors, for the raw (grpc::ByteBuffer) data-path
+// methods.
+//
+// Note [Blocking streams over callback reactors]
+// Step, UploadWeights, PullWeights, Subscribe, ExportState and ImportState are registered as raw
+// callback methods, so that their messages reach the service as grpc::ByteBuffer slices and
+// leave it as slices over the server's own memory (Note [Chunk messages without protobuf
+// copies]). Their work blocks: an engine step, waiting for a step's other streams or a sync
+// round's other workers, a slow client. Reactions must never block, so every call runs its
+// handler on a thread of its own (as the sync API did), and the handler sees the call through
+// MessageStream; the reactor only moves messages between gRPC and two short queues. The read
+// queue lets gRPC receive the next messages while the handler works on one; the write queue
+// lets the handler produce the next message while gRPC sends one, and bounds how much a slow
+// client can make the server hold (a full queue blocks only that call's own thread).
+#pragma once
+
+#include <deque>
+#include <functional>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/synchronization/mutex.h"
+#include "grpcpp/server_context.h"
+#include "grpcpp/support/byte_buffer.h"
+#include "grpcpp/support/server_callback.h"
+#include "grpcpp/support/status.h"
+
+namespace optd::server {
+
+// One call as its handler sees it. Thread safety: Read and Write from the handler's thread.
+class MessageStream {
+ public:
+  virtual ~MessageStream() = default;
+  // The next message; false at the end of the client's stream or once the call is cancelled.
+  virtual bool Read(grpc::ByteBuffer* message) = 0;
+  // Queues a message for sending; blocks while the write queue is full. False once the call is
+  // broken (the client went away or cancelled); nothing more will be sent.
+  virtual bool Write(grpc::ByteBuffer message) = 0;
+  virtual bool cancelled() const = 0;
+};
+
+// A call's handler: runs on its own thread and returns the call's status.
+using StreamHandler = std::function<grpc::Status(MessageStream*)>;
+
+// The queues and their rules, shared by the three reactor shapes below.
+// Thread safety: thread-safe.
+class StreamBridge : public MessageStream {
+ public:
+  static constexpr size_t kMaxQueuedReads = 4;
+  static constexpr size_t kMaxQueuedWrites = 4;
+
+  bool Read(grpc::ByteBuffer* message) override;
+  bool Write(grpc::ByteBuffer message) override;
+  bool cancelled() const override;
+
+ protected:
+  StreamBridge(bool reads, bool writes) : reads_(reads), writes_(writes) {}
+  ~StreamBridge() override = default;
+
+  // Starts the handler thread (and the first read). Called once the reactor is set up.
+  void Start(StreamHandler handler);
+  // From the reactor's reactions.
+  void ReadDone(bool ok);
+  void WriteDone(bool ok);
+  void Cancelled();
+
+  virtual void DoStartRead(grpc::ByteBuffer* into) = 0;
+  virtual void DoStartWrite(const grpc::ByteBuffer* message) = 0;
+  virtual void DoFinish(const grpc::Status& status) = 0;
+
+ private:
+  // Waits until every queued message was written (or the call broke), then finishes the call.
+  // The last use of `this` by the handler thread.
+  void FinishCall(const grpc::Status& status);
+
+  const bool reads_;
+  const bool writes_;
+  mutable absl::Mutex mu_;
+  grpc::ByteBuffer read_buffer_;  // gRPC reads into this while read_pending_
+  bool read_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool read_done_ ABSL_GUARDED_BY(mu_) = false;
+  std::deque<grpc::ByteBuffer> read_queue_ ABSL_GUARDED_BY(mu_);
+  // Front element is being written while write_pending_; deque keeps its address stable.
+  std::deque<grpc::ByteBuffer> write_queue_ ABSL_GUARDED_BY(mu_);
+  bool write_pending_ ABSL_GUARDED_BY(mu_) = false;
+  bool broken_ ABSL_GUARDED_BY(mu_) = false;
+  bool cancelled_ ABSL_GUARDED_BY(mu_) = false;
+};
+
+// Bidirectional stream (Step).
+class BidiStreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>,
+                             public StreamBridge {
+ public:
+  explicit BidiStreamCall(StreamHandler handler) : StreamBridge(true, true) {
+    Start(std::move(handler));
+  }
+  void OnReadDone(bool ok) override { ReadDone(ok); }
+  void OnWriteDone(bool ok) override { WriteDone(ok); }
+  void OnCancel() override { Cancelled(); }
+  void OnDone() override { delete this; }
+
+ private:
+  void DoStartRead(grpc::ByteBuffer* into) override { StartRead(into); }
+  void DoStartWrite(const grpc::ByteBuffer* m) override { StartWrite(m); }
+  void DoFinish(const grpc::Status& status) override { Finish(status); }
+};
+
+// Client stream, one response (UploadWeights, ImportState): the handler fills `response`.
+class ReadStreamCall final : public grpc::ServerReadReactor<grpc::ByteBuffer>,
+                             public StreamBridge {
+ public:
+  explicit ReadStreamCall(StreamHandler handler) : StreamBridge(true, false) {
+    Start(std::move(handler));
+  }
+  void OnReadDone(bool ok) override { ReadDone(ok); }
+  void OnCancel() override { Cancelled(); }
+  void OnDone() override { delete this; }
+
+ private:
+  void DoStartRead(grpc::ByteBuffer* into) override { StartRead(into); }
+  void DoStartWrite(const grpc::ByteBuffer*) override {}
+  void DoFinish(const grpc::Status& status) override { Finish(status); }
+};
+
+// One request, server stream (PullWeights, Subscribe, ExportState).
+class WriteStreamCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
+                              public StreamBridge {
+ public:
+  explicit WriteStreamCall(StreamHandler handler) : StreamBridge(false, true) {
+    Start(std::move(handler));
+  }
+  void OnWriteDone(bool ok) override { WriteDone(ok); }
+  void OnCancel() override { Cancelled(); }
+  void OnDone() override { delete this; }
+
+ private:
+  void DoStartRead(grpc::ByteBuffer*) override {}
+  void DoStartWrite(const grpc::ByteBuffer* m) override { StartWrite(m); }
+  void DoFinish(const grpc::Status& status) override { Finish(status); }
+};
+
+}  // namespace optd::server

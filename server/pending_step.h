@@ -1,0 +1,95 @@
+// A step of one worker while its gradient is being gathered: the streams that carry it (one, or
+// K concurrent ones), the gradient buffers they fill, and the outcome they all report.
+//
+// Note [A step over K streams]
+// A trainer may spread one step over K streams on K connections (StepBegin.streams), so that
+// the bytes move on several cores and TCP connections at once. Each stream joins the PendingStep
+// of (worker, step); chunks from any of them land in one GradientSet; the stream that commits
+// last applies the step (or takes it to the sync round) and resolves the PendingStep; the others
+// wait for that outcome. Any failure (a bad chunk, a stream that ends without its commit, a
+// missing stream past the group's sync_timeout_ms) fails the PendingStep: nothing was applied,
+// and every stream reports the failure. Because the gradient is applied only once complete,
+// there is nothing to undo.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <vector>
+
+#include "absl/base/thread_annotations.h"
+#include "absl/status/statusor.h"
+#include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
+#include "server/chunk_checks.h"
+#include "server/gradient_set.h"
+#include "server/group.h"
+
+namespace optd::server {
+
+// What every stream of a step reports.
+struct StepOutcome {
+  int64_t version = 0;
+  int64_t nonfinite = 0;
+  bool duplicate = false;  // a retry of a step already applied: nothing was applied again
+  // The weights to return (touched tensors, or all); null when none are asked for.
+  std::shared_ptr<const WeightSnapshot> weights;
+};
+
+// Thread safety: thread-safe.
+class PendingStep {
+ public:
+  // Joins (or opens) the pending step (worker, step) of `group` as stream `index` of `streams`.
+  // InvalidArgument when the stream count differs from the other streams' or the index is out of
+  // range or taken. `timeout` bounds the wait for the other streams.
+  static absl::StatusOr<std::shared_ptr<PendingStep>> Join(Group& group, int worker, int64_t step,
+                                                           int streams, int index,
+                                                           absl::Duration timeout);
+  ~PendingStep();
+
+  int worker() const { return worker_; }
+  int64_t step() const { return step_; }
+
+  // Accepts chunk `c`: returns where its bytes go (write them without holding anything). Fails
+  // with the step's failure once it failed.
+  absl::StatusOr<void*> Reserve(const Group& group, const CheckedChunk& c);
+  void AddNonfinite(int64_t n);
+
+  // Stream `index` committed. True when every stream has: the caller then calls Complete() and
+  // Resolve(). The step's failure once it failed.
+  absl::StatusOr<bool> Commit(int index);
+  // After the last commit: InvalidArgument when a touched tensor is incomplete or nothing came.
+  absl::Status CheckComplete(const Group& group);
+  // The gathered gradient; valid after the last commit, until Resolve.
+  const GradientSet& gradient() const { return *gradient_; }
+  int64_t nonfinite() const;
+
+  // Ends the step with `outcome` (or its error) for every stream, and forgets it in the group.
+  void Resolve(Group& group, absl::StatusOr<StepOutcome> outcome);
+  // Fails the step (the first failure wins) and forgets it in the group.
+  void Fail(Group& group, const absl::Status& status);
+  // Waits for the outcome. Fails the step with DeadlineExceeded naming the missing streams when
+  // they did not all commit in time, with Unavailable when `stopping` becomes true.
+  absl::StatusOr<StepOutcome> Await(Group& group, const std::atomic<bool>& stopping);
+
+ private:
+  PendingStep(int worker, int64_t step, int streams, absl::Time deadline,
+              std::shared_ptr<GradientPool> pool);
+  void Forget(Group& group);
+
+  const int worker_;
+  const int64_t step_;
+  const int streams_;
+  const absl::Time deadline_;
+  const std::shared_ptr<GradientPool> pool_;
+  mutable absl::Mutex mu_;
+  std::unique_ptr<GradientSet> gradient_;  // reserved ranges are written outside mu_
+  std::vector<bool> joined_ ABSL_GUARDED_BY(mu_);
+  std::vector<bool> committed_ ABSL_GUARDED_BY(mu_);
+  int commits_ ABSL_GUARDED_BY(mu_) = 0;
+  int64_t nonfinite_ ABSL_GUARDED_BY(mu_) = 0;
+  bool resolved_ ABSL_GUARDED_BY(mu_) = false;
+  absl::StatusOr<StepOutcome> outcome_ ABSL_GUARDED_BY(mu_);
+};
+
+}  // namespace optd::server

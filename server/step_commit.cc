@@ -1,0 +1,72 @@
+#include "server/step_commit.h"
+
+#include <vector>
+
+#include "server/sync_rendezvous.h"
+
+namespace optd::server {
+namespace {
+
+// The tensors whose weights go back: the touched ones (UPDATED), all (ALL), none (NONE).
+std::vector<int> ReturnedTensors(const Group& group, const StepPlan& plan,
+                                 const std::vector<int>& touched) {
+  if (plan.weights == v1::NONE) return {};
+  if (plan.weights == v1::UPDATED) return touched;
+  std::vector<int> all(static_cast<size_t>(group.num_tensors()));
+  for (int t = 0; t < group.num_tensors(); ++t) all[static_cast<size_t>(t)] = t;
+  return all;
+}
+
+}  // namespace
+
+absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan,
+                                       const PendingStep& pending, const CommitContext& context) {
+  const GradientSet& gradient = pending.gradient();
+  const std::vector<int> touched = gradient.Touched();
+  const std::vector<int> returned = ReturnedTensors(group, plan, touched);
+  StepOutcome outcome;
+  if (context.sync) {
+    auto result = JoinSyncRound(group, plan, gradient, pending.nonfinite(), context.timeout_ms,
+                                *context.stopping, context.backend);
+    if (!result.ok()) return result.status();
+    outcome.version = result->version;
+    outcome.nonfinite = result->nonfinite;
+    if (!returned.empty()) {
+      // This worker has not begun its next step, so the round's version is still current.
+      absl::MutexLock lock(&group.mu());
+      auto snap = group.Snapshot(returned);
+      if (!snap.ok()) return snap.status();
+      outcome.weights = *std::move(snap);
+    }
+    return outcome;
+  }
+
+  absl::MutexLock lock(&group.mu());
+  GroupRecord& record = group.record();
+  int64_t& last = record.worker_steps[static_cast<size_t>(plan.worker)];
+  if (plan.step <= last) {
+    // A retry that raced the original past the begin check: acknowledged, not applied again.
+    outcome.version = record.version;
+    outcome.duplicate = true;
+    return outcome;
+  }
+  const std::vector<core::TensorGradient> grads = gradient.Gradients(group);
+  if (absl::Status s = group.params().Step(grads, plan.args); !s.ok()) return s;
+  record.version += 1;
+  last = plan.step;
+  outcome.version = record.version;
+  outcome.nonfinite = pending.nonfinite();
+  group.metrics().AddNonfiniteGradientElements(outcome.nonfinite);
+  group.UpdateByteMetrics(context.backend);
+  // One copy serves both the subscribers (every tensor) and the streams (what they asked for).
+  const bool publish = group.has_subscribers();
+  if (publish || !returned.empty()) {
+    auto snap = group.Snapshot(publish ? std::vector<int>{} : returned);
+    if (!snap.ok()) return snap.status();
+    outcome.weights = *snap;
+    if (publish) group.Publish(*std::move(snap));
+  }
+  return outcome;
+}
+
+}  // namespace optd::server
