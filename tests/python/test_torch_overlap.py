@@ -177,6 +177,7 @@ def test_duplicate_is_surfaced(server):
     kw = dict(target=server.target, group=group, num_workers=2, mode="sync")
     w0 = optd.torch.PagedAdamW8bit(m0.parameters(), worker=0, **kw)
     w1 = optd.torch.PagedAdamW8bit(m1.parameters(), worker=1, **kw)
+    w0.bucket_layout()  # creates the group and uploads worker 0's weights before any step
     _backward(m0)
     _backward(m1)
     errors = []
@@ -212,11 +213,14 @@ def test_sharded_step_where_a_shard_gets_no_gradient(start_server):
     sg = opt.server_groups()[0]
     on = [sg.placement[f"p{i}"] for i in range(len(params))]
     assert set(on) == {0, 1}
+    opt.zero_grad(set_to_none=True)
+    for i, p in enumerate(params):  # shard 1's tensors get no gradient in step 2
+        p.requires_grad_(on[i] == 0)
     _backward(model)
-    for i, p in enumerate(params):
-        if on[i] == 1:
-            p.grad = None
+    assert all((p.grad is None) == (on[i] == 1) for i, p in enumerate(params))
     opt.step()
+    for p in params:
+        p.requires_grad_(True)
     _backward(model)
     opt.step()
     assert opt.last_step() == 3
