@@ -14,7 +14,10 @@ import time
 import pytest
 
 _HERE = os.path.dirname(os.path.abspath(__file__))
-sys.path.insert(0, os.path.join(_HERE, "..", "..", "client", "python"))
+# The package from the source tree, unless the installed one is under test
+# (OPTD_TEST_INSTALLED=1, e.g. after `pip install ./client/python`).
+if os.environ.get("OPTD_TEST_INSTALLED", "") in ("", "0"):
+    sys.path.insert(0, os.path.join(_HERE, "..", "..", "client", "python"))
 
 
 class ServerProcess:

@@ -1,15 +1,40 @@
 """Rendezvous placement: stable, balanced, and adding a server moves about 1/N of the keys."""
 
+import os
+
 from optd import sharding
 
 KEYS = [f"model/layer{i}.weight" for i in range(3000)]
+TABLE = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "data",
+                     "sharding_table.tsv")
+
+
+def _table_rows():
+    with open(TABLE, encoding="utf-8") as f:
+        for line in f:
+            line = line.rstrip("\n")
+            if line and not line.startswith("#"):
+                kind, where, key, expected = line.split("\t")
+                yield kind, where, key, expected
+
+
+def test_placement_matches_the_shared_table():
+    """tests/data/sharding_table.tsv is also read by the C++ client's test
+    (client/sharding_test.cc): both clients must place every key of it identically."""
+    rows = list(_table_rows())
+    places = [r for r in rows if r[0] == "place"]
+    scores = [r for r in rows if r[0] == "score"]
+    assert len(places) >= 100 and len(scores) >= 50
+    for _, servers, key, expected in places:
+        assert sharding.place(key, servers.split(",")) == int(expected), (servers, key)
+    for _, server, key, expected in scores:
+        assert sharding.score(server, key) == int(expected, 16), (server, key)
 
 
 def test_placement_is_deterministic_and_matches_known_values():
     servers = ["a:1", "b:2", "c:3"]
     first = [sharding.place(k, servers) for k in KEYS]
     assert first == [sharding.place(k, servers) for k in KEYS]
-    # Pinned so the C++ client (client/sharding_test.cc) and this one agree forever.
     assert sharding.score("a:1", "g/t") == sharding._mix64(sharding._fnv1a64(b"a:1\0g/t"))
     assert sharding._fnv1a64(b"") == 0xCBF29CE484222325
     assert sharding._fnv1a64(b"a") == 0xAF63DC4C8601EC8C

@@ -2,15 +2,28 @@
 
 Tensors are flat C-contiguous numpy arrays: float32, float16, or uint16 holding raw bf16 bits
 (numpy has no bf16). Chunks carry 4 MiB of payload by default, aligned to 256 elements.
-Thread safety: a Client may be used from several threads (gRPC channels are thread-safe)."""
 
+Two data paths, one API. Where the native library loads (optd._native: the C++ client behind
+a C ABI), step, upload_weights and pull_weights run there, with the GIL released and no copy
+of the arrays on the Python side; everything else (groups, hyperparameters, checkpoints,
+state export/import, subscribe) always goes through grpcio. Without the library (or with
+OPTD_PURE_PYTHON=1), the pure-Python client does it all, after one warning naming why.
+data_path() says which path this process uses.
+
+Thread safety: a Client may be used from several threads (gRPC channels and the native client
+are thread-safe)."""
+
+import os
 import threading
+import warnings
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 
 import grpc
 import numpy as np
 
-from optd.errors import InvalidArgumentError, OptdError, from_rpc_error
+from optd import _native
+from optd.errors import InvalidArgumentError, OptdError, from_rpc_error, from_status
 from optd.v1 import optd_pb2 as pb
 from optd.v1 import optd_pb2_grpc as pb_grpc
 
@@ -30,6 +43,44 @@ _MODES = {"sync": pb.SYNC, "async": pb.ASYNC}
 _RETURNS = {"updated": pb.UPDATED, "all": pb.ALL, "none": pb.NONE}
 _HYPER_FIELDS = ("lr", "beta1", "beta2", "eps", "weight_decay", "amsgrad", "optim_bits",
                  "min_8bit_size", "percentile_clipping", "block_wise")
+
+
+_warned_pure = False
+_warn_lock = threading.Lock()
+
+
+def data_path():
+    """("native", path of the library) or ("pure", why the library is not used)."""
+    lib = _native.load()
+    if lib is not None:
+        return "native", lib.path
+    return "pure", _native.load_error()
+
+
+def _native_library():
+    """The native library, or None after warning once (per process) why not. No warning when
+    the pure path was asked for (OPTD_PURE_PYTHON=1)."""
+    global _warned_pure
+    lib = _native.load()
+    if lib is None and os.environ.get("OPTD_PURE_PYTHON", "") in ("", "0"):
+        with _warn_lock:
+            warn, _warned_pure = not _warned_pure, True
+        if warn:
+            warnings.warn(f"optd: using the pure-Python data path: {_native.load_error()}",
+                          RuntimeWarning, stacklevel=3)
+    return lib
+
+
+def default_streams():
+    """$OPTD_STREAMS, else 1."""
+    value = os.environ.get("OPTD_STREAMS", "")
+    try:
+        streams = int(value) if value else 1
+    except ValueError:
+        raise InvalidArgumentError(f"OPTD_STREAMS: {value!r} is not an integer") from None
+    if streams < 1:
+        raise InvalidArgumentError(f"OPTD_STREAMS: must be >= 1, got {streams}")
+    return streams
 
 
 @dataclass
@@ -96,6 +147,23 @@ def hyperparameters(**kw):
     return hp
 
 
+def merge_step_parts(dones, target=""):
+    """One StepDone for the parts of one step (each part's StepDone names the same step).
+    Parts that disagree on `duplicate` mean the server applied them as separate steps: it
+    predates step parts (StepBegin.streams), and the step is not what was sent."""
+    dup = {d.duplicate for d in dones}
+    if len(dup) > 1:
+        raise from_status(
+            grpc.StatusCode.FAILED_PRECONDITION,
+            f"step {dones[0].step}: the server applied some parts of the step and answered "
+            f"others as duplicates: it does not support steps spread over several streams "
+            f"(StepBegin.streams); use streams=1 with this server", target)
+    return pb.StepDone(step=dones[0].step, version=max(d.version for d in dones),
+                       duplicate=dup.pop(),
+                       nonfinite_gradient_elements=max(d.nonfinite_gradient_elements
+                                                       for d in dones))
+
+
 class _Assembler:
     """Writes arriving weight chunks into destination arrays (allocated on first sight)."""
 
@@ -158,21 +226,47 @@ class Subscription:
 
 
 class Client:
-    """A connection to one optd server."""
+    """A connection to one optd server.
 
-    def __init__(self, target, chunk_bytes=DEFAULT_CHUNK_BYTES, timeout=None):
+    streams: concurrent streams (connections on the native path) one step is spread over;
+    default $OPTD_STREAMS or 1. timeout: seconds per call (None: no deadline)."""
+
+    def __init__(self, target, chunk_bytes=DEFAULT_CHUNK_BYTES, timeout=None, streams=None):
         self.target = target
         self.chunk_bytes = chunk_bytes
         self.timeout = timeout
+        self.streams = default_streams() if streams is None else int(streams)
+        if self.streams < 1:
+            raise InvalidArgumentError(f"streams: must be >= 1, got {streams}")
         self._channel = grpc.insecure_channel(target, options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         self._stub = pb_grpc.OptimizerStub(self._channel)
         self._specs = {}
         self._lock = threading.Lock()
+        self._native = None
+        self._pool = None  # threads for a pure-path step over several streams
+        lib = _native_library()
+        if lib is not None:
+            self._native = _native.NativeClient(lib, target, chunk_bytes, self.streams, timeout,
+                                                MAX_MESSAGE_BYTES)
+
+    @property
+    def data_path(self):
+        """"native" when step, upload_weights and pull_weights run in the C++ client."""
+        return "pure" if self._native is None else "native"
+
+    @property
+    def supports_step_parts(self):
+        """Whether step() takes part_count/part_index (the native library may predate them)."""
+        return self._native is None or self._native.supports_step_parts
 
     def close(self):
         self._channel.close()
+        if self._pool is not None:
+            self._pool.shutdown(wait=False)
+        if self._native is not None:
+            self._native.close()
 
     def __enter__(self):
         return self
@@ -246,6 +340,13 @@ class Client:
         flats = {k: _flat(v, f"weights[{k}]") for k, v in weights.items()}
         for k, v in flats.items():
             dtype_name(v)
+        if self._native is not None:
+            written = self._native.upload_weights(group, list(flats.items()))
+            # The C ABI reports the element count only; whether every tensor now has weights
+            # is the group's (uploads are rare: one GetGroup is cheap here).
+            info = self.get_group(group)
+            return pb.UploadWeightsResponse(elements_written=written,
+                                            weights_initialized=info.weights_initialized)
 
         def requests():
             first = True
@@ -259,21 +360,70 @@ class Client:
 
     # Steps ----------------------------------------------------------------------------------
     def step(self, group, step, grads, out=None, worker=0, lr=None, weights="updated",
-             base_version=None):
+             base_version=None, part_count=0, part_index=0):
         """Sends one step's gradients ({tensor: array}) and writes the returned weights into
-        `out` ({tensor: array}, allocated when missing). Gradient chunks are produced lazily
-        while the server's weight chunks are received on gRPC's own thread, so the upload of
-        tensor i+1 overlaps the download of tensor i. Returns (StepDone, out)."""
+        `out` ({tensor: array}, allocated when missing). Returns (StepDone, out).
+
+        part_count/part_index: this call is part `part_index` of a step that `part_count`
+        concurrent calls make together (e.g. gradient buckets sent as backward produces them).
+        Each part sends its own gradients on one stream and gets back the weights of what it
+        sent; the server applies the step once every part has committed, and if one fails
+        none is applied. 0 (default): this call is the whole step, spread over the client's
+        `streams`."""
         if weights not in _RETURNS:
             raise InvalidArgumentError(f"weights: {weights!r} is not updated, all or none")
+        if part_count < 0 or (part_count > 0 and not 0 <= part_index < part_count):
+            raise InvalidArgumentError(
+                f"part_index: {part_index} is outside [0, part_count={part_count})")
         flats = {k: _flat(v, f"grads[{k}]") for k, v in grads.items() if v is not None}
         for k, v in flats.items():
             dtype_name(v)
+        args = dict(worker=worker, lr=lr, weights=weights, base_version=base_version)
+        if self._native is not None:
+            return self._step_native(group, step, flats, out, part_count, part_index, **args)
+        if part_count == 0 and self.streams > 1 and len(flats) > 1:
+            return self._step_pure_streams(group, step, flats, out, args)
+        return self._step_pure(group, step, flats, out, part_count, part_index, **args)
+
+    def _step_native(self, group, step, flats, out, part_count, part_index, worker, lr,
+                     weights, base_version):
+        out = {} if out is None else out
+        if weights == "none":
+            names = []
+        elif weights == "all" and part_index == 0:
+            names = list(self.specs(group))
+        else:
+            names = list(flats)
+        outs, allocated = [], {}
+        for name in names:
+            arr = out.get(name)
+            if arr is None:
+                spec = self.specs(group).get(name)
+                if spec is None:
+                    continue  # not a tensor of the group: the server names it in its error
+                arr = np.zeros(spec.shape, numpy_dtype(spec.dtype))
+                allocated[name] = arr
+            outs.append((name, _flat(arr, f"out[{name}]")))
+        r = self._native.step(group, step, list(flats.items()), outs, worker=worker, lr=lr,
+                              weights=weights, base_version=base_version,
+                              part_count=part_count, part_index=part_index)
+        if not r.duplicate:  # a duplicate returns no weights (like the pure path's out)
+            out.update(allocated)
+        return pb.StepDone(step=r.step, version=r.version, duplicate=bool(r.duplicate),
+                           nonfinite_gradient_elements=r.nonfinite_gradient_elements), out
+
+    def _step_pure(self, group, step, flats, out, part_count, part_index, worker, lr, weights,
+                   base_version):
+        """Gradient chunks are produced lazily while the server's weight chunks are received
+        on gRPC's own thread, so the upload of tensor i+1 overlaps the download of tensor i."""
         begin = pb.StepBegin(group=group, worker=worker, step=step, weights=_RETURNS[weights])
         if lr is not None:
             begin.lr = lr
         if base_version is not None:
             begin.base_version = base_version
+        if part_count > 0:
+            begin.streams = part_count
+            begin.stream_index = part_index
 
         def requests():
             yield pb.StepRequest(begin=begin)
@@ -298,8 +448,52 @@ class Client:
                             grpc.StatusCode.INTERNAL, self.target)
         return done, asm.out
 
+    def _step_pure_streams(self, group, step, flats, out, args):
+        """A whole step over `streams` concurrent Step streams: whole tensors, balanced by
+        bytes (largest first onto the lightest stream)."""
+        k = min(self.streams, len(flats))
+        parts, loads = [dict() for _ in range(k)], [0] * k
+        for name, flat in sorted(flats.items(), key=lambda kv: -kv[1].nbytes):
+            i = loads.index(min(loads))
+            parts[i][name] = flat
+            loads[i] += flat.nbytes
+        out = {} if out is None else out
+        with self._lock:
+            if self._pool is None:
+                self._pool = ThreadPoolExecutor(max_workers=max(1, self.streams - 1))
+        futures = [self._pool.submit(self._step_pure, group, step, parts[i], out, k, i, **args)
+                   for i in range(1, k)]
+        results, first_error = [], None
+        try:
+            results.append(self._step_pure(group, step, parts[0], out, k, 0, **args)[0])
+        except OptdError as e:
+            first_error = e
+        for f in futures:
+            try:
+                results.append(f.result()[0])
+            except OptdError as e:
+                first_error = first_error or e
+        if first_error is not None:
+            raise first_error
+        return merge_step_parts(results, self.target), out
+
     def pull_weights(self, group, tensors=None, out=None):
         """Returns (version, {tensor: array}) of the current weights."""
+        if self._native is not None:
+            out = {} if out is None else out
+            specs = self.specs(group)
+            names = list(tensors) if tensors else list(specs)
+            outs = []
+            for name in names:
+                arr = out.get(name)
+                if arr is None:
+                    spec = specs.get(name)
+                    if spec is None:
+                        raise InvalidArgumentError(
+                            f"tensors: {name!r} is not a tensor of group {group!r}")
+                    arr = out[name] = np.zeros(spec.shape, numpy_dtype(spec.dtype))
+                outs.append((name, _flat(arr, f"out[{name}]")))
+            return self._native.pull_weights(group, outs), out
         req = pb.PullWeightsRequest(group=group, tensors=list(tensors or []))
         asm = _Assembler(out, self._specs.get(group))
         version = -1

@@ -70,9 +70,23 @@ _BY_CODE = {
 }
 
 
+_CODE_OF_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
+
+
+def from_status(code, details, target=""):
+    """The OptdError of a status (a grpc.StatusCode) and its message, as both data paths
+    report it: "<message> (<CODE> from <target>)"."""
+    cls = _BY_CODE.get(code, OptdError)
+    return cls(f"{details} ({code.name} from {target})" if target else details, code, target)
+
+
+def from_status_number(number, details, target=""):
+    """from_status for a numeric gRPC status code (the native library's return values)."""
+    return from_status(_CODE_OF_NUMBER.get(number, grpc.StatusCode.UNKNOWN), details, target)
+
+
 def from_rpc_error(err, target=""):
     """Converts a grpc.RpcError into the matching OptdError, keeping the server's message."""
     code = err.code() if hasattr(err, "code") else grpc.StatusCode.UNKNOWN
     details = err.details() if hasattr(err, "details") else str(err)
-    cls = _BY_CODE.get(code, OptdError)
-    return cls(f"{details} ({code.name} from {target})" if target else details, code, target)
+    return from_status(code, details, target)

@@ -4,20 +4,57 @@ Same signature, defaults and constructor errors as bitsandbytes.optim.PagedAdamW
 `target` (an address "host:port" or a list of them: tensors are then sharded over the servers).
 Each torch param_group becomes one server group holding its parameters; step() streams every
 parameter's .grad and writes the new weights back into the parameter in place.
+
+Note [Overlap with backward]
+Where torch has Tensor.register_post_accumulate_grad_hook (>= 2.1) and overlap is on (the
+default), each parameter's hook starts its gradient on its way as soon as backward has
+accumulated it: a CUDA gradient is copied into a reused pinned host buffer on a side stream
+(after that stream waited for backward's), a CPU gradient is used where it lies. The
+parameters of a param_group are split, per server, into buckets of roughly equal bytes in
+reverse parameter order (about backward's order), at most `streams` of them (or of about
+`bucket_bytes` each); once every gradient of a bucket is there, the bucket is sent on a thread
+as one part of the step (part_count = buckets on that server, part_index = the bucket). step()
+sends what is left (buckets waiting on parameters that got no gradient), waits for every part,
+then writes the weights back: CPU parameters receive them in place while they arrive, CUDA
+parameters by asynchronous host-to-device copies on the side stream that the current stream
+then waits on (an event, no device-wide synchronize).
+Consequences: gradients are taken as backward produces them, so changing .grad between
+backward() and step() (clipping, scaling) is not seen: use overlap=False for that (the server's
+percentile_clipping still applies). Every backward() outside no_sync() (or with
+`accumulating` False) starts a step that step() must finish.
+Without the hook (torch 1.13) step() drives the same buckets itself: the same API and results,
+without the overlap. overlap=False sends each server's share as one whole step, spread over the
+client's `streams`.
+
+Note [Step numbers]
+Every server group of a param_group gets the same step number (this optimizer's count of
+applied steps + 1), also a shard that received no gradient in earlier steps: the numbers stay
+in sync across shards, so a retry is recognised by every shard. The count advances only when
+the step succeeded on every shard; a failed step() can be called again (same gradients, same
+number): shards that had applied it answer `duplicate`, their weights are pulled instead, and
+last_step_duplicate / duplicate_steps report it.
 """
 
+import contextlib
 import os
+import threading
 import uuid
+import warnings
+import weakref
+from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import torch
 
-from optd.client import TensorSpec
+from optd.client import Client, TensorSpec, default_streams, merge_step_parts
+from optd.errors import OptdError, shard_error
 from optd.sharded import ShardedGroup
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
 _QUANT_STATE_KEY = "__bnb_optimizer_quant_state__"
 _STATE_KEYS = ("state1", "state2", "qmap1", "qmap2", "absmax1", "absmax2", "gnorm_vec")
+
+HAS_POST_ACCUMULATE_GRAD_HOOK = hasattr(torch.Tensor, "register_post_accumulate_grad_hook")
 
 
 def _numpy_view(t):
@@ -27,11 +64,97 @@ def _numpy_view(t):
     return t.numpy()
 
 
+class _Bucket:
+    """Parameters (indices into their param_group) on one server whose gradients travel as one
+    part of a step. `waiting`: those whose gradient has not been staged in this step."""
+
+    def __init__(self, shard, index, members):
+        self.shard = shard
+        self.index = index
+        self.members = members
+        self.waiting = set()
+        self.future = None
+
+
+class _Staged:
+    """One parameter's gradient on its way: `host` is the flat numpy view that is sent; `keep`
+    keeps its memory alive; `event` (CUDA) marks the end of its device-to-host copy."""
+
+    def __init__(self, host, keep=None, event=None):
+        self.host = host
+        self.keep = keep
+        self.event = event
+
+
+class _Plan:
+    """The buckets of one param_group and the state of its step in flight.
+    Thread safety: guarded by the optimizer's lock, except the parts' own threads, which only
+    read what was fixed when they were submitted."""
+
+    def __init__(self, params, placement, num_shards, max_buckets, bucket_bytes):
+        self.buckets = []
+        for shard in range(num_shards):
+            # Reverse parameter order: about the order backward produces the gradients in.
+            mine = [i for i in reversed(range(len(params))) if placement[i] == shard]
+            if not mine:
+                continue
+            # A parameter goes to the bucket its middle byte falls in, buckets being `target`
+            # bytes of the running total: about equal buckets without a search.
+            sizes = [params[i].numel() * params[i].element_size() for i in mine]
+            target = max(1, sum(sizes)) / max_buckets
+            if bucket_bytes:
+                target = max(target, bucket_bytes)
+            groups, start = [[] for _ in range(max_buckets)], 0
+            for i, size in zip(mine, sizes):
+                groups[min(max_buckets - 1, int((start + size / 2) // target))].append(i)
+                start += size
+            for k, members in enumerate(g for g in groups if g):
+                self.buckets.append(_Bucket(shard, k, members))
+        self.parts = {}  # shard -> number of buckets (parts of its steps)
+        for b in self.buckets:
+            self.parts[b.shard] = self.parts.get(b.shard, 0) + 1
+        self.bucket_of = {i: b for b in self.buckets for i in b.members}
+        self.host_grads = {}    # param index -> pinned buffer, reused every step (CUDA)
+        self.host_weights = {}  # param index -> host buffer the weights land in, reused
+        self.weights_copied = []  # CUDA events: last step's host-to-device copies are done
+        self.pool = ThreadPoolExecutor(max_workers=max(1, len(self.buckets)))
+        self.reset()
+
+    def reset(self):
+        self.active = False   # a step has begun (a hook fired or step() was called)
+        self.failed = False   # its parts failed: step() may retry it
+        self.step = 0
+        self.lr = None
+        self.staged = {}
+        for b in self.buckets:
+            b.waiting = set()
+            b.future = None
+
+    def part_args(self, bucket):
+        """(part_count, part_index) for Client.step: a server's only bucket is a whole step."""
+        n = self.parts[bucket.shard]
+        return (n, bucket.index) if n > 1 else (0, 0)
+
+
 class PagedAdamW8bit(torch.optim.Optimizer):
+    """See the module docstring. Beyond bitsandbytes' arguments:
+    target: "host:port" or a list of them (tensors sharded by rendezvous hashing), default
+      $OPTD_TARGET; group: server group name prefix; num_workers, worker, mode,
+      sync_timeout_ms: multi-worker groups (see optd.Client.create_group);
+    streams: concurrent streams per server and most buckets per param_group and server
+      (default $OPTD_STREAMS or 1);
+    overlap: send gradients as backward produces them (Note [Overlap with backward]); default
+      on, effective where torch >= 2.1;
+    bucket_bytes: about this many gradient bytes per bucket (at most `streams` buckets);
+    offload_gradients: free each gradient (p.grad = None) once it is on its way (CUDA: once its
+      device-to-host copy has been queued; the allocator keeps the memory until the copy is
+      done); after step() every gradient that was sent is None."""
+
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, optim_bits=32, args=None, min_8bit_size=4096,
                  percentile_clipping=100, block_wise=True, *, target=None, group=None,
-                 num_workers=1, worker=0, mode="sync", sync_timeout_ms=0):
+                 num_workers=1, worker=0, mode="sync", sync_timeout_ms=0, streams=None,
+                 overlap=None, bucket_bytes=None, offload_gradients=False):
         if amsgrad:
             raise ValueError("PagedAdamW8bit does not support amsgrad=True")
         if optim_bits != 32:
@@ -56,6 +179,11 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         target = target if target is not None else os.environ.get("OPTD_TARGET")
         if not target:
             raise ValueError("target: no optd server address given (target= or OPTD_TARGET)")
+        streams = default_streams() if streams is None else int(streams)
+        if streams < 1:
+            raise ValueError(f"streams: must be >= 1, got {streams}")
+        if bucket_bytes is not None and bucket_bytes < 1:
+            raise ValueError(f"bucket_bytes: must be >= 1, got {bucket_bytes}")
         defaults = dict(lr=lr, betas=tuple(betas), eps=eps, weight_decay=weight_decay,
                         amsgrad=amsgrad, optim_bits=optim_bits, min_8bit_size=min_8bit_size,
                         percentile_clipping=percentile_clipping, block_wise=block_wise)
@@ -69,10 +197,63 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         self.group_name = group or f"torch-{uuid.uuid4().hex[:12]}"
         self.num_workers, self.worker, self.mode = num_workers, worker, mode
         self.sync_timeout_ms = sync_timeout_ms
+        self.streams = streams
+        self.overlap = True if overlap is None else bool(overlap)
+        self.bucket_bytes = bucket_bytes
+        self.offload_gradients = bool(offload_gradients)
+        # Gradient accumulation: while True (or inside no_sync()), backward sends nothing.
+        self.accumulating = False
+        self.last_step_duplicate = False  # some server answered the last step as a duplicate
+        self.duplicate_steps = 0          # steps answered as duplicates (by any server)
         self._shards = {}     # param_group index -> ShardedGroup
         self._sent_hyper = {}  # param_group index -> hyperparameters the server has
-        self._steps = {}      # param_group index -> steps sent by this worker
+        self._steps = {}      # param_group index -> steps applied (Note [Step numbers])
         self._pending_state = {}  # param -> state dict to import once the group exists
+        self._plans = {}      # param_group index -> _Plan
+        self._lock = threading.RLock()  # hooks run on autograd's threads
+        self._side_streams = {}  # CUDA device -> stream of the gradient/weight copies
+        self._hooks = []
+        self._hooks_off = set()  # param_group indices whose hooks wait for step() (an error)
+        if self.overlap and HAS_POST_ACCUMULATE_GRAD_HOOK:
+            me = weakref.ref(self)
+            for gi, g in enumerate(self.param_groups):
+                for i, p in enumerate(g["params"]):
+                    if p.requires_grad:
+                        self._hooks.append(p.register_post_accumulate_grad_hook(
+                            _hook(me, gi, i)))
+
+    @property
+    def hooks_active(self):
+        """True where gradients are sent during backward (torch >= 2.1 and overlap on)."""
+        return bool(self._hooks)
+
+    @contextlib.contextmanager
+    def no_sync(self):
+        """Backward passes inside send nothing (gradient accumulation, like DDP's no_sync):
+        run every micro-batch but the last one inside it."""
+        before = self.accumulating
+        self.accumulating = True
+        try:
+            yield
+        finally:
+            self.accumulating = before
+
+    def last_step(self, gi=0):
+        """Number of the last step applied for param_groups[gi] (0 before the first)."""
+        return self._steps.get(gi, 0)
+
+    def step_in_flight(self, gi=0):
+        """True when backward has begun sending a step of param_groups[gi] that step() has
+        not finished yet (or a failed step that step() may retry)."""
+        with self._lock:
+            plan = self._plans.get(gi)
+            return plan is not None and plan.active
+
+    def bucket_layout(self, gi=0):
+        """[(server index, part index, [parameter indices])] of param_groups[gi], in sending
+        order. Creates the server group when it does not exist yet (as the first step does)."""
+        with self._lock:
+            return [(b.shard, b.index, list(b.members)) for b in self._plan(gi).buckets]
 
     # Server groups ---------------------------------------------------------------------------
     def server_group(self, gi):
@@ -96,7 +277,8 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         g = self.param_groups[gi]
         specs = [TensorSpec(self._tensor_name(i), _DTYPES[p.dtype], tuple(p.shape))
                  for i, p in enumerate(g["params"])]
-        sg = ShardedGroup(self.targets, self.server_group(gi), specs)
+        sg = ShardedGroup(self.targets, self.server_group(gi), specs,
+                          clients=[Client(t, streams=self.streams) for t in self.targets])
         hyper = self._hyper(g)
         sg.create(exist_ok=self.num_workers > 1, num_workers=self.num_workers, mode=self.mode,
                   sync_timeout_ms=self.sync_timeout_ms, **hyper)
@@ -122,6 +304,218 @@ class PagedAdamW8bit(torch.optim.Optimizer):
             sg.update_hyperparameters(**changed)
             have.update(changed)
 
+    def _plan(self, gi):
+        plan = self._plans.get(gi)
+        if plan is None:
+            sg = self._ensure_group(gi)
+            params = self.param_groups[gi]["params"]
+            placement = [sg.placement[self._tensor_name(i)] for i in range(len(params))]
+            parts_ok = all(c.supports_step_parts for c in sg.clients)
+            max_buckets = self.streams if self.overlap and parts_ok else 1
+            plan = self._plans[gi] = _Plan(params, placement, len(sg.targets), max_buckets,
+                                           self.bucket_bytes)
+        return plan
+
+    # The step in flight ----------------------------------------------------------------------
+    def _begin(self, gi):
+        """The plan of param_groups[gi] with its step begun (REQUIRES: self._lock held)."""
+        plan = self._plan(gi)
+        if plan.active:
+            return plan
+        g = self.param_groups[gi]
+        self._sync_hyper(gi, self._shards[gi])
+        plan.step = self._steps[gi] + 1
+        plan.lr = float(g["lr"])
+        params = g["params"]
+        for b in plan.buckets:
+            b.waiting = {i for i in b.members if params[i].requires_grad}
+        plan.active = True
+        return plan
+
+    def _side_stream(self, device):
+        s = self._side_streams.get(device)
+        if s is None:
+            s = self._side_streams[device] = torch.cuda.Stream(device=device)
+        return s
+
+    def _stage(self, plan, i, p):
+        """Starts p.grad on its way to the host; returns its _Staged."""
+        grad = p.grad.detach()
+        if grad.is_sparse:
+            raise RuntimeError("PagedAdamW8bit does not support sparse gradients")
+        if grad.device.type == "cuda":
+            host = plan.host_grads.get(i)
+            if host is None or host.dtype != grad.dtype:
+                host = plan.host_grads[i] = torch.empty(grad.numel(), dtype=grad.dtype,
+                                                        pin_memory=True)
+            side = self._side_stream(grad.device)
+            side.wait_stream(torch.cuda.current_stream(grad.device))
+            with torch.cuda.stream(side):
+                src = grad if grad.is_contiguous() else grad.contiguous()
+                host.copy_(src.reshape(-1), non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(side)
+            # The caching allocator must not hand this memory out again before the copy
+            # has read it (p.grad may be set to None right after this).
+            grad.record_stream(side)
+            src.record_stream(side)
+            return _Staged(_numpy_view(host), event=event)
+        if grad.device.type != "cpu":
+            grad = grad.to("cpu")
+        if not grad.is_contiguous():
+            grad = grad.contiguous()
+        return _Staged(_numpy_view(grad).reshape(-1), keep=grad)
+
+    def _grad_ready(self, gi, plan, i, p):
+        """Stages p's gradient and sends its bucket when it is complete (REQUIRES: lock)."""
+        plan.staged[i] = self._stage(plan, i, p)
+        if self.offload_gradients and p.grad.device.type == "cuda":
+            p.grad = None
+        bucket = plan.bucket_of.get(i)
+        if bucket is None:
+            return
+        bucket.waiting.discard(i)
+        if not bucket.waiting and bucket.future is None:
+            self._submit(gi, plan, bucket)
+
+    def _on_grad(self, gi, i, p):
+        """The post-accumulate-grad hook of param_groups[gi]["params"][i]."""
+        if self.accumulating:
+            return
+        with self._lock, torch.no_grad():
+            if gi in self._hooks_off:
+                return
+            plan = self._plans.get(gi)
+            if plan is not None and plan.failed:
+                plan.reset()  # a new backward after a failed step: that step is dropped
+            try:
+                plan = self._begin(gi)
+            except OptdError:
+                # Creating the group or updating its hyperparameters failed: backward goes on
+                # untouched, and step() does this step itself and raises the error there.
+                self._hooks_off.add(gi)
+                return
+            if i in plan.staged:
+                raise RuntimeError(
+                    f"optd: parameter {i} of param_groups[{gi}] got a second gradient before "
+                    f"step(): with overlap, run every backward but the last of a step inside "
+                    f"opt.no_sync() (or set opt.accumulating = True)")
+            self._grad_ready(gi, plan, i, p)
+
+    def _out_view(self, plan, i, p):
+        """Where the weights of parameter i land: the parameter itself (contiguous CPU) or a
+        reused host buffer (pinned for CUDA) copied in after the step."""
+        if p.device.type == "cpu" and p.is_contiguous():
+            return _numpy_view(p.data).reshape(-1)
+        host = plan.host_weights.get(i)
+        if host is None:
+            host = plan.host_weights[i] = torch.empty(p.numel(), dtype=p.dtype,
+                                                      pin_memory=p.device.type == "cuda")
+        return _numpy_view(host)
+
+    def _submit(self, gi, plan, bucket):
+        """Sends `bucket` as its part of the step on the plan's threads (REQUIRES: lock)."""
+        params = self.param_groups[gi]["params"]
+        names = {i: self._tensor_name(i) for i in bucket.members if i in plan.staged}
+        grads = {names[i]: plan.staged[i] for i in names}
+        outs = {names[i]: self._out_view(plan, i, params[i]) for i in names}
+        part_count, part_index = plan.part_args(bucket)
+        bucket.future = plan.pool.submit(
+            self._send_part, self._shards[gi], bucket.shard, plan.step, plan.lr, grads, outs,
+            part_count, part_index, plan.weights_copied)
+
+    def _send_part(self, sg, shard, step, lr, staged, outs, part_count, part_index,
+                   weights_copied):
+        """One part of a step, on a thread of the plan (the GIL is released while the native
+        client moves the bytes)."""
+        for st in staged.values():
+            if st.event is not None:
+                st.event.synchronize()
+        for event in weights_copied:
+            event.synchronize()  # last step's copies out of the weight buffers are done
+        client = sg.clients[shard]
+        grads = {name: st.host for name, st in staged.items()}
+        done, _ = client.step(sg.group, step, grads, out=outs, worker=self.worker, lr=lr,
+                              part_count=part_count, part_index=part_index)
+        if done.duplicate and outs:
+            # Applied before (a retry whose answer was lost): no weights came back.
+            client.pull_weights(sg.group, list(outs), out=outs)
+        return done
+
+    def _finish(self, gi, plan):
+        """Sends what is left of the step of param_groups[gi], waits for every part and writes
+        the weights back (REQUIRES: lock). Returns {shard: StepDone}, empty when no parameter
+        had a gradient."""
+        params = self.param_groups[gi]["params"]
+        if plan.failed:  # a retry: every part again, from the staged gradients
+            for b in plan.buckets:
+                b.future = None
+            plan.failed = False
+        for i in reversed(range(len(params))):
+            if i not in plan.staged and params[i].grad is not None:
+                self._grad_ready(gi, plan, i, params[i])
+        if not plan.staged:
+            plan.reset()
+            return {}
+        used = {plan.bucket_of[i].shard for i in plan.staged if i in plan.bucket_of}
+        for b in plan.buckets:
+            if b.future is None and b.shard in used:
+                self._submit(gi, plan, b)  # maybe without gradients: every part must come
+        sg = self._shards[gi]
+        dones, first_error = {}, None
+        for b in plan.buckets:
+            if b.future is None:
+                continue
+            try:
+                dones.setdefault(b.shard, []).append(b.future.result())
+            except OptdError as e:
+                if first_error is None:
+                    first_error = shard_error(sg.targets[b.shard], e)
+        if first_error is None:
+            try:
+                per_shard = {s: merge_step_parts(d, sg.targets[s]) for s, d in dones.items()}
+            except OptdError as e:
+                first_error = e
+        if first_error is not None:
+            plan.failed = True
+            raise first_error
+        self._write_back(plan, params)
+        for i in plan.staged:
+            st = self.state[params[i]]
+            st["step"] = st.get("step", 0) + 1
+            if self.offload_gradients:
+                params[i].grad = None
+        self._steps[gi] = plan.step
+        plan.reset()
+        return per_shard
+
+    def _write_back(self, plan, params):
+        """CUDA and non-contiguous parameters take their weights from the host buffers: one
+        asynchronous copy each on the side stream, which the current stream then waits on."""
+        events = []
+        by_device = {}
+        for i in plan.staged:
+            p = params[i]
+            if p.device.type == "cpu" and p.is_contiguous():
+                continue  # the weights were written into the parameter itself
+            host = plan.host_weights[i].view(p.shape)
+            if p.device.type == "cuda":
+                by_device.setdefault(p.device, []).append((p, host))
+            else:
+                p.data.copy_(host)
+        for device, pairs in by_device.items():
+            side = self._side_stream(device)
+            current = torch.cuda.current_stream(device)
+            side.wait_stream(current)  # the work queued so far still reads the old weights
+            with torch.cuda.stream(side):
+                for p, host in pairs:
+                    p.data.copy_(host, non_blocking=True)
+                event = torch.cuda.Event()
+                event.record(side)
+            current.wait_event(event)
+            events.append(event)
+        plan.weights_copied = events
+
     # torch.optim.Optimizer ---------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
@@ -129,43 +523,43 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         if closure is not None:
             with torch.enable_grad():
                 loss = closure()
-        for gi, g in enumerate(self.param_groups):
-            grads, outs, copies = {}, {}, []
-            for i, p in enumerate(g["params"]):
-                if p.grad is None:
-                    continue
-                name = self._tensor_name(i)
-                grad = p.grad.detach()
-                if grad.is_sparse:
-                    raise RuntimeError("PagedAdamW8bit does not support sparse gradients")
-                grads[name] = _numpy_view(grad.to("cpu").contiguous())
-                if p.device.type == "cpu" and p.is_contiguous():
-                    outs[name] = _numpy_view(p.data)  # weights land in the parameter itself
-                else:
-                    host = torch.empty(p.shape, dtype=p.dtype, device="cpu",
-                                       pin_memory=p.device.type == "cuda")
-                    outs[name] = _numpy_view(host)
-                    copies.append((p, host))
-            if not grads:
-                continue
-            sg = self._ensure_group(gi)
-            self._sync_hyper(gi, sg)
-            self._steps[gi] += 1
-            sg.step(self._steps[gi], grads, out=outs, worker=self.worker, lr=float(g["lr"]))
-            for p, host in copies:
-                p.data.copy_(host, non_blocking=False)
-            for i, p in enumerate(g["params"]):
-                if p.grad is not None:
-                    self.state[p]["step"] = self.state[p].get("step", 0) + 1
+        duplicate = False
+        with self._lock:
+            self._hooks_off.clear()
+            for gi in range(len(self.param_groups)):
+                plan = self._plans.get(gi)
+                if plan is None or not plan.active:
+                    params = self.param_groups[gi]["params"]
+                    if all(p.grad is None for p in params):
+                        continue
+                plan = self._begin(gi)
+                dones = self._finish(gi, plan)
+                for shard, done in dones.items():
+                    if done.duplicate:
+                        duplicate = True
+                        warnings.warn(
+                            f"optd: step {done.step} of {self.server_group(gi)} on "
+                            f"{self._shards[gi].targets[shard]} was applied before (a retry): "
+                            f"not applied again; its weights were pulled", RuntimeWarning,
+                            stacklevel=3)
+        self.last_step_duplicate = duplicate
+        if duplicate:
+            self.duplicate_steps += 1
         return loss
 
     def close(self):
+        for h in self._hooks:
+            h.remove()
+        self._hooks = []
+        for plan in self._plans.values():
+            plan.pool.shutdown(wait=False)
         for sg in self._shards.values():
             sg.close()
 
     def server_groups(self):
         """{param_group index: ShardedGroup} of the groups created so far."""
         return dict(self._shards)
+
 
     # State -------------------------------------------------------------------------------------
     def _fetch_state(self):
@@ -234,3 +628,12 @@ class PagedAdamW8bit(torch.optim.Optimizer):
                 for i, p in enumerate(g["params"]):
                     if self._tensor_name(i) in per:
                         self._pending_state[p] = per[self._tensor_name(i)]
+
+
+def _hook(optimizer_ref, gi, i):
+    """A post-accumulate-grad hook that does not keep the optimizer alive."""
+    def hook(p):
+        opt = optimizer_ref()
+        if opt is not None:
+            opt._on_grad(gi, i, p)
+    return hook
