@@ -10,6 +10,7 @@
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "client/internal/malloc_tuning.h"
 #include "client/internal/blocking_stream.h"
 #include "client/internal/client_impl.h"
 #include "client/internal/convert.h"
@@ -55,6 +56,7 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const std::string& target
     return absl::InvalidArgumentError(
         absl::StrCat("chunk_bytes: ", options.chunk_bytes, " is below 1024"));
   }
+  if (options.tune_malloc) internal::TuneMallocForBulkTransfers();
   auto impl = std::make_unique<Impl>();
   impl->target = target;
   impl->options = options;

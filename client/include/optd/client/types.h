@@ -137,6 +137,10 @@ struct ClientOptions {
   // Connections to the server (each its own TCP connection), and the concurrent streams a
   // step's chunks, an upload's chunks or a pull's tensors are spread over. >= 1.
   int streams = 1;
+  // Raise glibc malloc's mmap and trim thresholds for the whole process, once, so that gRPC's
+  // receive buffers are not faulted in afresh for every message (Note [glibc malloc and gRPC's
+  // receive buffers] in client/internal/malloc_tuning.h). false leaves the allocator alone.
+  bool tune_malloc = true;
 };
 
 // Element type of an optimizer-state array (= optd.v1.StateElementType).
