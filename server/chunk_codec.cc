@@ -216,11 +216,19 @@ class MessageReader {
   size_t offset_ = 0;
 };
 
-void Payload::CopyTo(void* dst) const {
+void Payload::CopyRange(size_t offset, size_t n, void* dst) const {
   auto* out = static_cast<uint8_t*>(dst);
   for (const Piece& p : pieces_) {
-    std::memcpy(out, (*slices_)[p.slice].begin() + p.offset, p.size);
-    out += p.size;
+    if (n == 0) break;
+    if (offset >= p.size) {
+      offset -= p.size;
+      continue;
+    }
+    const size_t take = std::min(n, p.size - offset);
+    std::memcpy(out, (*slices_)[p.slice].begin() + p.offset + offset, take);
+    out += take;
+    n -= take;
+    offset = 0;
   }
 }
 

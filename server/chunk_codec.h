@@ -31,7 +31,9 @@ class Payload {
  public:
   size_t size() const { return size_; }
   // Copies all size() bytes to `dst`.
-  void CopyTo(void* dst) const;
+  void CopyTo(void* dst) const { CopyRange(0, size_, dst); }
+  // Copies bytes [offset, offset + n) to `dst`. REQUIRES: offset + n <= size().
+  void CopyRange(size_t offset, size_t n, void* dst) const;
   // The bytes when they lie in one slice (the usual case for small messages), else nullptr.
   const uint8_t* contiguous() const;
 

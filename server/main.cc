@@ -63,10 +63,13 @@ bool WritePortFile(const std::string& path, int port) {
 // to an arena that returns their pages to the kernel at once, so every multi-MB gRPC buffer and
 // weight snapshot was faulted in and zeroed afresh: a third of the server's CPU time in a pull
 // (perf on the 2-core development VM, 2026-12-01). Keeping freed pages for 30 s lets the next
-// step reuse them. Read by jemalloc at start-up; ignored when another allocator is linked.
+// step reuse them, and one arena lets a buffer freed by one of gRPC's threads serve the next
+// allocation of another (with one arena per thread group, the kernel's page faults in recvmsg
+// were still a fifth of the server's time; small allocations still go through thread caches).
+// Read by jemalloc at start-up; ignored when another allocator is linked.
 extern "C" {
 __attribute__((used)) const char* malloc_conf =
-    "oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:30000";
+    "narenas:1,oversize_threshold:0,dirty_decay_ms:30000,muzzy_decay_ms:30000";
 }
 
 int main(int argc, char** argv) {
