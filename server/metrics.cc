@@ -127,6 +127,14 @@ absl::Status Metrics::Init(const MetricsOptions& options) {
       rpcs_[m][c] = &rpcs.Add({{"method", method}, {"code", std::string(kCodeNames[c])}});
     }
   }
+  auto& auth = counter("optd_auth_failures_total",
+                       "Calls refused: missing or unknown token (UNAUTHENTICATED), a role or "
+                       "group scope that does not allow the call (PERMISSION_DENIED).");
+  constexpr std::array<const char*, 4> kAuthReasons = {"missing_token", "unknown_token",
+                                                       "wrong_role", "out_of_scope"};
+  for (size_t r = 0; r < kAuthReasons.size(); ++r) {
+    auth_failures_[r] = &auth.Add({{"reason", kAuthReasons[r]}});
+  }
 
   collector_ = std::make_shared<Collector>(registry_);
   if (!options.listen_address.empty()) {
@@ -188,6 +196,10 @@ void Metrics::RecordRpc(std::string_view method, int grpc_code) {
   while (m < kRpcMethods.size() && kRpcMethods[m] != method) ++m;
   if (grpc_code < 0 || grpc_code >= kNumStatusCodes) grpc_code = kUnknownCode;
   rpcs_[m][grpc_code]->Increment();
+}
+
+void Metrics::RecordAuthFailure(AuthFailure reason) {
+  auth_failures_[static_cast<size_t>(reason)]->Increment();
 }
 
 void Metrics::UpdateEngine(const core::EngineStats& stats) {

@@ -17,6 +17,8 @@
 //   optd_weight_bytes{group,location}, optd_state_bytes{group,location}
 //   optd_accumulation_bytes{group}                       sync/clipping accumulation buffers
 //   optd_rpcs_total{method,code}                         code: gRPC status name, e.g. "OK"
+//   optd_auth_failures_total{reason}                     missing_token|unknown_token|wrong_role|
+//                                                        out_of_scope (docs/security.md)
 #pragma once
 
 #include <array>
@@ -54,6 +56,10 @@ struct MetricsOptions {
 };
 
 class Metrics;
+
+// Why a call was refused (optd_auth_failures_total's `reason`): the first two are
+// UNAUTHENTICATED, the others PERMISSION_DENIED.
+enum class AuthFailure : int { kMissingToken, kUnknownToken, kWrongRole, kOutOfScope };
 
 // The series of one group. Created by Metrics::ForGroup when the group is created; destroying
 // it removes the group's series from the exposition.
@@ -127,6 +133,9 @@ class Metrics {
   // No label lookup: the children were created in Create.
   void RecordRpc(std::string_view method, int grpc_code);
 
+  // Counts one call refused by authentication or authorization.
+  void RecordAuthFailure(AuthFailure reason);
+
   // Publishes the engine's figures. Its traffic figures are monotonic totals; the exported
   // counters grow by the difference since the last call (a total that went down counts as a
   // restart of the engine and adds nothing).
@@ -176,6 +185,7 @@ class Metrics {
 
   // [method index (kRpcMethods, then "other")][code]
   std::array<std::array<prometheus::Counter*, kNumStatusCodes>, kRpcMethods.size() + 1> rpcs_{};
+  std::array<prometheus::Counter*, 4> auth_failures_{};  // [AuthFailure]
 
   std::mutex engine_mu_;
   // Device-memory gauges are created on the first report from a CUDA engine, so a CPU server

@@ -4,7 +4,10 @@
 
 #include <cstdio>
 
+#include <algorithm>
 #include <filesystem>
+#include <memory>
+#include <vector>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -14,6 +17,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "server/tls_credentials.h"
 
 namespace optd::server {
 namespace {
@@ -44,6 +48,16 @@ absl::StatusOr<std::unique_ptr<core::Engine>> MakeEngine(const ServerOptions& op
   return core::CreateEngine(eo);
 }
 
+// Adds server reflection to one ServerBuilder. (InitProtoReflectionServerBuilderPlugin would
+// add it to every server the process builds afterwards, whatever its options.)
+class ReflectionOption final : public grpc::ServerBuilderOption {
+ public:
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    plugins->push_back(std::make_unique<grpc::reflection::ProtoServerReflectionPlugin>());
+  }
+};
+
 std::string HostPart(const std::string& address) {
   const size_t colon = address.rfind(':');
   return colon == std::string::npos ? address : address.substr(0, colon);
@@ -71,6 +85,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
                        " cannot be created: ", ec ? ec.message() : "not a directory"));
     }
   }
+  // Credentials before the engine: a refused configuration costs no device memory.
+  TlsFileOptions tls;
+  tls.cert_file = options.tls_cert_file;
+  tls.key_file = options.tls_key_file;
+  tls.client_ca_file = options.tls_client_ca_file;
+  tls.refresh = options.credential_refresh;
+  auto credentials = MakeServerCredentials(tls, options.listen_address, options.allow_insecure);
+  if (!credentials.ok()) return credentials.status();
+
   std::unique_ptr<Server> s(new Server());
   auto engine = MakeEngine(options);
   if (!engine.ok()) return engine.status();
@@ -104,13 +127,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
     Server* server = s.get();
     on_device_error = [server](const absl::Status& status) { server->MarkNotServing(status); };
   }
+  AuthOptions ao;
+  ao.token_file = options.token_file;
+  ao.refresh = std::max(options.credential_refresh, absl::Seconds(1));
+  auto authorizer = Authorizer::Create(ao, s->metrics_.get());
+  if (!authorizer.ok()) return authorizer.status();
+  s->authorizer_ = *std::move(authorizer);
   s->service_ = std::make_unique<OptimizerService>(s->core_.get(), s->metrics_.get(),
-                                                   std::move(on_device_error));
+                                                   s->authorizer_.get(), std::move(on_device_error));
 
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  if (options.reflection) builder.SetOption(std::make_unique<ReflectionOption>());
+  builder.AddListeningPort(options.listen_address, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   // A streamed step holds its group until the commit: keepalive pings find a trainer that
