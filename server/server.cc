@@ -48,14 +48,22 @@ absl::StatusOr<std::unique_ptr<core::Engine>> MakeEngine(const ServerOptions& op
   return core::CreateEngine(eo);
 }
 
-// Adds server reflection to one ServerBuilder. (InitProtoReflectionServerBuilderPlugin would
-// add it to every server the process builds afterwards, whatever its options.)
+// Server reflection for one ServerBuilder, on or off. libgrpc++_reflection registers its plugin
+// for every ServerBuilder of the process from a static initializer as soon as it is loaded, so
+// "off" must remove it; "on" installs one instance whatever the process registered.
 class ReflectionOption final : public grpc::ServerBuilderOption {
  public:
+  explicit ReflectionOption(bool on) : on_(on) {}
   void UpdateArguments(grpc::ChannelArguments*) override {}
   void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
-    plugins->push_back(std::make_unique<grpc::reflection::ProtoServerReflectionPlugin>());
+    auto reflection = std::make_unique<grpc::reflection::ProtoServerReflectionPlugin>();
+    const std::string name = reflection->name();
+    std::erase_if(*plugins, [&name](const auto& p) { return p->name() == name; });
+    if (on_) plugins->push_back(std::move(reflection));
   }
+
+ private:
+  const bool on_;
 };
 
 std::string HostPart(const std::string& address) {
@@ -138,7 +146,7 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
 
   grpc::EnableDefaultHealthCheckService(true);
   grpc::ServerBuilder builder;
-  if (options.reflection) builder.SetOption(std::make_unique<ReflectionOption>());
+  builder.SetOption(std::make_unique<ReflectionOption>(options.reflection));
   builder.AddListeningPort(options.listen_address, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
