@@ -1,5 +1,6 @@
 // Security of the gRPC port against real servers on 127.0.0.1 (docs/security.md): TLS and mutual
-// TLS with certificates made by openssl at run time, certificate reload, bearer tokens with
+// TLS with certificates made by openssl at run time (tests/client/test_certificates.h),
+// certificate reload, bearer tokens with
 // roles and group prefixes on every method (unary and streamed), their failure metric, token
 // file reload, reflection off by default, and the optd binary's flags.
 #include <signal.h>
@@ -19,6 +20,7 @@
 #include "grpcpp/generic/generic_stub.h"
 #include "grpcpp/support/client_interceptor.h"
 #include "gtest/gtest.h"
+#include "tests/client/test_certificates.h"
 #include "tests/server/server_test_util.h"
 
 namespace optd::testing {
@@ -41,82 +43,17 @@ constexpr char kTokenFile[] =
     "train-b-0123456789abcdef\ttrain\tteam-b.\n"
     "admin-all-0123456789abcdef admin *\n";
 
-std::string ReadFile(const std::string& path) {
-  std::ifstream in(path, std::ios::binary);
-  std::ostringstream s;
-  s << in.rdbuf();
-  return s.str();
-}
+std::string ReadFile(const std::string& path) { return ReadTextFile(path); }
+void WriteFile(const std::string& path, const std::string& text) { ReplaceTextFile(path, text); }
 
-void WriteFile(const std::string& path, const std::string& text) {
-  // Written beside and renamed, so that a watcher never reads half a file.
-  const std::string tmp = path + ".tmp";
-  {
-    std::ofstream out(tmp, std::ios::binary | std::ios::trunc);
-    out << text;
+const TestCertificates& Certs() {
+  auto certs = GetTestCertificates();
+  if (!certs.ok()) {
+    ADD_FAILURE() << certs.status();
+    static const TestCertificates* const none = new TestCertificates();
+    return *none;
   }
-  std::filesystem::rename(tmp, path);
-}
-
-// Certificates for the tests, made once per test binary by the openssl command.
-struct Certificates {
-  std::string dir;
-  std::string ca, server_cert, server_key, client_cert, client_key;
-  // A second CA with its own server and client certificates: an untrusted authority.
-  std::string ca2, server2_cert, server2_key, client2_cert, client2_key;
-};
-
-bool Run(const std::string& command) { return std::system(command.c_str()) == 0; }
-
-// Makes key NAME.key and certificate NAME.pem signed by CA (CA.pem, CA.key), with extensions.
-bool MakeLeaf(const std::string& dir, const std::string& name, const std::string& ca,
-              const std::string& extensions) {
-  WriteFile(dir + "/" + name + ".ext", extensions);
-  return Run(absl::StrCat(
-             "cd ", dir, " && openssl req -new -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-             "-nodes -keyout ", name, ".key -out ", name, ".csr -subj /CN=", name,
-             " >/dev/null 2>&1")) &&
-         Run(absl::StrCat("cd ", dir, " && openssl x509 -req -in ", name, ".csr -CA ", ca,
-                          ".pem -CAkey ", ca, ".key -CAcreateserial -out ", name,
-                          ".pem -days 2 -extfile ", name, ".ext >/dev/null 2>&1"));
-}
-
-bool MakeCa(const std::string& dir, const std::string& name) {
-  return Run(absl::StrCat("cd ", dir,
-                          " && openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:prime256v1 "
-                          "-nodes -keyout ",
-                          name, ".key -out ", name, ".pem -days 2 -subj /CN=", name,
-                          " >/dev/null 2>&1"));
-}
-
-const Certificates& Certs() {
-  static const Certificates* certs = [] {
-    auto* c = new Certificates();
-    c->dir = MakeTempDir();
-    const std::string server_ext = "subjectAltName=DNS:localhost,IP:127.0.0.1\n"
-                                   "extendedKeyUsage=serverAuth\n";
-    const std::string client_ext = "extendedKeyUsage=clientAuth\n";
-    const bool ok = MakeCa(c->dir, "ca") && MakeCa(c->dir, "ca2") &&
-                    MakeLeaf(c->dir, "server", "ca", server_ext) &&
-                    MakeLeaf(c->dir, "client", "ca", client_ext) &&
-                    MakeLeaf(c->dir, "server2", "ca2", server_ext) &&
-                    MakeLeaf(c->dir, "client2", "ca2", client_ext);
-    EXPECT_TRUE(ok) << "openssl could not make the test certificates (deploy/install-deps.sh "
-                       "installs openssl)";
-    auto path = [&](const char* f) { return c->dir + "/" + f; };
-    c->ca = path("ca.pem");
-    c->server_cert = path("server.pem");
-    c->server_key = path("server.key");
-    c->client_cert = path("client.pem");
-    c->client_key = path("client.key");
-    c->ca2 = path("ca2.pem");
-    c->server2_cert = path("server2.pem");
-    c->server2_key = path("server2.key");
-    c->client2_cert = path("client2.pem");
-    c->client2_key = path("client2.key");
-    return c;
-  }();
-  return *certs;
+  return **certs;
 }
 
 std::shared_ptr<grpc::ChannelCredentials> Tls(const std::string& root_ca,
