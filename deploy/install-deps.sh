@@ -17,6 +17,7 @@ pkgs=(
   libabsl-dev prometheus-cpp-dev libjemalloc-dev
   libgtest-dev libgmock-dev googletest libbenchmark-dev
   libssl-dev zlib1g-dev libc-ares-dev libre2-dev
+  openssl  # the TLS tests make their certificates at run time
 )
 if [ "$with_python" = 1 ]; then
   # Debian's own Python stack: the client must work on it (grpcio 1.51, protobuf 3.21, torch 1.13).
