@@ -105,3 +105,25 @@ def test_part_arguments_and_streams_are_checked(server, monkeypatch):
         optd.Client(server.target)
     monkeypatch.setenv("OPTD_STREAMS", "4")
     assert optd.Client(server.target).streams == 4
+
+
+def test_a_part_without_gradients_does_not_withhold_weights(parts_server):
+    """Part 0 carries no gradient (a bucket whose tensors got none this step) and is sent
+    last: the other parts still get their weights, equal to a whole step's."""
+    c = optd.Client(parts_server.target)
+    _group(c, "whole")
+    _group(c, "parts")
+    g = _arrays(7)
+    for k in range(1, 4):
+        _, whole = c.step("whole", k, {n: g[n] for n in ("a", "b", "e")})
+        with ThreadPoolExecutor(2) as pool:
+            others = [pool.submit(c.step, "parts", k, {n: g[n] for n in names}, part_count=3,
+                                  part_index=i)
+                      for i, names in ((1, ["e"]), (2, ["a", "b"]))]
+            empty, nothing = c.step("parts", k, {}, part_count=3, part_index=0)
+            results = [f.result() for f in others]
+        assert empty.version == k and nothing == {}
+        for done, out in results:
+            assert done.version == k
+            for n in out:
+                np.testing.assert_array_equal(out[n], whole[n])
