@@ -29,6 +29,12 @@ ABSL_FLAG(std::string, port_file, "",
           "once serving, write the bound gRPC port here (decimal, newline)");
 ABSL_FLAG(std::string, metrics_port_file, "", "once serving, write the bound metrics port here");
 ABSL_FLAG(std::string, hostname, "", "hostname label of the metrics; empty: gethostname()");
+ABSL_FLAG(int, metrics_max_groups, 100,
+          "groups whose metrics carry their own group label; further groups are summed under "
+          "group=\"_other\" (0: all of them)");
+ABSL_FLAG(std::string, metrics_basic_auth_file, "",
+          "file whose first line is user:password; /metrics then requires that HTTP basic auth "
+          "(empty: no authentication)");
 ABSL_FLAG(int, shutdown_grace_seconds, 30, "on SIGTERM, how long in-flight calls may finish");
 
 namespace {
@@ -102,6 +108,8 @@ int main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
   options.hostname = absl::GetFlag(FLAGS_hostname);
+  options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
+  options.metrics_basic_auth_file = absl::GetFlag(FLAGS_metrics_basic_auth_file);
 
   auto server = optd::server::Server::BuildAndStart(options);
   if (!server.ok()) {

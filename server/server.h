@@ -32,6 +32,10 @@ struct ServerOptions {
   int max_message_bytes = 16 << 20;
   int64_t chunk_bytes = int64_t{4} << 20;  // payload per message the server sends
   std::string hostname;              // `hostname` metric label; empty = gethostname()
+  // Metrics: groups with `group` series of their own (the rest under group="_other"), and the
+  // /metrics basic-auth file (empty: none); see MetricsOptions.
+  int metrics_max_groups = 100;
+  std::string metrics_basic_auth_file;
 };
 
 // Thread safety: Wait and Shutdown may be called from different threads.
