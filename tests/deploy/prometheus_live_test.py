@@ -19,7 +19,7 @@ import urllib.parse
 
 import yaml
 
-from optd_live import (CUDA_ONLY, REPO, Optd, free_port, http_get, metric_names_in,
+from optd_live import (CUDA_ONLY, DCGM_FIELDS, REPO, Optd, free_port, http_get, metric_names_in,
                        metrics_source_names, run_workload, sample_names)
 
 PROM_DIR = os.path.join(REPO, "deploy", "prometheus")
@@ -99,7 +99,7 @@ def check_names(source, exprs, live, allow_dcgm):
                 continue
             if name in CUDA_ONLY and name in defined:
                 continue
-            if allow_dcgm and name.startswith("DCGM_"):
+            if allow_dcgm and name in DCGM_FIELDS:
                 continue
             problems.append(f"{source} {where}: {name} is not in a live scrape of optd")
     return problems
@@ -155,7 +155,19 @@ def main():
 
         problems = check_names("alert", expected, live, allow_dcgm=False)
         if os.path.exists(DASHBOARD):
-            problems += check_names("dashboard", dashboard_expressions(), live, allow_dcgm=True)
+            dash = dashboard_expressions()
+            problems += check_names("dashboard", dash, live, allow_dcgm=True)
+            # Every dashboard query is valid PromQL, as Prometheus itself parses it (Grafana's
+            # variables replaced by what "All" and the rate interval would put there).
+            for where, expr in dash.items():
+                if expr.startswith("label_values("):
+                    continue  # Grafana's own function, not PromQL
+                promql = (expr.replace("$__rate_interval", "1m").replace("$instance", ".*")
+                          .replace("$group", ".*"))
+                try:
+                    query(base, promql)
+                except Exception as e:  # HTTP 400 carries Prometheus' parse error
+                    problems.append(f"dashboard {where}: Prometheus rejects {promql}: {e}")
         assert not problems, "\n".join(problems)
         print("prometheus_live_test: every metric the alerts and the dashboard name is live")
     except BaseException:
