@@ -89,7 +89,7 @@ else
 fi
 
 step "build: localhost/optd:cpu from deploy/Dockerfile on $base"
-podman build --network=host -f deploy/Dockerfile \
+podman build --network=host --format docker -f deploy/Dockerfile \
   --build-arg BASE="$base" --build-arg RUNTIME_BASE="$base" -t localhost/optd:cpu .
 podman image inspect localhost/optd:cpu --format 'image {{.Id}}, {{.Size}} bytes, user {{.Config.User}}'
 
