@@ -7,11 +7,12 @@
 namespace optd::server {
 namespace {
 
-// The tensors whose weights go back: the touched ones (UPDATED), all (ALL), none (NONE).
-std::vector<int> ReturnedTensors(const Group& group, const StepPlan& plan,
+// The tensors whose weights go back: the touched ones (UPDATED), all (ALL), none (NONE), for
+// what the step's streams asked together.
+std::vector<int> ReturnedTensors(const Group& group, v1::WeightsReturn wanted,
                                  const std::vector<int>& touched) {
-  if (plan.weights == v1::NONE) return {};
-  if (plan.weights == v1::UPDATED) return touched;
+  if (wanted == v1::NONE) return {};
+  if (wanted == v1::UPDATED) return touched;
   std::vector<int> all(static_cast<size_t>(group.num_tensors()));
   for (int t = 0; t < group.num_tensors(); ++t) all[static_cast<size_t>(t)] = t;
   return all;
@@ -19,11 +20,11 @@ std::vector<int> ReturnedTensors(const Group& group, const StepPlan& plan,
 
 }  // namespace
 
-absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan,
-                                       const PendingStep& pending, const CommitContext& context) {
+absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan, PendingStep& pending,
+                                       const CommitContext& context) {
   const GradientSet& gradient = pending.gradient();
   const std::vector<int> touched = gradient.Touched();
-  const std::vector<int> returned = ReturnedTensors(group, plan, touched);
+  const std::vector<int> returned = ReturnedTensors(group, pending.weights_wanted(), touched);
   StepOutcome outcome;
   if (context.sync) {
     auto result = JoinSyncRound(group, plan, gradient, pending.nonfinite(), context.timeout_ms,
@@ -60,11 +61,16 @@ absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan,
   group.UpdateByteMetrics(context.backend);
   // One copy serves both the subscribers (every tensor) and the streams (what they asked for).
   const bool publish = group.has_subscribers();
+  std::shared_ptr<WeightSnapshot> snap;
   if (publish || !returned.empty()) {
-    auto snap = group.Snapshot(publish ? std::vector<int>{} : returned);
-    if (!snap.ok()) return snap.status();
-    outcome.weights = *snap;
-    if (publish) group.Publish(*std::move(snap));
+    snap = group.BeginSnapshot(publish ? std::vector<int>{} : returned);
+    outcome.weights = snap;
+  }
+  // The other streams start sending as the copy proceeds.
+  pending.Resolve(group, outcome);
+  if (snap != nullptr) {
+    if (absl::Status s = group.FillSnapshot(*snap); !s.ok()) return s;
+    if (publish) group.Publish(snap);
   }
   return outcome;
 }

@@ -163,6 +163,7 @@ absl::Status SendRanges(Group& group, const StepPlan& plan, const StepOutcome& o
   for (const Range& r : ranges) {
     const int slot = snap.SlotOf(r.tensor);
     if (slot < 0) continue;
+    if (absl::Status s = snap.AwaitFilled(slot); !s.ok()) return s;
     const core::TensorSpec& spec = group.tensor(r.tensor);
     const int64_t esize = static_cast<int64_t>(core::DTypeSize(spec.dtype));
     const int64_t piece = std::max<int64_t>(
@@ -294,7 +295,7 @@ absl::Status OptimizerCore::Step(StepStream* stream) {
 
     const absl::Duration timeout = absl::Milliseconds(context.timeout_ms);
     auto joined = PendingStep::Join(group, plan.worker, plan.step, plan.streams,
-                                    plan.stream_index, timeout);
+                                    plan.stream_index, timeout, plan.weights);
     if (!joined.ok()) return joined.status();
     std::shared_ptr<PendingStep> pending = *std::move(joined);
     std::vector<Range> carried;
