@@ -39,12 +39,15 @@ cleanup() {
   rm -rf "$work"
 }
 trap cleanup EXIT
+# What is built, read before the log (itself in the repository) is rewritten.
+revision="commit $(git rev-parse --short HEAD 2>/dev/null || echo none)"
+git diff --quiet HEAD 2>/dev/null || revision+=" with uncommitted changes"
 exec > >(tee "$log") 2>&1
 
 start=$(date +%s)
 step() { echo "== [$(( $(date +%s) - start )) s] $*"; }
 
-step "check-image: $(date -u +%Y-%m-%dT%H:%M:%SZ), commit $(git rev-parse --short HEAD 2>/dev/null || echo none)$(git diff --quiet HEAD 2>/dev/null || echo ' (with uncommitted changes)')"
+step "check-image: $(date -u +%Y-%m-%dT%H:%M:%SZ), $revision"
 need=()
 for p in podman buildah mmdebstrap runc uidmap; do
   dpkg-query -W -f='${Status}' "$p" 2>/dev/null | grep -q "install ok installed" || need+=("$p")
