@@ -380,10 +380,8 @@ class Client:
             dtype_name(v)
         args = dict(worker=worker, lr=lr, weights=weights, base_version=base_version)
         # A part without gradients (a bucket none of whose tensors got one) is only a begin and
-        # a commit: it goes through grpcio. The C++ client (as of 2b6b201) sends a call without
-        # output buffers as weights=NONE, and the server takes the step's weights mode from the
-        # part that commits last, so such a part could withhold the weights of all the others.
-        if self._native is not None and not (part_count > 0 and not flats):
+        # a commit, asking for no weights; the server copies back what any part asked for.
+        if self._native is not None:
             return self._step_native(group, step, flats, out, part_count, part_index, **args)
         if part_count == 0 and self.streams > 1 and len(flats) > 1:
             return self._step_pure_streams(group, step, flats, out, args)
