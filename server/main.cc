@@ -29,6 +29,12 @@ ABSL_FLAG(std::string, port_file, "",
           "once serving, write the bound gRPC port here (decimal, newline)");
 ABSL_FLAG(std::string, metrics_port_file, "", "once serving, write the bound metrics port here");
 ABSL_FLAG(std::string, hostname, "", "hostname label of the metrics; empty: gethostname()");
+ABSL_FLAG(int, metrics_max_groups, 100,
+          "groups whose metrics carry their own group label; further groups are summed under "
+          "group=\"_other\" (0: all of them)");
+ABSL_FLAG(std::string, metrics_basic_auth_file, "",
+          "file whose first line is user:password; /metrics then requires that HTTP basic auth "
+          "(empty: no authentication)");
 ABSL_FLAG(int, shutdown_grace_seconds, 30, "on SIGTERM, how long in-flight calls may finish");
 ABSL_FLAG(std::string, tls_cert, "",
           "PEM certificate chain of the gRPC port; with --tls_key serves TLS (files are re-read "
@@ -123,6 +129,8 @@ int main(int argc, char** argv) {
   options.token_file = absl::GetFlag(FLAGS_token_file);
   options.credential_refresh = absl::Seconds(absl::GetFlag(FLAGS_credential_refresh_seconds));
   options.reflection = absl::GetFlag(FLAGS_reflection);
+  options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
+  options.metrics_basic_auth_file = absl::GetFlag(FLAGS_metrics_basic_auth_file);
 
   auto server = optd::server::Server::BuildAndStart(options);
   if (!server.ok()) {

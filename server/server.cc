@@ -111,6 +111,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
   mo.listen_address = options.metrics_listen_address;
   mo.gpu_label = s->engine_->backend() == core::Backend::kCuda ? std::to_string(options.gpu) : "";
   mo.hostname = options.hostname;
+  mo.max_groups = options.metrics_max_groups;
+  mo.basic_auth_file = options.metrics_basic_auth_file;
   if (mo.hostname.empty()) {
     char name[256] = {};
     if (gethostname(name, sizeof(name) - 1) == 0) mo.hostname = name;

@@ -49,6 +49,10 @@ struct ServerOptions {
   absl::Duration credential_refresh = absl::Seconds(60);
   // Serve gRPC server reflection (grpc.reflection.v1alpha), without authentication.
   bool reflection = false;
+  // Metrics: groups with `group` series of their own (the rest under group="_other"), and the
+  // /metrics basic-auth file (empty: none); see MetricsOptions.
+  int metrics_max_groups = 100;
+  std::string metrics_basic_auth_file;
 };
 
 // Thread safety: Wait and Shutdown may be called from different threads.

@@ -379,6 +379,7 @@ absl::Status OptimizerCore::SaveCheckpoint(const v1::SaveCheckpointRequest& requ
   }
   auto bytes = (*writer)->Commit();
   if (!bytes.ok()) return bytes.status();
+  metrics_->RecordCheckpointSaved();
   response->set_path(*path);
   response->set_bytes(*bytes);
   return absl::OkStatus();
