@@ -25,7 +25,7 @@ REPO = os.path.abspath(os.path.join(os.path.dirname(__file__), "..", ".."))
 KUBE = os.path.join(REPO, "deploy", "kubernetes")
 OVERLAYS = ["cpu", "gpu", "gpu-secured"]
 KUBE_VERSION = "1.29.0"
-FLAGS_PENDING = {"tls_cert", "tls_key", "tls_client_ca", "token_file"}
+FLAGS_PENDING: set = set()  # flags the manifests may name before optd has them
 
 _SECRET_REF = {"type": "object", "required": ["name", "key"], "additionalProperties": False,
                "properties": {"name": {"type": "string"}, "key": {"type": "string"},
@@ -126,7 +126,7 @@ def check_semantics(objs, overlay, flags):
 
     (c,) = pod["spec"]["containers"]
     ports = {p["name"]: p["containerPort"] for p in c["ports"]}
-    args = {a.split("=", 1)[0][2:]: a.split("=", 1)[1] for a in c["args"]}
+    args = {a.split("=", 1)[0][2:]: (a.split("=", 1) + ["true"])[1] for a in c["args"]}
     if args.get("listen", "").rsplit(":", 1)[-1] != str(ports.get("grpc")):
         problems.append(f"{overlay}: --listen does not serve the grpc port")
     if args.get("metrics_listen", "").rsplit(":", 1)[-1] != str(ports.get("metrics")):
