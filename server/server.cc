@@ -39,10 +39,17 @@ absl::StatusOr<std::unique_ptr<core::Engine>> MakeEngine(const ServerOptions& op
     return absl::InvalidArgumentError(
         absl::StrCat("backend must be auto, cpu or cuda, got '", options.backend, "'"));
   }
+  // --backend=auto falls back to the CPU engine, and says why (an operator who expected a GPU
+  // sees it in the log, not only in the metrics).
   if (core::CudaEngineCompiled()) {
     eo.backend = core::Backend::kCuda;
     auto engine = core::CreateEngine(eo);
     if (engine.ok()) return engine;
+    std::fprintf(stderr, "optd: --backend=auto: the CUDA engine is not usable (%s); using the CPU "
+                         "backend\n", engine.status().ToString().c_str());
+  } else {
+    std::fprintf(stderr, "optd: --backend=auto: this build has no CUDA engine; using the CPU "
+                         "backend\n");
   }
   eo.backend = core::Backend::kCpu;
   return core::CreateEngine(eo);
