@@ -1,0 +1,163 @@
+#include "server/limits.h"
+
+#include <cmath>
+#include <unordered_set>
+
+#include "absl/strings/escaping.h"
+#include "absl/strings/str_cat.h"
+#include "optd/core/dtype.h"
+#include "optd/core/options.h"
+
+namespace optd::server {
+namespace {
+
+absl::string_view View(std::string_view s) { return absl::string_view(s.data(), s.size()); }
+
+bool SafeChar(char c) {
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
+         c == '.' || c == '_' || c == '-' || c == '/';
+}
+
+// a + b and a * b, false on int64 overflow (inputs are >= 0).
+bool Add(int64_t a, int64_t b, int64_t* out) { return !__builtin_add_overflow(a, b, out); }
+bool Mul(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a, b, out); }
+
+}  // namespace
+
+std::string PrintableName(std::string_view name, size_t max_bytes) {
+  const bool cut = name.size() > max_bytes;
+  std::string out = absl::CHexEscape(View(cut ? name.substr(0, max_bytes) : name));
+  if (cut) absl::StrAppend(&out, "...(", name.size(), " bytes)");
+  return out;
+}
+
+std::string LogSafe(std::string_view message) { return PrintableName(message, 2048); }
+
+absl::Status CheckName(std::string_view name, std::string_view field, const Limits& limits) {
+  const absl::string_view f = View(field);
+  if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(f, " must not be empty"));
+  if (name.size() > static_cast<size_t>(limits.max_name_bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        f, " '", PrintableName(name), "' is ", name.size(), " bytes, more than the limit of ",
+        limits.max_name_bytes, " (--max_name_bytes)"));
+  }
+  for (size_t i = 0; i < name.size(); ++i) {
+    if (!SafeChar(name[i])) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          f, " '", PrintableName(name), "' has byte ", i, " ('",
+          absl::CHexEscape(View(name.substr(i, 1))),
+          "') outside the name alphabet [A-Za-z0-9._/-] (docs/limits.md)"));
+    }
+  }
+  if (name.front() == '/') {
+    return absl::InvalidArgumentError(
+        absl::StrCat(f, " '", PrintableName(name), "' must not start with '/'"));
+  }
+  if (name.find("..") != std::string_view::npos) {
+    return absl::InvalidArgumentError(
+        absl::StrCat(f, " '", PrintableName(name), "' must not contain '..'"));
+  }
+  return absl::OkStatus();
+}
+
+std::optional<GroupBytes> CountGroupBytes(const core::GroupSpec& spec) {
+  GroupBytes total;
+  for (const core::TensorSpec& t : spec.tensors) {
+    int64_t n = 1;
+    for (int64_t d : t.shape) {
+      if (d < 0 || !Mul(n, d, &n)) return std::nullopt;
+    }
+    int64_t weights = 0;
+    if (!Mul(n, static_cast<int64_t>(core::DTypeSize(t.dtype)), &weights) ||
+        !Add(total.weights, weights, &total.weights)) {
+      return std::nullopt;
+    }
+    int64_t states = 0;
+    if (n >= spec.options.min_8bit_size) {
+      // Two 1-byte codes per element and two fp32 scales per block of 256.
+      const int64_t blocks = n / core::kBlockSize + (n % core::kBlockSize != 0 ? 1 : 0);
+      if (!Mul(n, 2, &states) || !Add(states, 8 * blocks, &states)) return std::nullopt;
+    } else if (!Mul(n, 8, &states)) {  // fp32 m and v
+      return std::nullopt;
+    }
+    if (spec.options.percentile_clipping < 100 && !Add(states, 4 * core::kGnormHistory, &states)) {
+      return std::nullopt;
+    }
+    if (!Add(total.states, states, &total.states)) return std::nullopt;
+  }
+  return total;
+}
+
+absl::Status CheckNumWorkers(int64_t num_workers, const Limits& limits) {
+  if (num_workers < 1 || num_workers > limits.max_workers) {
+    return absl::InvalidArgumentError(absl::StrCat("num_workers must be in [1, ",
+                                                   limits.max_workers, "] (--max_workers), got ",
+                                                   num_workers));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckLearningRate(float lr, std::string_view field, const Limits& limits) {
+  // Written so that NaN fails too.
+  if (!(lr > 0.0f && lr <= limits.max_lr) || !std::isfinite(lr)) {
+    return absl::InvalidArgumentError(absl::StrCat(View(field), " must be in (0, ",
+                                                   limits.max_lr, "] (--max_lr), got ", lr));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckGroupSpec(const std::string& group, const core::GroupSpec& spec,
+                            const Limits& limits) {
+  if (absl::Status s = CheckName(group, "group", limits); !s.ok()) return s;
+  if (spec.tensors.size() > static_cast<size_t>(limits.max_tensors_per_group)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "group '", group, "' has ", spec.tensors.size(), " tensors, more than the limit of ",
+        limits.max_tensors_per_group, " (--max_tensors_per_group)"));
+  }
+  for (size_t i = 0; i < spec.tensors.size(); ++i) {
+    if (absl::Status s = CheckName(spec.tensors[i].name, absl::StrCat("tensors[", i, "].name"),
+                                   limits);
+        !s.ok()) {
+      return s;
+    }
+  }
+  // Names are known to be safe to print now; the engine's rules (dims, dtypes, duplicate names,
+  // hyperparameters) come before the byte count, which assumes them.
+  if (absl::Status s = core::ValidateGroupSpec(spec); !s.ok()) return s;
+  if (absl::Status s = CheckLearningRate(spec.options.lr, "hyperparameters.lr", limits); !s.ok()) {
+    return s;
+  }
+  const std::optional<GroupBytes> bytes = CountGroupBytes(spec);
+  if (!bytes.has_value()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "group '", group, "': its weight and state bytes overflow a 64-bit count"));
+  }
+  if (limits.max_group_bytes > 0 && (bytes->weights > limits.max_group_bytes ||
+                                     bytes->states > limits.max_group_bytes - bytes->weights)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "group '", group, "' needs ", bytes->weights, " weight bytes + ", bytes->states,
+        " state bytes, more than the limit of ", limits.max_group_bytes,
+        " bytes per group (--max_group_bytes)"));
+  }
+  return absl::OkStatus();
+}
+
+absl::Status CheckTensorList(const google::protobuf::RepeatedPtrField<std::string>& names,
+                             const Limits& limits) {
+  if (names.size() > limits.max_tensors_per_group) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "tensors lists ", names.size(), " names, more than a group may hold (",
+        limits.max_tensors_per_group, ", --max_tensors_per_group)"));
+  }
+  std::unordered_set<std::string_view> seen;
+  seen.reserve(static_cast<size_t>(names.size()));
+  for (const std::string& name : names) {
+    if (!seen.insert(name).second) {
+      return absl::InvalidArgumentError(absl::StrCat(
+          "tensors: '", PrintableName(name), "' is listed twice; list each tensor once"));
+    }
+  }
+  return absl::OkStatus();
+}
+
+}  // namespace optd::server
