@@ -13,6 +13,21 @@ WeightSnapshot::~WeightSnapshot() {
   for (WireBuffer& b : data) pool->Return(std::move(b));
 }
 
+absl::Status WeightSnapshot::AwaitFilled(int slot) const {
+  absl::MutexLock lock(&fill_mu_);
+  auto ready = [this, slot]() ABSL_SHARED_LOCKS_REQUIRED(fill_mu_) {
+    return filled_ > slot || !fill_status_.ok();
+  };
+  fill_mu_.Await(absl::Condition(&ready));
+  return filled_ > slot ? absl::OkStatus() : fill_status_;
+}
+
+void WeightSnapshot::SetFilled(int slots, const absl::Status& status) const {
+  absl::MutexLock lock(&fill_mu_);
+  filled_ = slots;
+  fill_status_ = status;
+}
+
 int WeightSnapshot::SlotOf(int t) const {
   for (size_t i = 0; i < tensors.size(); ++i) {
     if (tensors[i] == t) return static_cast<int>(i);
@@ -146,8 +161,7 @@ void Group::FillInfo(v1::GroupInfo* info) const {
   info->set_weights_initialized(weights_initialized());
 }
 
-absl::StatusOr<std::shared_ptr<const WeightSnapshot>> Group::Snapshot(
-    const std::vector<int>& tensors) const {
+std::shared_ptr<WeightSnapshot> Group::BeginSnapshot(const std::vector<int>& tensors) const {
   auto snap = std::make_shared<WeightSnapshot>();
   snap->version = record_.version;
   snap->pool = snapshot_pool_;
@@ -162,12 +176,31 @@ absl::StatusOr<std::shared_ptr<const WeightSnapshot>> Group::Snapshot(
   for (int t : snap->tensors) {
     const core::TensorSpec& spec = tensor(t);
     // Not zero-filled: ReadParam overwrites all of it (Note [Uninitialized staging]).
-    WireBuffer data =
-        snapshot_pool_->Take(static_cast<size_t>(spec.numel()) * core::DTypeSize(spec.dtype));
-    core::TensorView view{data.data(), spec.dtype, spec.numel(), core::MemoryKind::kHost};
-    if (absl::Status s = params_->ReadParam(t, 0, view); !s.ok()) return s;
-    snap->data.push_back(std::move(data));
+    snap->data.push_back(
+        snapshot_pool_->Take(static_cast<size_t>(spec.numel()) * core::DTypeSize(spec.dtype)));
   }
+  return snap;
+}
+
+absl::Status Group::FillSnapshot(const WeightSnapshot& snap) const {
+  for (size_t i = 0; i < snap.tensors.size(); ++i) {
+    const core::TensorSpec& spec = tensor(snap.tensors[i]);
+    // The bytes belong to this fill until SetFilled publishes them.
+    auto* dst = const_cast<uint8_t*>(snap.data[i].data());
+    core::TensorView view{dst, spec.dtype, spec.numel(), core::MemoryKind::kHost};
+    if (absl::Status s = params_->ReadParam(snap.tensors[i], 0, view); !s.ok()) {
+      snap.SetFilled(static_cast<int>(i), s);
+      return s;
+    }
+    snap.SetFilled(static_cast<int>(i) + 1, absl::OkStatus());
+  }
+  return absl::OkStatus();
+}
+
+absl::StatusOr<std::shared_ptr<const WeightSnapshot>> Group::Snapshot(
+    const std::vector<int>& tensors) const {
+  std::shared_ptr<WeightSnapshot> snap = BeginSnapshot(tensors);
+  if (absl::Status s = FillSnapshot(*snap); !s.ok()) return s;
   return std::shared_ptr<const WeightSnapshot>(std::move(snap));
 }
 

@@ -31,7 +31,15 @@ class PendingStep;
 
 // A host copy of some tensors' weights at one version (what steps return, Subscribe and
 // PullWeights send). Sends point into `data` (slices with a reference to the snapshot), so a
-// snapshot is immutable once made.
+// tensor's bytes never change once filled.
+//
+// Note [Sending a step's weights while they are copied]
+// A step's commit hands its snapshot to the step's streams before the copy from the engine is
+// done (Group::BeginSnapshot), then fills it tensor by tensor in order (FillSnapshot); each
+// stream waits only for the tensors it sends (AwaitFilled), so the first tensors go out on the
+// wire while the last ones are still coming back from the device. Every other snapshot is
+// complete when it is handed out.
+// Thread safety: the fields are set before the snapshot is shared; the fill progress is guarded.
 struct WeightSnapshot {
   WeightSnapshot() = default;
   WeightSnapshot(const WeightSnapshot&) = delete;
@@ -44,6 +52,16 @@ struct WeightSnapshot {
   std::shared_ptr<BufferPool> pool;         // where `data` came from; may be null
   // Index of tensor t in `tensors`, or -1.
   int SlotOf(int t) const;
+
+  // Blocks until data[slot] is filled; the fill's error if it failed first.
+  absl::Status AwaitFilled(int slot) const;
+  // Marks data[0 .. slots) filled, or the fill failed (`status` not OK).
+  void SetFilled(int slots, const absl::Status& status) const;
+
+ private:
+  mutable absl::Mutex fill_mu_;
+  mutable int filled_ ABSL_GUARDED_BY(fill_mu_) = 0;
+  mutable absl::Status fill_status_ ABSL_GUARDED_BY(fill_mu_);
 };
 
 // One Subscribe stream's queue of versions.
@@ -128,6 +146,11 @@ class Group {
   // Copies the weights of `tensors` (all when empty; duplicates are copied once).
   absl::StatusOr<std::shared_ptr<const WeightSnapshot>> Snapshot(const std::vector<int>& tensors)
       const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // The same in two halves (Note [Sending a step's weights while they are copied]): the empty
+  // snapshot with its buffers, then the copy, tensor by tensor, which may be awaited meanwhile.
+  std::shared_ptr<WeightSnapshot> BeginSnapshot(const std::vector<int>& tensors) const
+      ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  absl::Status FillSnapshot(const WeightSnapshot& snap) const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   // After a new version: hands a snapshot to every subscriber (none is made when there are none).
   // Never blocks (Note [Subscribers never slow a step]).
   void Publish() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);

@@ -19,8 +19,8 @@ std::vector<int> ReturnedTensors(const Group& group, const StepPlan& plan,
 
 }  // namespace
 
-absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan,
-                                       const PendingStep& pending, const CommitContext& context) {
+absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan, PendingStep& pending,
+                                       const CommitContext& context) {
   const GradientSet& gradient = pending.gradient();
   const std::vector<int> touched = gradient.Touched();
   const std::vector<int> returned = ReturnedTensors(group, plan, touched);
@@ -60,11 +60,16 @@ absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan,
   group.UpdateByteMetrics(context.backend);
   // One copy serves both the subscribers (every tensor) and the streams (what they asked for).
   const bool publish = group.has_subscribers();
+  std::shared_ptr<WeightSnapshot> snap;
   if (publish || !returned.empty()) {
-    auto snap = group.Snapshot(publish ? std::vector<int>{} : returned);
-    if (!snap.ok()) return snap.status();
-    outcome.weights = *snap;
-    if (publish) group.Publish(*std::move(snap));
+    snap = group.BeginSnapshot(publish ? std::vector<int>{} : returned);
+    outcome.weights = snap;
+  }
+  // The other streams start sending as the copy proceeds.
+  pending.Resolve(group, outcome);
+  if (snap != nullptr) {
+    if (absl::Status s = group.FillSnapshot(*snap); !s.ok()) return s;
+    if (publish) group.Publish(snap);
   }
   return outcome;
 }

@@ -22,8 +22,10 @@ struct CommitContext {
 };
 
 // REQUIRES: every stream of `pending` committed and its gradient is complete. Holds the group's
-// mutex only for the engine step and the copies; never for network I/O.
-absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan,
-                                       const PendingStep& pending, const CommitContext& context);
+// mutex only for the engine step and the copies; never for network I/O. Resolves `pending` with
+// the outcome as soon as the update is applied, before the weights are copied back (Note
+// [Sending a step's weights while they are copied]); on failure the caller resolves it.
+absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan, PendingStep& pending,
+                                       const CommitContext& context);
 
 }  // namespace optd::server

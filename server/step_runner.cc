@@ -163,6 +163,7 @@ absl::Status SendRanges(Group& group, const StepPlan& plan, const StepOutcome& o
   for (const Range& r : ranges) {
     const int slot = snap.SlotOf(r.tensor);
     if (slot < 0) continue;
+    if (absl::Status s = snap.AwaitFilled(slot); !s.ok()) return s;
     const core::TensorSpec& spec = group.tensor(r.tensor);
     const int64_t esize = static_cast<int64_t>(core::DTypeSize(spec.dtype));
     const int64_t piece = std::max<int64_t>(
