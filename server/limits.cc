@@ -88,6 +88,30 @@ std::optional<GroupBytes> CountGroupBytes(const core::GroupSpec& spec) {
   return total;
 }
 
+absl::Status ValidateLimits(const Limits& l) {
+  auto positive = [](int64_t v, const char* flag) {
+    return v >= 1 ? absl::OkStatus()
+                  : absl::InvalidArgumentError(absl::StrCat("--", flag, " must be >= 1, got ", v));
+  };
+  for (absl::Status s : {positive(l.max_groups, "max_groups"),
+                         positive(l.max_tensors_per_group, "max_tensors_per_group"),
+                         positive(l.max_name_bytes, "max_name_bytes"),
+                         positive(l.max_workers, "max_workers"),
+                         positive(l.default_list_page_size, "default_list_page_size"),
+                         positive(l.max_list_page_size, "max_list_page_size"),
+                         positive(l.max_streams, "max_streams")}) {
+    if (!s.ok()) return s;
+  }
+  if (l.max_group_bytes < 0 || l.memory_reserve_bytes < 0 || l.max_streams_per_peer < 0) {
+    return absl::InvalidArgumentError(
+        "--max_group_bytes, --memory_reserve_bytes and --max_streams_per_peer must be >= 0");
+  }
+  if (!(l.max_lr > 0.0f) || !std::isfinite(l.max_lr)) {
+    return absl::InvalidArgumentError(absl::StrCat("--max_lr must be finite and > 0, got ", l.max_lr));
+  }
+  return absl::OkStatus();
+}
+
 absl::Status CheckNumWorkers(int64_t num_workers, const Limits& limits) {
   if (num_workers < 1 || num_workers > limits.max_workers) {
     return absl::InvalidArgumentError(absl::StrCat("num_workers must be in [1, ",

@@ -46,7 +46,20 @@ struct Limits {
   // and the most a request may ask for (--max_list_page_size).
   int default_list_page_size = 1000;
   int max_list_page_size = 10000;
+  // Host and device memory kept free when admitting a group (--memory_reserve_bytes): room for
+  // gRPC's buffers, the CUDA context and everything else that is not a group
+  // (limits_memory.h).
+  int64_t memory_reserve_bytes = int64_t{1} << 30;
+  // Data-path calls running at once (--max_streams), and per client address
+  // (--max_streams_per_peer; 0 = no per-address bound: behind a proxy or a Kubernetes Service
+  // every client may share one address). See limits_streams.h.
+  int max_streams = 1024;
+  int max_streams_per_peer = 0;
 };
+
+// OK, or InvalidArgument naming the first field that is out of range (every count >= 1, the
+// default page no larger than the largest, max_lr > 0, bytes >= 0).
+[[nodiscard]] absl::Status ValidateLimits(const Limits& limits);
 
 // Note [Names]
 // Group and tensor names end up in log lines, metric labels, file metadata and the scopes of

@@ -137,11 +137,11 @@ MemoryNeed LiveMemoryNeed(const core::EngineStats& stats) {
 
 GroupAdmission::Ticket::~Ticket() { owner_->Release(slot_, need_); }
 
-GroupAdmission::GroupAdmission(core::Engine* engine, Limits limits, int64_t memory_reserve_bytes,
+GroupAdmission::GroupAdmission(core::Engine* engine, Limits limits,
                                std::function<int()> live_groups)
     : engine_(engine),
       limits_(std::move(limits)),
-      reserve_(memory_reserve_bytes),
+      reserve_(limits_.memory_reserve_bytes),
       live_groups_(std::move(live_groups)) {}
 
 void GroupAdmission::Release(bool slot, MemoryNeed need) {

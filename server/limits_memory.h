@@ -77,8 +77,7 @@ class GroupAdmission {
 
   // `engine` must outlive this. `live_groups` returns the number of groups in the registry; it is
   // called under this object's mutex, so it must not call back into it.
-  GroupAdmission(core::Engine* engine, Limits limits, int64_t memory_reserve_bytes,
-                 std::function<int()> live_groups);
+  GroupAdmission(core::Engine* engine, Limits limits, std::function<int()> live_groups);
 
   // Admits group `name` of `spec` (already checked with CheckGroupSpec). `new_name`: the group
   // adds to the count (false when it replaces a group of the same name). ResourceExhausted

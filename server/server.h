@@ -10,6 +10,8 @@
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "optd/core/engine.h"
+#include "server/checkpoint_scheduler.h"
+#include "server/limits.h"
 #include "server/metrics.h"
 #include "server/optimizer_core.h"
 #include "server/service.h"
@@ -32,6 +34,16 @@ struct ServerOptions {
   int max_message_bytes = 16 << 20;
   int64_t chunk_bytes = int64_t{4} << 20;  // payload per message the server sends
   std::string hostname;              // `hostname` metric label; empty = gethostname()
+  // Admission limits (server/limits.h; one flag each).
+  Limits limits;
+  // Recovery (server/checkpoint_scheduler.h), all needing checkpoint_dir: restore at start
+  // ("" = none, "latest", or a checkpoint name); periodic checkpoints every so many steps of a
+  // group and/or seconds (0 = off), keeping the newest checkpoint_keep; a last one at shutdown.
+  std::string restore;
+  int64_t checkpoint_every_steps = 0;
+  int64_t checkpoint_every_seconds = 0;
+  int checkpoint_keep = 3;
+  bool checkpoint_on_shutdown = true;
 };
 
 // Thread safety: Wait and Shutdown may be called from different threads.
@@ -59,12 +71,16 @@ class Server {
 
  private:
   Server() = default;
+  // Removes orphaned temporary checkpoint files, restores (options.restore) and starts the
+  // periodic checkpoints.
+  absl::Status StartRecovery(const ServerOptions& options);
 
   std::string host_;
   int port_ = 0;
   std::unique_ptr<core::Engine> engine_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<OptimizerCore> core_;
+  std::unique_ptr<CheckpointScheduler> checkpoints_;  // null without periodic checkpoints
   std::unique_ptr<OptimizerService> service_;
   std::unique_ptr<grpc::Server> server_;
   absl::Mutex shutdown_mu_;

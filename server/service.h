@@ -17,6 +17,7 @@
 #include "absl/status/status.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "optd/v1/optd.grpc.pb.h"
+#include "server/message_stream.h"
 #include "server/metrics.h"
 #include "server/optimizer_core.h"
 
@@ -73,6 +74,10 @@ class OptimizerService final : public OptimizerServiceBase {
  private:
   // Records the RPC's outcome, logs a failure with its reason, converts the status.
   grpc::Status Finish(std::string_view method, const absl::Status& status);
+  // `handler` behind the stream limits (limits_streams.h): a call over them finishes at once with
+  // ResourceExhausted naming the limit.
+  StreamHandler Admitted(grpc::CallbackServerContext* context, std::string_view method,
+                         StreamHandler handler);
 
   OptimizerCore* const core_;
   Metrics* const metrics_;
