@@ -3,7 +3,6 @@
 #include <cmath>
 #include <unordered_set>
 
-#include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "optd/core/dtype.h"
 #include "optd/core/options.h"
@@ -24,14 +23,35 @@ bool Mul(int64_t a, int64_t b, int64_t* out) { return !__builtin_mul_overflow(a,
 
 }  // namespace
 
-std::string PrintableName(std::string_view name, size_t max_bytes) {
-  const bool cut = name.size() > max_bytes;
-  std::string out = absl::CHexEscape(View(cut ? name.substr(0, max_bytes) : name));
-  if (cut) absl::StrAppend(&out, "...(", name.size(), " bytes)");
+namespace {
+
+// Control characters and non-ASCII bytes as \xHH; with `backslash`, '\' as "\\" too.
+std::string Escaped(std::string_view text, size_t max_bytes, bool backslash) {
+  const bool cut = text.size() > max_bytes;
+  std::string out;
+  for (char c : cut ? text.substr(0, max_bytes) : text) {
+    const auto u = static_cast<unsigned char>(c);
+    if (backslash && c == '\\') {
+      out += "\\\\";
+    } else if (u >= 0x20 && u < 0x7f) {
+      out += c;
+    } else {
+      absl::StrAppend(&out, "\\x", absl::Hex(u, absl::kZeroPad2));
+    }
+  }
+  if (cut) absl::StrAppend(&out, "...(", text.size(), " bytes)");
   return out;
 }
 
-std::string LogSafe(std::string_view message) { return PrintableName(message, 2048); }
+}  // namespace
+
+std::string PrintableName(std::string_view name, size_t max_bytes) {
+  return Escaped(name, max_bytes, /*backslash=*/true);
+}
+
+// Backslashes stay: a message may already hold escaped names, and only raw control bytes can
+// break a log line.
+std::string LogSafe(std::string_view message) { return Escaped(message, 2048, false); }
 
 absl::Status CheckName(std::string_view name, std::string_view field, const Limits& limits) {
   const absl::string_view f = View(field);
@@ -44,8 +64,7 @@ absl::Status CheckName(std::string_view name, std::string_view field, const Limi
   for (size_t i = 0; i < name.size(); ++i) {
     if (!SafeChar(name[i])) {
       return absl::InvalidArgumentError(absl::StrCat(
-          f, " '", PrintableName(name), "' has byte ", i, " ('",
-          absl::CHexEscape(View(name.substr(i, 1))),
+          f, " '", PrintableName(name), "' has byte ", i, " ('", PrintableName(name.substr(i, 1)),
           "') outside the name alphabet [A-Za-z0-9._/-] (docs/limits.md)"));
     }
   }

@@ -78,7 +78,8 @@ struct Limits {
 // C-escaped, at most `max_bytes` of it (then "...").
 std::string PrintableName(std::string_view name, size_t max_bytes = 128);
 
-// A status message made safe for one log line: escaped like PrintableName, at most 2 KiB.
+// A status message made safe for one log line: control characters and non-ASCII bytes escaped
+// as in PrintableName (backslashes kept), at most 2 KiB.
 std::string LogSafe(std::string_view message);
 
 // Weight and state bytes of a group as the engine lays them out (states: 8-bit codes and block
