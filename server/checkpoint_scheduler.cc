@@ -40,8 +40,8 @@ absl::StatusOr<std::unique_ptr<CheckpointScheduler>> CheckpointScheduler::Start(
   auto existing = ListPeriodicCheckpoints(core->options().checkpoint_dir, options.prefix);
   if (!existing.ok()) return existing.status();
   const int64_t next = existing->empty() ? 1 : existing->back().first + 1;
-  auto scheduler = std::unique_ptr<CheckpointScheduler>(
-      new CheckpointScheduler(core, std::move(options), next));
+  auto scheduler =
+      std::unique_ptr<CheckpointScheduler>(new CheckpointScheduler(core, std::move(options), next));
   scheduler->thread_ = std::thread([s = scheduler.get()] { s->Run(); });
   return scheduler;
 }
@@ -99,9 +99,9 @@ bool CheckpointScheduler::Due(const CoreProgress& now, absl::Time time) const {
 }
 
 void CheckpointScheduler::Run() {
-  const absl::Duration poll =
-      options_.every > absl::ZeroDuration() ? std::min(kPollInterval, options_.every)
-                                            : kPollInterval;
+  const absl::Duration poll = options_.every > absl::ZeroDuration()
+                                  ? std::min(kPollInterval, options_.every)
+                                  : kPollInterval;
   absl::MutexLock lock(&mu_);
   while (true) {
     mu_.AwaitWithTimeout(absl::Condition(&stop_), poll);

@@ -13,8 +13,8 @@ namespace {
 absl::string_view View(std::string_view s) { return absl::string_view(s.data(), s.size()); }
 
 bool SafeChar(char c) {
-  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') ||
-         c == '.' || c == '_' || c == '-' || c == '/';
+  return (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || (c >= '0' && c <= '9') || c == '.' ||
+         c == '_' || c == '-' || c == '/';
 }
 
 // a + b and a * b, false on int64 overflow (inputs are >= 0).
@@ -57,9 +57,9 @@ absl::Status CheckName(std::string_view name, std::string_view field, const Limi
   const absl::string_view f = View(field);
   if (name.empty()) return absl::InvalidArgumentError(absl::StrCat(f, " must not be empty"));
   if (name.size() > static_cast<size_t>(limits.max_name_bytes)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        f, " '", PrintableName(name), "' is ", name.size(), " bytes, more than the limit of ",
-        limits.max_name_bytes, " (--max_name_bytes)"));
+    return absl::InvalidArgumentError(absl::StrCat(f, " '", PrintableName(name), "' is ",
+                                                   name.size(), " bytes, more than the limit of ",
+                                                   limits.max_name_bytes, " (--max_name_bytes)"));
   }
   for (size_t i = 0; i < name.size(); ++i) {
     if (!SafeChar(name[i])) {
@@ -112,13 +112,13 @@ absl::Status ValidateLimits(const Limits& l) {
     return v >= 1 ? absl::OkStatus()
                   : absl::InvalidArgumentError(absl::StrCat("--", flag, " must be >= 1, got ", v));
   };
-  for (absl::Status s : {positive(l.max_groups, "max_groups"),
-                         positive(l.max_tensors_per_group, "max_tensors_per_group"),
-                         positive(l.max_name_bytes, "max_name_bytes"),
-                         positive(l.max_workers, "max_workers"),
-                         positive(l.default_list_page_size, "default_list_page_size"),
-                         positive(l.max_list_page_size, "max_list_page_size"),
-                         positive(l.max_streams, "max_streams")}) {
+  for (absl::Status s :
+       {positive(l.max_groups, "max_groups"),
+        positive(l.max_tensors_per_group, "max_tensors_per_group"),
+        positive(l.max_name_bytes, "max_name_bytes"), positive(l.max_workers, "max_workers"),
+        positive(l.default_list_page_size, "default_list_page_size"),
+        positive(l.max_list_page_size, "max_list_page_size"),
+        positive(l.max_streams, "max_streams")}) {
     if (!s.ok()) return s;
   }
   if (l.max_group_bytes < 0 || l.memory_reserve_bytes < 0 || l.max_streams_per_peer < 0) {
@@ -126,16 +126,16 @@ absl::Status ValidateLimits(const Limits& l) {
         "--max_group_bytes, --memory_reserve_bytes and --max_streams_per_peer must be >= 0");
   }
   if (!(l.max_lr > 0.0f) || !std::isfinite(l.max_lr)) {
-    return absl::InvalidArgumentError(absl::StrCat("--max_lr must be finite and > 0, got ", l.max_lr));
+    return absl::InvalidArgumentError(
+        absl::StrCat("--max_lr must be finite and > 0, got ", l.max_lr));
   }
   return absl::OkStatus();
 }
 
 absl::Status CheckNumWorkers(int64_t num_workers, const Limits& limits) {
   if (num_workers < 1 || num_workers > limits.max_workers) {
-    return absl::InvalidArgumentError(absl::StrCat("num_workers must be in [1, ",
-                                                   limits.max_workers, "] (--max_workers), got ",
-                                                   num_workers));
+    return absl::InvalidArgumentError(absl::StrCat(
+        "num_workers must be in [1, ", limits.max_workers, "] (--max_workers), got ", num_workers));
   }
   return absl::OkStatus();
 }
@@ -143,8 +143,8 @@ absl::Status CheckNumWorkers(int64_t num_workers, const Limits& limits) {
 absl::Status CheckLearningRate(float lr, std::string_view field, const Limits& limits) {
   // Written so that NaN fails too.
   if (!(lr > 0.0f && lr <= limits.max_lr) || !std::isfinite(lr)) {
-    return absl::InvalidArgumentError(absl::StrCat(View(field), " must be in (0, ",
-                                                   limits.max_lr, "] (--max_lr), got ", lr));
+    return absl::InvalidArgumentError(
+        absl::StrCat(View(field), " must be in (0, ", limits.max_lr, "] (--max_lr), got ", lr));
   }
   return absl::OkStatus();
 }
@@ -158,8 +158,8 @@ absl::Status CheckGroupSpec(const std::string& group, const core::GroupSpec& spe
         limits.max_tensors_per_group, " (--max_tensors_per_group)"));
   }
   for (size_t i = 0; i < spec.tensors.size(); ++i) {
-    if (absl::Status s = CheckName(spec.tensors[i].name, absl::StrCat("tensors[", i, "].name"),
-                                   limits);
+    if (absl::Status s =
+            CheckName(spec.tensors[i].name, absl::StrCat("tensors[", i, "].name"), limits);
         !s.ok()) {
       return s;
     }
@@ -172,15 +172,15 @@ absl::Status CheckGroupSpec(const std::string& group, const core::GroupSpec& spe
   }
   const std::optional<GroupBytes> bytes = CountGroupBytes(spec);
   if (!bytes.has_value()) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "group '", group, "': its weight and state bytes overflow a 64-bit count"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("group '", group, "': its weight and state bytes overflow a 64-bit count"));
   }
   if (limits.max_group_bytes > 0 && (bytes->weights > limits.max_group_bytes ||
                                      bytes->states > limits.max_group_bytes - bytes->weights)) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "group '", group, "' needs ", bytes->weights, " weight bytes + ", bytes->states,
-        " state bytes, more than the limit of ", limits.max_group_bytes,
-        " bytes per group (--max_group_bytes)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("group '", group, "' needs ", bytes->weights, " weight bytes + ",
+                     bytes->states, " state bytes, more than the limit of ", limits.max_group_bytes,
+                     " bytes per group (--max_group_bytes)"));
   }
   return absl::OkStatus();
 }
@@ -188,16 +188,16 @@ absl::Status CheckGroupSpec(const std::string& group, const core::GroupSpec& spe
 absl::Status CheckTensorList(const google::protobuf::RepeatedPtrField<std::string>& names,
                              const Limits& limits) {
   if (names.size() > limits.max_tensors_per_group) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "tensors lists ", names.size(), " names, more than a group may hold (",
-        limits.max_tensors_per_group, ", --max_tensors_per_group)"));
+    return absl::InvalidArgumentError(
+        absl::StrCat("tensors lists ", names.size(), " names, more than a group may hold (",
+                     limits.max_tensors_per_group, ", --max_tensors_per_group)"));
   }
   std::unordered_set<std::string_view> seen;
   seen.reserve(static_cast<size_t>(names.size()));
   for (const std::string& name : names) {
     if (!seen.insert(name).second) {
-      return absl::InvalidArgumentError(absl::StrCat(
-          "tensors: '", PrintableName(name), "' is listed twice; list each tensor once"));
+      return absl::InvalidArgumentError(absl::StrCat("tensors: '", PrintableName(name),
+                                                     "' is listed twice; list each tensor once"));
     }
   }
   return absl::OkStatus();

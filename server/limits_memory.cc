@@ -72,8 +72,8 @@ int64_t CgroupRoom() {
   };
   if (!v2_path.empty()) {
     const std::string dir = absl::StrCat("/sys/fs/cgroup", v2_path == "/" ? "" : v2_path);
-    const int64_t r = room(dir + "/memory.max", dir + "/memory.current", dir + "/memory.stat",
-                           "inactive_file");
+    const int64_t r =
+        room(dir + "/memory.max", dir + "/memory.current", dir + "/memory.stat", "inactive_file");
     if (r >= 0) return r;
   }
   return room("/sys/fs/cgroup/memory/memory.limit_in_bytes",
@@ -82,8 +82,7 @@ int64_t CgroupRoom() {
 }
 
 std::string Bytes(int64_t n) {
-  return absl::StrCat(n, " bytes (", absl::SixDigits(static_cast<double>(n) / (1 << 30)),
-                      " GiB)");
+  return absl::StrCat(n, " bytes (", absl::SixDigits(static_cast<double>(n) / (1 << 30)), " GiB)");
 }
 
 }  // namespace
@@ -163,26 +162,27 @@ absl::StatusOr<std::unique_ptr<GroupAdmission::Ticket>> GroupAdmission::Admit(
   const HostMemory host = ReadHostMemory();
   const MemoryNeed need = GroupMemoryNeed(*bytes, engine_->backend(), stats);
   const MemoryNeed live = LiveMemoryNeed(stats);
-  const std::string what = absl::StrCat("group '", name, "' (", bytes->weights,
-                                        " weight bytes, ", bytes->states, " state bytes)");
+  const std::string what = absl::StrCat("group '", name, "' (", bytes->weights, " weight bytes, ",
+                                        bytes->states, " state bytes)");
 
   absl::MutexLock lock(&mu_);
   if (new_name) {
     const int groups = live_groups_() + pending_groups_;
     if (groups >= limits_.max_groups) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "cannot create ", what, ": the server holds ", groups, " groups, the limit (--max_groups)"));
+      return absl::ResourceExhaustedError(absl::StrCat("cannot create ", what,
+                                                       ": the server holds ", groups,
+                                                       " groups, the limit (--max_groups)"));
     }
   }
   if (host.available >= 0) {
-    const int64_t room =
-        host.available + host.resident - reserve_ - live.host - pending_.host;
+    const int64_t room = host.available + host.resident - reserve_ - live.host - pending_.host;
     if (need.host > room) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "cannot create ", what, ": it needs ", Bytes(need.host), " of host memory, ",
           Bytes(std::max<int64_t>(room, 0)),
           " are free (available + this server's resident memory - what its groups need - "
-          "--memory_reserve_bytes=", reserve_, ")"));
+          "--memory_reserve_bytes=",
+          reserve_, ")"));
     }
   }
   if (host.address_space_room >= 0) {

@@ -23,16 +23,17 @@ absl::StatusOr<std::unique_ptr<StreamGate::Slot>> StreamGate::Enter(std::string_
   std::string address = max_per_address_ > 0 ? PeerAddress(peer) : std::string();
   absl::MutexLock lock(&mu_);
   if (total_ >= max_total_) {
-    return absl::ResourceExhaustedError(absl::StrCat(
-        "the server already runs ", total_, " streaming calls, the limit (--max_streams); retry "
-        "when one has ended"));
+    return absl::ResourceExhaustedError(
+        absl::StrCat("the server already runs ", total_,
+                     " streaming calls, the limit (--max_streams); retry "
+                     "when one has ended"));
   }
   if (max_per_address_ > 0) {
     int& mine = per_address_[address];
     if (mine >= max_per_address_) {
-      return absl::ResourceExhaustedError(absl::StrCat(
-          "your address ", address, " already runs ", mine,
-          " streaming calls, the limit per client address (--max_streams_per_peer)"));
+      return absl::ResourceExhaustedError(
+          absl::StrCat("your address ", address, " already runs ", mine,
+                       " streaming calls, the limit per client address (--max_streams_per_peer)"));
     }
     ++mine;
   }

@@ -62,7 +62,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
         options.chunk_bytes));
   }
   if (absl::Status st = ValidateLimits(options.limits); !st.ok()) return st;
-  const bool periodic = options.checkpoint_every_steps != 0 || options.checkpoint_every_seconds != 0;
+  const bool periodic =
+      options.checkpoint_every_steps != 0 || options.checkpoint_every_seconds != 0;
   if (options.checkpoint_dir.empty() && (periodic || !options.restore.empty())) {
     return absl::InvalidArgumentError(
         "--restore, --checkpoint_every_steps and --checkpoint_every_seconds need --checkpoint_dir");

@@ -375,7 +375,9 @@ absl::Status OptimizerCore::SaveCheckpoint(const v1::SaveCheckpointRequest& requ
   } else {
     for (const std::string& name : request.groups()) {
       auto g = FindGroup(name);
-      if (!g.ok()) return absl::Status(g.status().code(), absl::StrCat("groups: ", g.status().message()));
+      if (!g.ok()) {
+        return absl::Status(g.status().code(), absl::StrCat("groups: ", g.status().message()));
+      }
       groups.push_back(*std::move(g));
     }
   }

@@ -117,8 +117,7 @@ TEST(LimitsTest, OversizedGroupsAreRefusedBeforeAnythingIsAllocated) {
   EXPECT_THAT(std::string(h.message()), HasSubstr("group 'huge'"));
   ExpectRefused(Create(*stub, wrap), absl::StatusCode::kInvalidArgument, "overflow");
   ExpectRefused(Create(*stub, workers), absl::StatusCode::kInvalidArgument, "--max_workers");
-  ExpectRefused(Create(*stub, many), absl::StatusCode::kInvalidArgument,
-                "--max_tensors_per_group");
+  ExpectRefused(Create(*stub, many), absl::StatusCode::kInvalidArgument, "--max_tensors_per_group");
   const absl::Status n = Create(*stub, long_name);
   ExpectRefused(n, absl::StatusCode::kInvalidArgument, "--max_name_bytes");
   EXPECT_LT(n.message().size(), 1024u);  // a bounded prefix of the name, not 15 MiB of it
@@ -235,8 +234,8 @@ TEST(LimitsTest, DISABLED_StepLearningRateAboveMaxLrIsRefused) {
   ASSERT_TRUE(Upload(*srv.stub, "s", "w", v1::FLOAT32, AsBytes(RandomFloats(300, 1))).ok());
   StepOptions opts;
   opts.lr = 1e30f;
-  StepResult r = RunStep(*srv.stub, "s", 1, {{"w", v1::FLOAT32, AsBytes(RandomFloats(300, 2))}},
-                         opts);
+  StepResult r =
+      RunStep(*srv.stub, "s", 1, {{"w", v1::FLOAT32, AsBytes(RandomFloats(300, 2))}}, opts);
   ExpectRefused(r.status, absl::StatusCode::kInvalidArgument, "--max_lr");
 }
 

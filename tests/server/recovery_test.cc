@@ -138,8 +138,8 @@ bool HasCheckpointAt(const std::string& dir, int64_t version) {
 
 TEST(RecoveryTest, PeriodicCheckpointsByStepsKeepTheNewestN) {
   const std::string dir = MakeTempDir();
-  auto child = ChildServer::Start({"--checkpoint_dir=" + dir, "--checkpoint_every_steps=2",
-                                   "--checkpoint_keep=2"});
+  auto child = ChildServer::Start(
+      {"--checkpoint_dir=" + dir, "--checkpoint_every_steps=2", "--checkpoint_keep=2"});
   ASSERT_TRUE(child.ok()) << child.status();
   auto stub = MakeStub((*child)->address());
   CreateGroups(*stub);
@@ -192,8 +192,8 @@ TEST(RecoveryTest, Kill9ThenRestoreLatestBringsEveryGroupBackBitForBit) {
   }
   EXPECT_TRUE(WIFSIGNALED((*a)->Kill(SIGKILL)));
 
-  auto b = ChildServer::Start({"--checkpoint_dir=" + dir, "--restore=latest",
-                               "--checkpoint_every_steps=1"});
+  auto b = ChildServer::Start(
+      {"--checkpoint_dir=" + dir, "--restore=latest", "--checkpoint_every_steps=1"});
   ASSERT_TRUE(b.ok()) << b.status();
   auto stub_b = MakeStub((*b)->address());
   for (const char* name : {"main", "clip"}) {
@@ -208,8 +208,8 @@ TEST(RecoveryTest, Kill9ThenRestoreLatestBringsEveryGroupBackBitForBit) {
     EXPECT_TRUE(*s == states[name]) << name << ": states differ";
   }
   // The workers' step counters came back too: a retried step 4 is a duplicate, 5 applies.
-  StepResult retry = RunStep(*stub_b, "main", 4,
-                             {{"w", v1::FLOAT32, AsBytes(RandomFloats(kW, 104, 0.1f))}});
+  StepResult retry =
+      RunStep(*stub_b, "main", 4, {{"w", v1::FLOAT32, AsBytes(RandomFloats(kW, 104, 0.1f))}});
   ASSERT_TRUE(retry.status.ok()) << retry.status;
   EXPECT_TRUE(retry.done.duplicate());
   Steps(*stub_b, 5, 5);
@@ -271,8 +271,8 @@ TEST(RecoveryTest, ShutdownWritesAFinalCheckpointThatRestoreLatestFinds) {
   ASSERT_EQ(AutoFiles(dir).size(), 1u);
   EXPECT_EQ(MinVersion(dir + "/" + AutoFiles(dir)[0]), 3);
 
-  auto b = ChildServer::Start({"--checkpoint_dir=" + dir, "--restore=latest",
-                               "--checkpoint_every_steps=1"});
+  auto b = ChildServer::Start(
+      {"--checkpoint_dir=" + dir, "--restore=latest", "--checkpoint_every_steps=1"});
   ASSERT_TRUE(b.ok()) << b.status();
   auto stub_b = MakeStub((*b)->address());
   auto info = Get(*stub_b, "main");
@@ -333,8 +333,9 @@ TEST(RecoveryTest, OrphanedTemporaryFilesAreRemovedAtStart) {
   const pid_t dead = fork();
   if (dead == 0) _exit(0);
   waitpid(dead, nullptr, 0);
-  const std::vector<std::string> orphans = {absl::StrCat("ck.tmp-", dead, "-AbC123"),
-                                            absl::StrCat("auto-0000000003-x.tmp-", dead, "-zzzzzz")};
+  const std::vector<std::string> orphans = {
+      absl::StrCat("ck.tmp-", dead, "-AbC123"),
+      absl::StrCat("auto-0000000003-x.tmp-", dead, "-zzzzzz")};
   // A save in progress in another live process (this test) is left alone, as are other files.
   const std::vector<std::string> kept = {absl::StrCat("ck.tmp-", getpid(), "-Live00"), "notes.tmp",
                                          "ck"};
@@ -382,7 +383,11 @@ TEST(RecoveryTest, CraftedMetadataIsRefusedNamingTheFileAndField) {
       {"mode", [](server::GroupRecord* r) { r->mode = 7; }, "mode"},
       {"timeout", [](server::GroupRecord* r) { r->sync_timeout_ms = 0; }, "sync_timeout_ms"},
       {"staleness", [](server::GroupRecord* r) { r->max_staleness = -1; }, "max_staleness"},
-      {"steps", [](server::GroupRecord* r) { r->worker_steps = {0, 0, 0}; }, "worker_steps"},
+      {"steps",
+       [](server::GroupRecord* r) {
+         r->worker_steps = {0, 0, 0};
+       },
+       "worker_steps"},
       {"step-value", [](server::GroupRecord* r) { r->worker_steps = {-4}; }, "worker_steps[0]"},
       {"name", [](server::GroupRecord* r) { r->name = "x\noptd: stopped"; }, "outside the name"},
   };
