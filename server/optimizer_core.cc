@@ -131,9 +131,13 @@ absl::Status OptimizerCore::UploadWeights(UploadStream* stream,
     auto c = CheckUploadChunk(*group, chunk);
     if (!c.ok()) return c.status();
     const void* src = chunk.data.contiguous();
-    if (src == nullptr && chunk.data.size() > 0) {
-      // Joined outside the group's mutex; WriteParam then copies once more into the engine.
-      if (staging.size() < chunk.data.size()) staging = WireBuffer(chunk.data.size());
+    // Staged in the engine's host memory (page-locked on CUDA, where a copy from gRPC's own
+    // pageable buffers would go through the driver's bounce buffers at a fraction of the bus
+    // speed), or joined when the payload spans several receive slices. Outside the group's
+    // mutex.
+    if (chunk.data.size() > 0 &&
+        (src == nullptr || engine_->backend() == core::Backend::kCuda)) {
+      if (staging.size() < chunk.data.size()) staging = WireBuffer(chunk.data.size(), engine_);
       chunk.data.CopyTo(staging.data());
       src = staging.data();
     }

@@ -28,7 +28,8 @@ PendingStep::~PendingStep() {
 
 absl::StatusOr<std::shared_ptr<PendingStep>> PendingStep::Join(Group& group, int worker,
                                                                int64_t step, int streams,
-                                                               int index, absl::Duration timeout) {
+                                                               int index, absl::Duration timeout,
+                                                               v1::WeightsReturn weights) {
   absl::MutexLock lock(&group.steps_mu());
   auto& pending = group.pending();
   const absl::Time now = absl::Now();
@@ -60,6 +61,9 @@ absl::StatusOr<std::shared_ptr<PendingStep>> PendingStep::Join(Group& group, int
   }
   p->joined_[static_cast<size_t>(index)] = true;
   ++p->joins_;
+  if (weights == v1::ALL || (weights == v1::UPDATED && p->weights_wanted_ == v1::NONE)) {
+    p->weights_wanted_ = weights;
+  }
   if (p->resolved_) {
     // A latecomer of a step that already failed: it fails the same way, at once.
     if (p->joins_ == p->streams_) pending.erase(it);
@@ -81,6 +85,11 @@ absl::StatusOr<void*> PendingStep::Reserve(const Group& group, const CheckedChun
 void PendingStep::AddNonfinite(int64_t n) {
   absl::MutexLock lock(&mu_);
   nonfinite_ += n;
+}
+
+v1::WeightsReturn PendingStep::weights_wanted() const {
+  absl::MutexLock lock(&mu_);
+  return weights_wanted_;
 }
 
 int64_t PendingStep::nonfinite() const {

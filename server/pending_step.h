@@ -44,7 +44,8 @@ class PendingStep {
   // range or taken. `timeout` bounds the wait for the other streams.
   static absl::StatusOr<std::shared_ptr<PendingStep>> Join(Group& group, int worker, int64_t step,
                                                            int streams, int index,
-                                                           absl::Duration timeout);
+                                                           absl::Duration timeout,
+                                                           v1::WeightsReturn weights);
   ~PendingStep();
 
   int worker() const { return worker_; }
@@ -63,6 +64,9 @@ class PendingStep {
   // The gathered gradient; valid after the last commit, until Resolve.
   const GradientSet& gradient() const { return *gradient_; }
   int64_t nonfinite() const;
+  // What the step's streams asked back, together: ALL if any stream asked for ALL, else UPDATED
+  // if any asked for UPDATED, else NONE. Each stream then sends what it asked for itself.
+  v1::WeightsReturn weights_wanted() const;
 
   // Ends the step with `outcome` (or its error) for every stream, and forgets it in the group.
   void Resolve(Group& group, absl::StatusOr<StepOutcome> outcome);
@@ -87,6 +91,7 @@ class PendingStep {
   std::vector<bool> joined_ ABSL_GUARDED_BY(mu_);  // Join reads these under steps_mu and mu_
   std::vector<bool> committed_ ABSL_GUARDED_BY(mu_);
   int joins_ ABSL_GUARDED_BY(mu_) = 0;
+  v1::WeightsReturn weights_wanted_ ABSL_GUARDED_BY(mu_) = v1::NONE;
   int commits_ ABSL_GUARDED_BY(mu_) = 0;
   int64_t nonfinite_ ABSL_GUARDED_BY(mu_) = 0;
   bool resolved_ ABSL_GUARDED_BY(mu_) = false;

@@ -7,11 +7,12 @@
 namespace optd::server {
 namespace {
 
-// The tensors whose weights go back: the touched ones (UPDATED), all (ALL), none (NONE).
-std::vector<int> ReturnedTensors(const Group& group, const StepPlan& plan,
+// The tensors whose weights go back: the touched ones (UPDATED), all (ALL), none (NONE), for
+// what the step's streams asked together.
+std::vector<int> ReturnedTensors(const Group& group, v1::WeightsReturn wanted,
                                  const std::vector<int>& touched) {
-  if (plan.weights == v1::NONE) return {};
-  if (plan.weights == v1::UPDATED) return touched;
+  if (wanted == v1::NONE) return {};
+  if (wanted == v1::UPDATED) return touched;
   std::vector<int> all(static_cast<size_t>(group.num_tensors()));
   for (int t = 0; t < group.num_tensors(); ++t) all[static_cast<size_t>(t)] = t;
   return all;
@@ -23,7 +24,7 @@ absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan, Pendi
                                        const CommitContext& context) {
   const GradientSet& gradient = pending.gradient();
   const std::vector<int> touched = gradient.Touched();
-  const std::vector<int> returned = ReturnedTensors(group, plan, touched);
+  const std::vector<int> returned = ReturnedTensors(group, pending.weights_wanted(), touched);
   StepOutcome outcome;
   if (context.sync) {
     auto result = JoinSyncRound(group, plan, gradient, pending.nonfinite(), context.timeout_ms,

@@ -295,7 +295,7 @@ absl::Status OptimizerCore::Step(StepStream* stream) {
 
     const absl::Duration timeout = absl::Milliseconds(context.timeout_ms);
     auto joined = PendingStep::Join(group, plan.worker, plan.step, plan.streams,
-                                    plan.stream_index, timeout);
+                                    plan.stream_index, timeout, plan.weights);
     if (!joined.ok()) return joined.status();
     std::shared_ptr<PendingStep> pending = *std::move(joined);
     std::vector<Range> carried;

@@ -227,3 +227,28 @@ def test_sharded_step_where_a_shard_gets_no_gradient(start_server):
     c0, c1 = optd.Client(shards[0].target), optd.Client(shards[1].target)
     assert c0.get_group(sg.group).version == 3
     assert c1.get_group(sg.group).version == 2
+
+
+def test_bucket_without_gradients_is_sent_as_an_empty_part(server):
+    """The tensors of one bucket get no gradient in a step: the other buckets are its parts
+    and that bucket goes as a part without gradients (every part of a step must come)."""
+    if not supports_step_parts(server.target):
+        pytest.skip("the server does not support steps spread over several streams")
+    models, opts = [], []
+    for overlap in (False, True):
+        m = make_deep_model()
+        models.append(m)
+        opts.append(optd.torch.PagedAdamW8bit(m.parameters(), target=server.target,
+                                              streams=3, overlap=overlap))
+    first_bucket = opts[1].bucket_layout()[0][2]
+    assert len(opts[1].bucket_layout()) == 3
+    for k in range(3):
+        for m, opt in zip(models, opts):
+            params = list(m.parameters())
+            for i, p in enumerate(params):
+                p.requires_grad_(k != 1 or i not in first_bucket)
+            opt.zero_grad(set_to_none=True)
+            _backward(m)
+            opt.step()
+            assert opt.last_step() == k + 1
+    np.testing.assert_array_equal(flat_params(models[0]), flat_params(models[1]))

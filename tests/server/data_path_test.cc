@@ -142,6 +142,25 @@ TEST(KStreamStepTest, MissingStreamTimesOutAndNothingIsApplied) {
   EXPECT_TRUE(Same(before, Read(*srv.stub, "g")));
 }
 
+// A stream that carries nothing and asks for no weights (a trainer's empty bucket) must not
+// decide what the other streams get back, whichever commits last.
+TEST(KStreamStepTest, EachStreamGetsWhatItAskedFor) {
+  InProcessServer srv = StartInProcess();
+  CreateGroup(*srv.stub, "g");
+  for (int step = 1; step <= 12; ++step) {
+    StepOptions opts;
+    opts.streams = 3;                 // two chunks: stream 2 carries nothing
+    opts.chunk_elements = 1 << 16;    // "w" in two chunks, "b" ... dealt round robin
+    opts.weights_none_stream = 2;
+    opts.late_commit_stream = step % 2 == 0 ? 2 : -1;  // the empty stream commits last
+    std::vector<Grad> grads = {Grads(step)[0]};
+    StepResult r = RunStep(*srv.stub, "g", step, grads, opts);
+    ASSERT_TRUE(r.status.ok()) << r.status;
+    ASSERT_EQ(r.weights["w"].size(), static_cast<size_t>(kW * 4)) << "step " << step;
+    EXPECT_EQ(r.weights.count("b"), 0u);
+  }
+}
+
 TEST(KStreamStepTest, BadStreamCountsAreRejected) {
   InProcessServer srv = StartInProcess();
   CreateGroup(*srv.stub, "g");

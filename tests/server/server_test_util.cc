@@ -177,7 +177,7 @@ struct SharedWeights {
 
 StepResult RunStepStream(v1::Optimizer::Stub& stub, const v1::StepRequest& begin,
                          const std::vector<ChunkRange>& chunks, bool bad, bool silent,
-                         int64_t deadline_ms, SharedWeights* out) {
+                         bool late_commit, int64_t deadline_ms, SharedWeights* out) {
   StepResult result;
   grpc::ClientContext ctx;
   if (deadline_ms > 0) {
@@ -206,6 +206,7 @@ StepResult RunStepStream(v1::Optimizer::Stub& stub, const v1::StepRequest& begin
                                        static_cast<size_t>(c.n * esize));
       if (!stream->Write(req)) return;
     }
+    if (late_commit) std::this_thread::sleep_for(std::chrono::milliseconds(100));
     v1::StepRequest commit;
     commit.mutable_commit();
     if (!stream->Write(commit)) return;
@@ -258,7 +259,8 @@ StepResult RunStep(v1::Optimizer::Stub& stub, const std::string& group, int64_t 
     begin.mutable_begin()->set_group(group);
     begin.mutable_begin()->set_worker(options.worker);
     begin.mutable_begin()->set_step(step);
-    begin.mutable_begin()->set_weights(options.weights);
+    begin.mutable_begin()->set_weights(i == options.weights_none_stream ? v1::NONE
+                                                                       : options.weights);
     if (options.lr) begin.mutable_begin()->set_lr(*options.lr);
     if (options.base_version) begin.mutable_begin()->set_base_version(*options.base_version);
     if (k > 1) {
@@ -268,7 +270,8 @@ StepResult RunStep(v1::Optimizer::Stub& stub, const std::string& group, int64_t 
     threads.emplace_back([&, i, begin] {
       results[static_cast<size_t>(i)] =
           RunStepStream(stub, begin, per_stream[static_cast<size_t>(i)], i == options.bad_stream,
-                        i == options.silent_stream, options.deadline_ms, &weights);
+                        i == options.silent_stream, i == options.late_commit_stream,
+                        options.deadline_ms, &weights);
     });
   }
   for (auto& t : threads) t.join();

@@ -88,6 +88,10 @@ struct StepOptions {
   int bad_stream = -1;
   // This stream sends its begin and then nothing (no chunks, no commit) until its deadline.
   int silent_stream = -1;
+  // This stream asks for no weights back (NONE), whatever `weights` says.
+  int weights_none_stream = -1;
+  // This stream waits 100 ms before its commit (so that it commits last).
+  int late_commit_stream = -1;
   int64_t deadline_ms = 0;  // per stream; 0 = none
 };
 

@@ -386,7 +386,11 @@ class Client:
         for k, v in flats.items():
             dtype_name(v)
         args = dict(worker=worker, lr=lr, weights=weights, base_version=base_version)
-        if self._native is not None:
+        # A part without gradients (a bucket none of whose tensors got one) is only a begin and
+        # a commit: it goes through grpcio. The C++ client (as of 2b6b201) sends a call without
+        # output buffers as weights=NONE, and the server takes the step's weights mode from the
+        # part that commits last, so such a part could withhold the weights of all the others.
+        if self._native is not None and not (part_count > 0 and not flats):
             return self._step_native(group, step, flats, out, part_count, part_index, **args)
         if part_count == 0 and self.streams > 1 and len(flats) > 1:
             return self._step_pure_streams(group, step, flats, out, args)
