@@ -3,6 +3,8 @@
 #include "server/optimizer_core.h"
 
 #include <algorithm>
+#include <filesystem>
+#include <system_error>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
@@ -13,10 +15,15 @@ namespace optd::server {
 
 namespace {
 
-// The checkpoint directory without trailing slashes, so that "<dir>/<name>" is the only form a
-// checkpoint path takes (HideCheckpointDir relies on it).
+// The checkpoint directory as an absolute path without a trailing slash, so that
+// "<dir>/<name>" is the only form a checkpoint path takes and the directory is a distinctive
+// string in messages (HideCheckpointDir relies on both).
 CoreOptions Normalized(CoreOptions options) {
   std::string& dir = options.checkpoint_dir;
+  if (dir.empty()) return options;
+  std::error_code ec;
+  const std::filesystem::path absolute = std::filesystem::absolute(dir, ec);
+  if (!ec) dir = absolute.lexically_normal().string();
   while (dir.size() > 1 && dir.back() == '/') dir.pop_back();
   return options;
 }

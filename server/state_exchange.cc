@@ -359,9 +359,10 @@ absl::StatusOr<std::string> OptimizerCore::CheckpointPath(const std::string& nam
 
 absl::Status OptimizerCore::HideCheckpointDir(const absl::Status& status) const {
   if (status.ok() || options_.checkpoint_dir.empty()) return status;
+  // The directory is absolute and normalized (OptimizerCore's constructor).
   const std::string& dir = options_.checkpoint_dir;
   std::string message = absl::StrReplaceAll(status.message(), {{dir + "/", ""}});
-  message = absl::StrReplaceAll(message, {{dir, "<checkpoint_dir>"}});
+  if (dir.size() > 1) message = absl::StrReplaceAll(message, {{dir, "<checkpoint_dir>"}});
   return absl::Status(status.code(), message);
 }
 

@@ -107,7 +107,21 @@ std::vector<std::string> Files(const std::string& dir, const std::string& prefix
   std::sort(out.begin(), out.end());
   return out;
 }
-std::vector<std::string> AutoFiles(const std::string& dir) { return Files(dir, "auto-"); }
+// Complete periodic checkpoints: a writer's temporary file ("auto-...Z.tmp-<pid>-<suffix>") may
+// hold every byte already and still never be renamed into place.
+std::vector<std::string> AutoFiles(const std::string& dir) {
+  std::vector<std::string> out;
+  for (std::string& f : Files(dir, "auto-")) {
+    if (f.find(".tmp-") == std::string::npos) out.push_back(std::move(f));
+  }
+  return out;
+}
+
+// Removes a test's directory; call it once the servers writing there are gone.
+void RemoveDir(const std::string& dir) {
+  std::error_code ec;
+  fs::remove_all(dir, ec);
+}
 
 // The version of every group in a checkpoint file ("" group: the smallest), or -1.
 int64_t MinVersion(const std::string& path) {
@@ -147,13 +161,15 @@ TEST(RecoveryTest, PeriodicCheckpointsByStepsKeepTheNewestN) {
     Steps(*stub, v - 1, v);
     EXPECT_TRUE(WaitFor([&] { return HasCheckpointAt(dir, v); })) << "no checkpoint at " << v;
   }
-  // Retention kept the two newest; names sort in write order.
+  // Retention kept the two newest (it runs right after the write); names sort in write order.
+  EXPECT_TRUE(WaitFor([&] { return AutoFiles(dir).size() == 2; }));
   const std::vector<std::string> files = AutoFiles(dir);
   ASSERT_EQ(files.size(), 2u);
   EXPECT_EQ(MinVersion(dir + "/" + files[0]), 4);
   EXPECT_EQ(MinVersion(dir + "/" + files[1]), 6);
   EXPECT_THAT(files[1], ::testing::MatchesRegex("auto-[0-9]{10}-[0-9]{8}T[0-9]{6}Z"));
-  fs::remove_all(dir);
+  (*child).reset();  // the server stops writing there first
+  RemoveDir(dir);
 }
 
 TEST(RecoveryTest, TimeTriggerWritesOnlyWhenSomethingChanged) {
@@ -170,7 +186,8 @@ TEST(RecoveryTest, TimeTriggerWritesOnlyWhenSomethingChanged) {
   EXPECT_EQ(AutoFiles(dir).size(), written);
   Steps(*stub, 2, 2);
   EXPECT_TRUE(WaitFor([&] { return HasCheckpointAt(dir, 2); }));
-  fs::remove_all(dir);
+  (*child).reset();  // the server stops writing there first
+  RemoveDir(dir);
 }
 
 TEST(RecoveryTest, Kill9ThenRestoreLatestBringsEveryGroupBackBitForBit) {
@@ -213,7 +230,8 @@ TEST(RecoveryTest, Kill9ThenRestoreLatestBringsEveryGroupBackBitForBit) {
   ASSERT_TRUE(retry.status.ok()) << retry.status;
   EXPECT_TRUE(retry.done.duplicate());
   Steps(*stub_b, 5, 5);
-  fs::remove_all(dir);
+  (*b).reset();  // the server stops writing there first
+  RemoveDir(dir);
 }
 
 TEST(RecoveryTest, RepeatedKill9DuringStepsAndWritesAlwaysRestoresACompleteCheckpoint) {
@@ -255,7 +273,7 @@ TEST(RecoveryTest, RepeatedKill9DuringStepsAndWritesAlwaysRestoresACompleteCheck
     trainer.join();
   }
   EXPECT_GT(restored_version, 0);
-  fs::remove_all(dir);
+  RemoveDir(dir);
 }
 
 TEST(RecoveryTest, ShutdownWritesAFinalCheckpointThatRestoreLatestFinds) {
@@ -285,7 +303,8 @@ TEST(RecoveryTest, ShutdownWritesAFinalCheckpointThatRestoreLatestFinds) {
   ASSERT_EQ(files.size(), 2u);
   EXPECT_EQ(files[0].substr(0, 15), "auto-0000000001");
   EXPECT_EQ(files[1].substr(0, 15), "auto-0000000002");
-  fs::remove_all(dir);
+  (*b).reset();  // the server stops writing there first
+  RemoveDir(dir);
 }
 
 TEST(RecoveryTest, RestoreLatestSkipsFilesCutShortAndANamedOneMustExist) {
@@ -323,8 +342,9 @@ TEST(RecoveryTest, RestoreLatestSkipsFilesCutShortAndANamedOneMustExist) {
   // An empty directory is a fresh start, not an error.
   const std::string empty = MakeTempDir();
   EXPECT_TRUE(ChildServer::Start({"--checkpoint_dir=" + empty, "--restore=latest"}).ok());
-  fs::remove_all(dir);
-  fs::remove_all(empty);
+  (*b).reset();  // the server stops writing there first
+  RemoveDir(dir);
+  RemoveDir(empty);
 }
 
 TEST(RecoveryTest, OrphanedTemporaryFilesAreRemovedAtStart) {
@@ -346,7 +366,8 @@ TEST(RecoveryTest, OrphanedTemporaryFilesAreRemovedAtStart) {
   std::vector<std::string> expected = kept;
   std::sort(expected.begin(), expected.end());
   EXPECT_EQ(Files(dir), expected);
-  fs::remove_all(dir);
+  (*child).reset();  // the server stops writing there first
+  RemoveDir(dir);
 }
 
 // A checkpoint with a valid checksum whose metadata no server would write.
@@ -419,7 +440,7 @@ TEST(RecoveryTest, CraftedMetadataIsRefusedNamingTheFileAndField) {
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("checkpoint 'workers'"));
   EXPECT_THAT(std::string(refused.status().message()), HasSubstr("num_workers"));
   EXPECT_FALSE(ChildServer::Start({"--checkpoint_dir=" + dir, "--restore=version"}).ok());
-  fs::remove_all(dir);
+  RemoveDir(dir);
 }
 
 TEST(RecoveryTest, ResponsesAndErrorsNameCheckpointsNotServerPaths) {
@@ -435,7 +456,7 @@ TEST(RecoveryTest, ResponsesAndErrorsNameCheckpointsNotServerPaths) {
     const auto bad = Save(*srv.stub, name);
     EXPECT_EQ(bad.status().code(), absl::StatusCode::kInvalidArgument) << name;
   }
-  fs::remove_all(dir);  // the directory vanishes under the server
+  RemoveDir(dir);  // the directory vanishes under the server
   const auto lost = Save(*srv.stub, "ck2");
   EXPECT_FALSE(lost.ok());
   EXPECT_THAT(std::string(lost.status().message()), HasSubstr("ck2"));
