@@ -126,10 +126,13 @@ MemoryNeed GroupMemoryNeed(const GroupBytes& bytes, core::Backend backend,
   return need;
 }
 
+int64_t LiveWorkingCopies(const core::EngineStats& stats) {
+  return kWorkingCopies * (stats.weight_bytes_host + stats.weight_bytes_device);
+}
+
 MemoryNeed LiveMemoryNeed(const core::EngineStats& stats) {
   MemoryNeed need;
-  need.host = stats.weight_bytes_host + stats.state_bytes_host +
-              kWorkingCopies * (stats.weight_bytes_host + stats.weight_bytes_device);
+  need.host = stats.weight_bytes_host + stats.state_bytes_host + LiveWorkingCopies(stats);
   need.device = stats.weight_bytes_device + stats.state_bytes_device;
   return need;
 }
@@ -186,12 +189,16 @@ absl::StatusOr<std::unique_ptr<GroupAdmission::Ticket>> GroupAdmission::Admit(
     }
   }
   if (host.address_space_room >= 0) {
-    const int64_t room = host.address_space_room - reserve_ - pending_.host;
+    // The engines' own allocations are in VmSize already; the live groups' working copies may
+    // not be yet, and are counted as if none were (an overrun here kills the process).
+    const int64_t room =
+        host.address_space_room - reserve_ - pending_.host - LiveWorkingCopies(stats);
     if (need.host > room) {
       return absl::ResourceExhaustedError(absl::StrCat(
           "cannot create ", what, ": it needs ", Bytes(need.host), " of host memory, ",
           Bytes(std::max<int64_t>(room, 0)),
-          " are left under the address-space limit (RLIMIT_AS) after --memory_reserve_bytes=",
+          " are left under the address-space limit (RLIMIT_AS) after the live groups' working "
+          "copies and --memory_reserve_bytes=",
           reserve_));
     }
   }

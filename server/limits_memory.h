@@ -12,7 +12,9 @@
 //   room = min(MemAvailable, cgroup limit - cgroup working set) + this process's RSS
 //          - --memory_reserve_bytes - what the live groups need - groups being created
 // and, under an address-space limit (ulimit -v, prlimit --as), also
-//   room <= RLIMIT_AS - VmSize - --memory_reserve_bytes - groups being created.
+//   room <= RLIMIT_AS - VmSize - --memory_reserve_bytes - groups being created
+//           - the live groups' working copies (counted as not allocated yet: exceeding the
+//             limit later would kill the process, so this errs on the side of refusing).
 // Device memory is allocated for real by cudaMalloc, so the device check is simply the need
 // against the engine's device_free_bytes minus the reserve. The live groups' needs come from the
 // engine's own byte counters (core::EngineStats), which are exact. Not counted: extra gradient
@@ -52,8 +54,10 @@ struct MemoryNeed {
 // `stats` tells the CUDA engine's state budget left (states beyond it are paged from the host).
 MemoryNeed GroupMemoryNeed(const GroupBytes& bytes, core::Backend backend,
                            const core::EngineStats& stats);
-// What the engine's live groups need, from its byte counters.
+// What the engine's live groups need, from its byte counters; and the host working copies part
+// of it.
 MemoryNeed LiveMemoryNeed(const core::EngineStats& stats);
+int64_t LiveWorkingCopies(const core::EngineStats& stats);
 
 // Thread safety: thread-safe.
 class GroupAdmission {
