@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/internal/malloc_tuning.h"
 #include "client/internal/blocking_stream.h"
+#include "client/internal/channel_credentials.h"
 #include "client/internal/client_impl.h"
 #include "client/internal/convert.h"
 #include "client/internal/status.h"
@@ -57,17 +58,23 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const std::string& target
         absl::StrCat("chunk_bytes: ", options.chunk_bytes, " is below 1024"));
   }
   if (options.tune_malloc) internal::TuneMallocForBulkTransfers();
+  auto authorization = internal::AuthorizationValue(options.token);
+  if (!authorization.ok()) return authorization.status();
+  grpc::ChannelArguments base_args;
+  auto credentials = internal::MakeChannelCredentials(options.tls, &base_args);
+  if (!credentials.ok()) return credentials.status();
   auto impl = std::make_unique<Impl>();
   impl->target = target;
   impl->options = options;
+  impl->authorization = *std::move(authorization);
   for (int i = 0; i < options.streams; ++i) {
-    grpc::ChannelArguments args;
+    grpc::ChannelArguments args = base_args;
     args.SetMaxReceiveMessageSize(options.max_message_bytes);
     args.SetMaxSendMessageSize(options.max_message_bytes);
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt(kConnectionIndexArg, i);
     Connection c;
-    c.channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    c.channel = grpc::CreateCustomChannel(target, *credentials, args);
     if (c.channel == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("target: cannot open a channel to ", target));
@@ -84,6 +91,7 @@ void Client::Impl::PrepareContext(grpc::ClientContext* context) const {
     context->set_deadline(std::chrono::system_clock::now() +
                           std::chrono::milliseconds(options.timeout_ms));
   }
+  if (!authorization.empty()) context->AddMetadata("authorization", authorization);
 }
 
 absl::StatusOr<GroupInfo> Client::CreateGroup(const std::string& group,
@@ -193,7 +201,7 @@ std::unique_ptr<Subscription> Client::Subscribe(const std::string& group, bool s
   auto impl = std::make_unique<Subscription::Impl>();
   impl->target = impl_->target;
   impl->stream = internal::BlockingStream::Start(impl_->generic(0), kSubscribeMethod,
-                                                 /*timeout_ms=*/0);
+                                                 /*timeout_ms=*/0, impl_->authorization);
   v1::SubscribeRequest req;
   req.set_group(group);
   req.set_send_current(send_current);

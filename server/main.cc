@@ -29,7 +29,27 @@ ABSL_FLAG(std::string, port_file, "",
           "once serving, write the bound gRPC port here (decimal, newline)");
 ABSL_FLAG(std::string, metrics_port_file, "", "once serving, write the bound metrics port here");
 ABSL_FLAG(std::string, hostname, "", "hostname label of the metrics; empty: gethostname()");
+ABSL_FLAG(int, metrics_max_groups, 100,
+          "groups whose metrics carry their own group label; further groups are summed under "
+          "group=\"_other\" (0: all of them)");
+ABSL_FLAG(std::string, metrics_basic_auth_file, "",
+          "file whose first line is user:password; /metrics then requires that HTTP basic auth "
+          "(empty: no authentication)");
 ABSL_FLAG(int, shutdown_grace_seconds, 30, "on SIGTERM, how long in-flight calls may finish");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the gRPC port; with --tls_key serves TLS (files are re-read "
+          "when they change)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: clients must present a certificate signed by it (mutual TLS)");
+ABSL_FLAG(bool, allow_insecure, false,
+          "serve plaintext on a --listen address other machines can reach (refused otherwise)");
+ABSL_FLAG(std::string, token_file, "",
+          "bearer tokens, one per line: '<token> <train|admin> <group prefix>...' "
+          "(docs/security.md); empty: no authentication");
+ABSL_FLAG(int, credential_refresh_seconds, 60,
+          "how often --tls_* and --token_file are checked for changes");
+ABSL_FLAG(bool, reflection, false, "serve gRPC server reflection");
 
 // Admission limits (server/limits.h, docs/limits.md).
 ABSL_FLAG(int, max_groups, optd::server::Limits().max_groups, "groups the server holds at once");
@@ -135,6 +155,15 @@ int main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
   options.hostname = absl::GetFlag(FLAGS_hostname);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.allow_insecure = absl::GetFlag(FLAGS_allow_insecure);
+  options.token_file = absl::GetFlag(FLAGS_token_file);
+  options.credential_refresh = absl::Seconds(absl::GetFlag(FLAGS_credential_refresh_seconds));
+  options.reflection = absl::GetFlag(FLAGS_reflection);
+  options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
+  options.metrics_basic_auth_file = absl::GetFlag(FLAGS_metrics_basic_auth_file);
   optd::server::Limits& limits = options.limits;
   limits.max_groups = absl::GetFlag(FLAGS_max_groups);
   limits.max_tensors_per_group = absl::GetFlag(FLAGS_max_tensors_per_group);
@@ -168,9 +197,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "optd: failed to start: cannot write --port_file or --metrics_port_file\n");
     return 1;
   }
-  std::fprintf(stderr, "optd: serving on %s (backend %s, %s)\n", (*server)->address().c_str(),
+  const std::string security = absl::StrCat(
+      options.tls_cert_file.empty() ? "plaintext"
+                                    : (options.tls_client_ca_file.empty() ? "TLS" : "mutual TLS"),
+      options.token_file.empty() ? ", no authentication" : ", bearer tokens");
+  std::fprintf(stderr, "optd: serving on %s (backend %s, %s, %s)\n", (*server)->address().c_str(),
                std::string(optd::core::BackendName((*server)->backend())).c_str(),
-               metrics.c_str());
+               security.c_str(), metrics.c_str());
 
   int sig = 0;
   sigwait(&signals, &sig);

@@ -171,7 +171,8 @@ absl::Status OptimizerCore::GetGroup(const v1::GetGroupRequest& request, v1::Gro
 }
 
 absl::Status OptimizerCore::ListGroups(const v1::ListGroupsRequest& request,
-                                       v1::ListGroupsResponse* response) {
+                                       v1::ListGroupsResponse* response,
+                                       const GroupFilter& visible) {
   const Limits& limits = options_.limits;
   if (request.page_size() < 0) {
     return absl::InvalidArgumentError(
@@ -196,6 +197,7 @@ absl::Status OptimizerCore::ListGroups(const v1::ListGroupsRequest& request,
       [](const std::string& token, const std::shared_ptr<Group>& g) { return token < g->name(); });
   int64_t bytes = 0;
   for (; it != groups.end() && response->groups_size() < page_size; ++it) {
+    if (visible && !visible((*it)->name())) continue;
     v1::GroupInfo info;
     {
       absl::MutexLock lock(&(*it)->mu());

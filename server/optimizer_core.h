@@ -5,6 +5,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <functional>
 #include <map>
 #include <memory>
 #include <string>
@@ -51,10 +52,13 @@ class OptimizerCore {
   absl::Status CreateGroup(const v1::CreateGroupRequest& request, v1::GroupInfo* info);
   absl::Status UploadWeights(UploadStream* stream, v1::UploadWeightsResponse* response);
   absl::Status GetGroup(const v1::GetGroupRequest& request, v1::GroupInfo* info);
-  // One page of groups in name order: page_size groups (0: limits.default_list_page_size, at
-  // most limits.max_list_page_size) that fit one message; next_page_token is set when more
-  // follow.
-  absl::Status ListGroups(const v1::ListGroupsRequest& request, v1::ListGroupsResponse* response);
+  // Which groups a caller may see (null: all).
+  using GroupFilter = std::function<bool(const std::string& group)>;
+  // One page of the groups `visible` lets through, in name order: page_size of them (0:
+  // limits.default_list_page_size, at most limits.max_list_page_size) that fit one message;
+  // next_page_token is set when more groups follow.
+  absl::Status ListGroups(const v1::ListGroupsRequest& request, v1::ListGroupsResponse* response,
+                          const GroupFilter& visible = nullptr);
   absl::Status DeleteGroup(const v1::DeleteGroupRequest& request);
   absl::Status UpdateHyperparameters(const v1::UpdateHyperparametersRequest& request,
                                      v1::GroupInfo* info);

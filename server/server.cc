@@ -4,7 +4,10 @@
 
 #include <cstdio>
 
+#include <algorithm>
 #include <filesystem>
+#include <memory>
+#include <vector>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -15,6 +18,7 @@
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
 #include "server/checkpoint_dir.h"
+#include "server/tls_credentials.h"
 
 namespace optd::server {
 namespace {
@@ -44,6 +48,24 @@ absl::StatusOr<std::unique_ptr<core::Engine>> MakeEngine(const ServerOptions& op
   eo.backend = core::Backend::kCpu;
   return core::CreateEngine(eo);
 }
+
+// Server reflection for one ServerBuilder, on or off. libgrpc++_reflection registers its plugin
+// for every ServerBuilder of the process from a static initializer as soon as it is loaded, so
+// "off" must remove it; "on" installs one instance whatever the process registered.
+class ReflectionOption final : public grpc::ServerBuilderOption {
+ public:
+  explicit ReflectionOption(bool on) : on_(on) {}
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    auto reflection = std::make_unique<grpc::reflection::ProtoServerReflectionPlugin>();
+    const std::string name = reflection->name();
+    std::erase_if(*plugins, [&name](const auto& p) { return p->name() == name; });
+    if (on_) plugins->push_back(std::move(reflection));
+  }
+
+ private:
+  const bool on_;
+};
 
 std::string HostPart(const std::string& address) {
   const size_t colon = address.rfind(':');
@@ -79,6 +101,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
                        " cannot be created: ", ec ? ec.message() : "not a directory"));
     }
   }
+  // Credentials before the engine: a refused configuration costs no device memory.
+  TlsFileOptions tls;
+  tls.cert_file = options.tls_cert_file;
+  tls.key_file = options.tls_key_file;
+  tls.client_ca_file = options.tls_client_ca_file;
+  tls.refresh = options.credential_refresh;
+  auto credentials = MakeServerCredentials(tls, options.listen_address, options.allow_insecure);
+  if (!credentials.ok()) return credentials.status();
+
   std::unique_ptr<Server> s(new Server());
   auto engine = MakeEngine(options);
   if (!engine.ok()) return engine.status();
@@ -88,6 +119,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
   mo.listen_address = options.metrics_listen_address;
   mo.gpu_label = s->engine_->backend() == core::Backend::kCuda ? std::to_string(options.gpu) : "";
   mo.hostname = options.hostname;
+  mo.max_groups = options.metrics_max_groups;
+  mo.basic_auth_file = options.metrics_basic_auth_file;
   if (mo.hostname.empty()) {
     char name[256] = {};
     if (gethostname(name, sizeof(name) - 1) == 0) mo.hostname = name;
@@ -115,13 +148,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
     Server* server = s.get();
     on_device_error = [server](const absl::Status& status) { server->MarkNotServing(status); };
   }
+  AuthOptions ao;
+  ao.token_file = options.token_file;
+  ao.refresh = std::max(options.credential_refresh, absl::Seconds(1));
+  auto authorizer = Authorizer::Create(ao, s->metrics_.get());
+  if (!authorizer.ok()) return authorizer.status();
+  s->authorizer_ = *std::move(authorizer);
   s->service_ = std::make_unique<OptimizerService>(s->core_.get(), s->metrics_.get(),
-                                                   std::move(on_device_error));
+                                                   s->authorizer_.get(), std::move(on_device_error));
 
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.SetOption(std::make_unique<ReflectionOption>(options.reflection));
+  builder.AddListeningPort(options.listen_address, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   // A streamed step holds its group until the commit: keepalive pings find a trainer that

@@ -13,6 +13,7 @@
 #include "server/checkpoint_scheduler.h"
 #include "server/limits.h"
 #include "server/metrics.h"
+#include "server/auth_policy.h"
 #include "server/optimizer_core.h"
 #include "server/service.h"
 
@@ -34,6 +35,27 @@ struct ServerOptions {
   int max_message_bytes = 16 << 20;
   int64_t chunk_bytes = int64_t{4} << 20;  // payload per message the server sends
   std::string hostname;              // `hostname` metric label; empty = gethostname()
+
+  // Security (docs/security.md).
+  // TLS on the gRPC port: PEM certificate chain and key; empty = plaintext, which is refused
+  // unless listen_address is a loopback address or allow_insecure is set.
+  std::string tls_cert_file;
+  std::string tls_key_file;
+  // PEM CA bundle: clients must present a certificate it signed (mutual TLS). Needs the above.
+  std::string tls_client_ca_file;
+  bool allow_insecure = false;
+  // Bearer tokens with roles and group prefixes (Note [Token file] in server/auth_tokens.h);
+  // empty = no authentication, every caller may do everything (loopback/development).
+  std::string token_file;
+  // How often the TLS files and the token file are checked for changes; at least 1 s.
+  absl::Duration credential_refresh = absl::Seconds(60);
+  // Serve gRPC server reflection (grpc.reflection.v1alpha), without authentication.
+  bool reflection = false;
+  // Metrics: groups with `group` series of their own (the rest under group="_other"), and the
+  // /metrics basic-auth file (empty: none); see MetricsOptions.
+  int metrics_max_groups = 100;
+  std::string metrics_basic_auth_file;
+
   // Admission limits (server/limits.h; one flag each).
   Limits limits;
   // Recovery (server/checkpoint_scheduler.h), all needing checkpoint_dir: restore at start
@@ -50,7 +72,9 @@ struct ServerOptions {
 class Server {
  public:
   // Creates the engine and metrics, binds both ports and starts serving. Errors name what
-  // failed: the backend (Unavailable), a port that cannot bind (Unavailable naming the address).
+  // failed: the backend (Unavailable), a port that cannot bind (Unavailable naming the address),
+  // TLS or token files (InvalidArgument naming the flag), plaintext on an address other machines
+  // can reach (FailedPrecondition).
   static absl::StatusOr<std::unique_ptr<Server>> BuildAndStart(const ServerOptions& options);
   ~Server();
 
@@ -80,6 +104,7 @@ class Server {
   std::unique_ptr<core::Engine> engine_;
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<OptimizerCore> core_;
+  std::unique_ptr<Authorizer> authorizer_;
   std::unique_ptr<CheckpointScheduler> checkpoints_;  // null without periodic checkpoints
   std::unique_ptr<OptimizerService> service_;
   std::unique_ptr<grpc::Server> server_;

@@ -399,6 +399,7 @@ absl::Status OptimizerCore::SaveCheckpoint(const v1::SaveCheckpointRequest& requ
   }
   auto bytes = (*writer)->Commit();
   if (!bytes.ok()) return HideCheckpointDir(bytes.status());
+  metrics_->RecordCheckpointSaved();
   // The name, not the server's path: clients address checkpoints by name.
   response->set_path(request.name());
   response->set_bytes(*bytes);

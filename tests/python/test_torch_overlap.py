@@ -6,6 +6,7 @@ whichever way they travel. Where torch has register_post_accumulate_grad_hook (>
 buckets are sent from backward's hooks; without it (torch 1.13) step() drives the same code,
 so the bucket and part machinery runs here as well."""
 
+import os
 import threading
 
 import numpy as np
@@ -18,6 +19,10 @@ from model_util import flat_params, loss_of, make_data
 from server_features import supports_step_gaps, supports_step_parts
 
 
+# OPTD_TEST_DEVICE=cuda runs the models on the GPU (pinned buffers, side stream, events).
+DEVICE = os.environ.get("OPTD_TEST_DEVICE", "cpu")
+
+
 def make_deep_model(seed=0):
     """Six equal layers: reverse-order buckets of about equal bytes are easy to predict."""
     torch.manual_seed(seed)
@@ -25,13 +30,14 @@ def make_deep_model(seed=0):
     for _ in range(4):
         layers += [torch.nn.Linear(64, 64), torch.nn.Tanh()]
     layers.append(torch.nn.Linear(64, 1))
-    return torch.nn.Sequential(*layers)
+    return torch.nn.Sequential(*layers).to(DEVICE)
 
 
 def train(model, opt, steps, micro_batches=1, accumulate="no_sync"):
     """Closed-loop training: `micro_batches` backward passes per step, all but the last one
     inside opt.no_sync() (or with opt.accumulating set)."""
     x, y = make_data()
+    x, y = x.to(DEVICE), y.to(DEVICE)
     xs, ys = x.chunk(micro_batches), y.chunk(micro_batches)
     for _ in range(steps):
         opt.zero_grad()
@@ -131,6 +137,7 @@ def test_offload_gradients(server):
 
 def _backward(model):
     x, y = make_data()
+    x, y = x.to(DEVICE), y.to(DEVICE)
     model.zero_grad()
     loss_of(model, x, y).backward()
 
