@@ -125,14 +125,18 @@ absl::StatusOr<GroupInfo> Client::GetGroup(const std::string& group) {
 }
 
 absl::StatusOr<std::vector<GroupInfo>> Client::ListGroups() {
-  grpc::ClientContext ctx;
-  impl_->PrepareContext(&ctx);
-  v1::ListGroupsResponse resp;
-  absl::Status s =
-      FromGrpc(impl_->stub().ListGroups(&ctx, v1::ListGroupsRequest(), &resp), impl_->target);
-  if (!s.ok()) return s;
+  // The server answers in pages; follow them to the last.
   std::vector<GroupInfo> groups;
-  for (const v1::GroupInfo& g : resp.groups()) groups.push_back(internal::FromProto(g));
+  v1::ListGroupsRequest req;
+  do {
+    grpc::ClientContext ctx;
+    impl_->PrepareContext(&ctx);
+    v1::ListGroupsResponse resp;
+    absl::Status s = FromGrpc(impl_->stub().ListGroups(&ctx, req, &resp), impl_->target);
+    if (!s.ok()) return s;
+    for (const v1::GroupInfo& g : resp.groups()) groups.push_back(internal::FromProto(g));
+    req.set_page_token(resp.next_page_token());
+  } while (!req.page_token().empty());
   return groups;
 }
 

@@ -17,6 +17,7 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "server/checkpoint_dir.h"
 #include "server/tls_credentials.h"
 
 namespace optd::server {
@@ -89,6 +90,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
         static_cast<int64_t>(options.max_message_bytes) - kHeaderRoom, "], got ",
         options.chunk_bytes));
   }
+  if (absl::Status st = ValidateLimits(options.limits); !st.ok()) return st;
+  const bool periodic =
+      options.checkpoint_every_steps != 0 || options.checkpoint_every_seconds != 0;
+  if (options.checkpoint_dir.empty() && (periodic || !options.restore.empty())) {
+    return absl::InvalidArgumentError(
+        "--restore, --checkpoint_every_steps and --checkpoint_every_seconds need --checkpoint_dir");
+  }
   if (!options.checkpoint_dir.empty()) {
     // Created here, not at the first save: a path that cannot be a directory fails the start,
     // where an operator sees it, instead of every SaveCheckpoint later.
@@ -136,7 +144,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
   CoreOptions co;
   co.checkpoint_dir = options.checkpoint_dir;
   co.chunk_bytes = options.chunk_bytes;
+  co.max_message_bytes = options.max_message_bytes;
+  co.limits = options.limits;
   s->core_ = std::make_unique<OptimizerCore>(s->engine_.get(), s->metrics_.get(), co);
+  if (absl::Status st = s->StartRecovery(options); !st.ok()) return st;
   OptimizerService::DeviceErrorCallback on_device_error;
   if (s->engine_->backend() == core::Backend::kCuda) {
     // Internal is reserved for device errors (style.md). A CUDA error may be sticky and the
@@ -209,6 +220,32 @@ void Server::Shutdown(absl::Duration grace) {
   }
   core_->BeginShutdown();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  // After the last call ended: the final checkpoint holds every step the clients were told of.
+  if (checkpoints_ != nullptr) checkpoints_->Stop(/*final_checkpoint=*/true);
+}
+
+absl::Status Server::StartRecovery(const ServerOptions& options) {
+  if (options.checkpoint_dir.empty()) return absl::OkStatus();
+  // Before the restore and before serving: nothing of ours can be half-written yet.
+  auto removed = RemoveOrphanTempFiles(options.checkpoint_dir);
+  if (!removed.ok()) return core_->HideCheckpointDir(removed.status());
+  for (const std::string& name : *removed) {
+    std::fprintf(stderr, "optd: removed orphaned temporary file %s\n", name.c_str());
+  }
+  auto restored = RestoreAtStart(core_.get(), options.restore);
+  if (!restored.ok()) return restored.status();
+  if (options.checkpoint_every_steps == 0 && options.checkpoint_every_seconds == 0) {
+    return absl::OkStatus();
+  }
+  CheckpointScheduleOptions so;
+  so.every_steps = options.checkpoint_every_steps;
+  so.every = absl::Seconds(options.checkpoint_every_seconds);
+  so.keep = options.checkpoint_keep;
+  so.on_shutdown = options.checkpoint_on_shutdown;
+  auto scheduler = CheckpointScheduler::Start(core_.get(), so);
+  if (!scheduler.ok()) return scheduler.status();
+  checkpoints_ = *std::move(scheduler);
+  return absl::OkStatus();
 }
 
 }  // namespace optd::server

@@ -10,6 +10,8 @@
 #include "absl/time/time.h"
 #include "grpcpp/server.h"
 #include "optd/core/engine.h"
+#include "server/checkpoint_scheduler.h"
+#include "server/limits.h"
 #include "server/metrics.h"
 #include "server/auth_policy.h"
 #include "server/optimizer_core.h"
@@ -53,6 +55,17 @@ struct ServerOptions {
   // /metrics basic-auth file (empty: none); see MetricsOptions.
   int metrics_max_groups = 100;
   std::string metrics_basic_auth_file;
+
+  // Admission limits (server/limits.h; one flag each).
+  Limits limits;
+  // Recovery (server/checkpoint_scheduler.h), all needing checkpoint_dir: restore at start
+  // ("" = none, "latest", or a checkpoint name); periodic checkpoints every so many steps of a
+  // group and/or seconds (0 = off), keeping the newest checkpoint_keep; a last one at shutdown.
+  std::string restore;
+  int64_t checkpoint_every_steps = 0;
+  int64_t checkpoint_every_seconds = 0;
+  int checkpoint_keep = 3;
+  bool checkpoint_on_shutdown = true;
 };
 
 // Thread safety: Wait and Shutdown may be called from different threads.
@@ -82,6 +95,9 @@ class Server {
 
  private:
   Server() = default;
+  // Removes orphaned temporary checkpoint files, restores (options.restore) and starts the
+  // periodic checkpoints.
+  absl::Status StartRecovery(const ServerOptions& options);
 
   std::string host_;
   int port_ = 0;
@@ -89,6 +105,7 @@ class Server {
   std::unique_ptr<Metrics> metrics_;
   std::unique_ptr<OptimizerCore> core_;
   std::unique_ptr<Authorizer> authorizer_;
+  std::unique_ptr<CheckpointScheduler> checkpoints_;  // null without periodic checkpoints
   std::unique_ptr<OptimizerService> service_;
   std::unique_ptr<grpc::Server> server_;
   absl::Mutex shutdown_mu_;

@@ -8,6 +8,7 @@
 #include "server/auth_streams.h"
 #include "server/chunk_codec.h"
 #include "server/grpc_data_streams.h"
+#include "server/limits.h"
 #include "server/message_stream.h"
 #include "server/status_conversion.h"
 
@@ -16,11 +17,29 @@ namespace optd::server {
 grpc::Status OptimizerService::Finish(std::string_view method, const absl::Status& status) {
   metrics_->RecordRpc(method, static_cast<int>(status.code()));
   if (!status.ok()) {
+    // Escaped and bounded: a message may quote what a client sent (Note [Names] in limits.h).
     std::fprintf(stderr, "optd: %.*s failed: %s\n", static_cast<int>(method.size()), method.data(),
-                 status.ToString().c_str());
+                 LogSafe(status.ToString()).c_str());
     if (status.code() == absl::StatusCode::kInternal && on_device_error_) on_device_error_(status);
   }
   return ToGrpcStatus(status);
+}
+
+StreamHandler OptimizerService::Admitted(grpc::CallbackServerContext* context,
+                                         std::string_view method, StreamHandler handler) {
+  // Taken on gRPC's thread, before the call's own thread does anything; held until it ends.
+  std::shared_ptr<StreamGate::Slot> slot;
+  absl::Status refused;
+  if (auto entered = core_->streams().Enter(context->peer()); entered.ok()) {
+    slot = *std::move(entered);
+  } else {
+    refused = entered.status();
+  }
+  return [this, method, slot = std::move(slot), refused,
+          handler = std::move(handler)](MessageStream* stream) {
+    if (slot == nullptr) return Finish(method, refused);
+    return handler(stream);
+  };
 }
 
 absl::StatusOr<Caller> OptimizerService::CallerOf(const grpc::ServerContextBase& context) const {
@@ -49,7 +68,7 @@ grpc::Status OptimizerService::CreateGroup(grpc::ServerContext* context,
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* OptimizerService::UploadWeights(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
-  return new ReadStreamCall([this, response, caller = CallerOf(*context)](MessageStream* stream) {
+  StreamHandler handler = [this, response, caller = CallerOf(*context)](MessageStream* stream) {
     if (!caller.ok()) return Finish("UploadWeights", caller.status());
     GrpcUploadStream upload(stream);
     AuthorizedUploadStream authorized(&upload, authorizer_, *caller);
@@ -57,7 +76,8 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* OptimizerService::UploadWeights(
     absl::Status s = core_->UploadWeights(&authorized, &out);
     if (s.ok()) *response = EncodeMessage(out);
     return Finish("UploadWeights", s);
-  });
+  };
+  return new ReadStreamCall(Admitted(context, "UploadWeights", std::move(handler)));
 }
 
 grpc::Status OptimizerService::GetGroup(grpc::ServerContext* context,
@@ -69,20 +89,18 @@ grpc::Status OptimizerService::GetGroup(grpc::ServerContext* context,
 }
 
 grpc::Status OptimizerService::ListGroups(grpc::ServerContext* context,
-                                          const v1::ListGroupsRequest*,
+                                          const v1::ListGroupsRequest* request,
                                           v1::ListGroupsResponse* response) {
   auto caller = CallerOf(*context);
   absl::Status s = caller.status();
   if (s.ok()) s = authorizer_->CheckRole(*caller, Action::kListGroups);
-  if (s.ok()) s = core_->ListGroups(response);
-  if (s.ok() && !(*caller)->CoversAll()) {
-    // Only the groups the token covers (Note [Roles] in auth_policy.h).
-    auto* groups = response->mutable_groups();
-    int kept = 0;
-    for (int i = 0; i < groups->size(); ++i) {
-      if ((*caller)->Covers(groups->Get(i).group())) groups->SwapElements(kept++, i);
+  if (s.ok()) {
+    // Only the groups the token covers (Note [Roles] in auth_policy.h); pages fill with those.
+    OptimizerCore::GroupFilter visible;
+    if (!(*caller)->CoversAll()) {
+      visible = [&caller](const std::string& group) { return (*caller)->Covers(group); };
     }
-    groups->DeleteSubrange(kept, groups->size() - kept);
+    s = core_->ListGroups(*request, response, visible);
   }
   return Finish("ListGroups", s);
 }
@@ -105,40 +123,43 @@ grpc::Status OptimizerService::UpdateHyperparameters(
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OptimizerService::Step(
     grpc::CallbackServerContext* context) {
-  return new BidiStreamCall([this, caller = CallerOf(*context)](MessageStream* stream) {
+  StreamHandler handler = [this, caller = CallerOf(*context)](MessageStream* stream) {
     if (!caller.ok()) return Finish("Step", caller.status());
     GrpcStepStream step(stream);
     AuthorizedStepStream authorized(&step, authorizer_, *caller);
     return Finish("Step", core_->Step(&authorized));
-  });
+  };
+  return new BidiStreamCall(Admitted(context, "Step", std::move(handler)));
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* OptimizerService::Subscribe(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
-  return new WriteStreamCall(
-      [this, request = *request, caller = CallerOf(*context)](MessageStream* stream) {
-        v1::SubscribeRequest parsed;
-        absl::Status s = caller.status();
-        if (s.ok()) s = DecodeMessage(request, &parsed);
-        if (s.ok()) s = authorizer_->Check(*caller, Action::kSubscribe, parsed.group());
-        GrpcWeightsSink sink(stream);
-        if (s.ok()) s = core_->Subscribe(parsed, &sink);
-        return Finish("Subscribe", s);
-      });
+  StreamHandler handler = [this, request = *request,
+                           caller = CallerOf(*context)](MessageStream* stream) {
+    v1::SubscribeRequest parsed;
+    absl::Status s = caller.status();
+    if (s.ok()) s = DecodeMessage(request, &parsed);
+    if (s.ok()) s = authorizer_->Check(*caller, Action::kSubscribe, parsed.group());
+    GrpcWeightsSink sink(stream);
+    if (s.ok()) s = core_->Subscribe(parsed, &sink);
+    return Finish("Subscribe", s);
+  };
+  return new WriteStreamCall(Admitted(context, "Subscribe", std::move(handler)));
 }
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* OptimizerService::PullWeights(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
-  return new WriteStreamCall(
-      [this, request = *request, caller = CallerOf(*context)](MessageStream* stream) {
-        v1::PullWeightsRequest parsed;
-        absl::Status s = caller.status();
-        if (s.ok()) s = DecodeMessage(request, &parsed);
-        if (s.ok()) s = authorizer_->Check(*caller, Action::kPullWeights, parsed.group());
-        GrpcWeightsSink sink(stream);
-        if (s.ok()) s = core_->PullWeights(parsed, &sink);
-        return Finish("PullWeights", s);
-      });
+  StreamHandler handler = [this, request = *request,
+                           caller = CallerOf(*context)](MessageStream* stream) {
+    v1::PullWeightsRequest parsed;
+    absl::Status s = caller.status();
+    if (s.ok()) s = DecodeMessage(request, &parsed);
+    if (s.ok()) s = authorizer_->Check(*caller, Action::kPullWeights, parsed.group());
+    GrpcWeightsSink sink(stream);
+    if (s.ok()) s = core_->PullWeights(parsed, &sink);
+    return Finish("PullWeights", s);
+  };
+  return new WriteStreamCall(Admitted(context, "PullWeights", std::move(handler)));
 }
 
 grpc::Status OptimizerService::SaveCheckpoint(grpc::ServerContext* context,
@@ -186,21 +207,22 @@ grpc::Status OptimizerService::RestoreCheckpoint(grpc::ServerContext* context,
 
 grpc::ServerWriteReactor<grpc::ByteBuffer>* OptimizerService::ExportState(
     grpc::CallbackServerContext* context, const grpc::ByteBuffer* request) {
-  return new WriteStreamCall(
-      [this, request = *request, caller = CallerOf(*context)](MessageStream* stream) {
-        v1::ExportStateRequest parsed;
-        absl::Status s = caller.status();
-        if (s.ok()) s = DecodeMessage(request, &parsed);
-        if (s.ok()) s = authorizer_->Check(*caller, Action::kExportState, parsed.group());
-        GrpcStateSink sink(stream);
-        if (s.ok()) s = core_->ExportState(parsed, &sink);
-        return Finish("ExportState", s);
-      });
+  StreamHandler handler = [this, request = *request,
+                           caller = CallerOf(*context)](MessageStream* stream) {
+    v1::ExportStateRequest parsed;
+    absl::Status s = caller.status();
+    if (s.ok()) s = DecodeMessage(request, &parsed);
+    if (s.ok()) s = authorizer_->Check(*caller, Action::kExportState, parsed.group());
+    GrpcStateSink sink(stream);
+    if (s.ok()) s = core_->ExportState(parsed, &sink);
+    return Finish("ExportState", s);
+  };
+  return new WriteStreamCall(Admitted(context, "ExportState", std::move(handler)));
 }
 
 grpc::ServerReadReactor<grpc::ByteBuffer>* OptimizerService::ImportState(
     grpc::CallbackServerContext* context, grpc::ByteBuffer* response) {
-  return new ReadStreamCall([this, response, caller = CallerOf(*context)](MessageStream* stream) {
+  StreamHandler handler = [this, response, caller = CallerOf(*context)](MessageStream* stream) {
     if (!caller.ok()) return Finish("ImportState", caller.status());
     GrpcStateSource source(stream);
     AuthorizedStateSource authorized(&source, authorizer_, *caller);
@@ -208,7 +230,8 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* OptimizerService::ImportState(
     absl::Status s = core_->ImportState(&authorized, &out);
     if (s.ok()) *response = EncodeMessage(out);
     return Finish("ImportState", s);
-  });
+  };
+  return new ReadStreamCall(Admitted(context, "ImportState", std::move(handler)));
 }
 
 }  // namespace optd::server

@@ -18,6 +18,7 @@
 #include "grpcpp/support/byte_buffer.h"
 #include "optd/v1/optd.grpc.pb.h"
 #include "server/auth_policy.h"
+#include "server/message_stream.h"
 #include "server/metrics.h"
 #include "server/optimizer_core.h"
 
@@ -84,6 +85,10 @@ class OptimizerService final : public OptimizerServiceBase {
   // CallerOf, then Authorizer::Check of `action` on `group`.
   absl::Status Authorize(const grpc::ServerContextBase& context, Action action,
                          absl::string_view group) const;
+  // `handler` behind the stream limits (limits_streams.h): a call over them finishes at once with
+  // ResourceExhausted naming the limit.
+  StreamHandler Admitted(grpc::CallbackServerContext* context, std::string_view method,
+                         StreamHandler handler);
 
   OptimizerCore* const core_;
   Metrics* const metrics_;

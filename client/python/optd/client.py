@@ -398,7 +398,14 @@ class Client:
         return self._remember(self._call(self._stub.GetGroup, pb.GetGroupRequest(group=group)))
 
     def list_groups(self):
-        return list(self._call(self._stub.ListGroups, pb.ListGroupsRequest()).groups)
+        """Every group (the server answers in pages; this follows them to the last)."""
+        groups, token = [], ""
+        while True:
+            resp = self._call(self._stub.ListGroups, pb.ListGroupsRequest(page_token=token))
+            groups.extend(resp.groups)
+            token = resp.next_page_token
+            if not token:
+                return groups
 
     def delete_group(self, group):
         self._call(self._stub.DeleteGroup, pb.DeleteGroupRequest(group=group))
