@@ -227,14 +227,20 @@ absl::Status OptimizerCore::Step(StepStream* stream) {
     }
     const v1::StepBegin begin = request.begin;
     const absl::Time start = absl::Now();
-    auto found = registry_.Find(begin.group());
+    auto found = FindGroup(begin.group());
     if (!found.ok()) {
-      return absl::NotFoundError(absl::StrCat("begin.group: ", found.status().message()));
+      return absl::Status(found.status().code(),
+                          absl::StrCat("begin.group: ", found.status().message()));
     }
     std::shared_ptr<Group> group_ref = *std::move(found);
     Group& group = *group_ref;
     auto planned = PlanFromBegin(begin, options_.chunk_bytes);
     if (!planned.ok()) return planned.status();
+    if (begin.has_lr()) {
+      if (absl::Status s = CheckLearningRate(begin.lr(), "begin.lr", options_.limits); !s.ok()) {
+        return s;
+      }
+    }
     const StepPlan plan = *planned;
 
     CommitContext context;

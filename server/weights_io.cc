@@ -45,7 +45,7 @@ absl::Status SendSnapshot(Group& group, const std::shared_ptr<const WeightSnapsh
 }  // namespace
 
 absl::Status OptimizerCore::Subscribe(const v1::SubscribeRequest& request, WeightsSink* sink) {
-  auto found = registry_.Find(request.group());
+  auto found = FindGroup(request.group());
   if (!found.ok()) return found.status();
   std::shared_ptr<Group> group = *std::move(found);
   auto subscriber = std::make_shared<Subscriber>();
@@ -78,7 +78,7 @@ absl::Status OptimizerCore::Subscribe(const v1::SubscribeRequest& request, Weigh
 }
 
 absl::Status OptimizerCore::PullWeights(const v1::PullWeightsRequest& request, WeightsSink* sink) {
-  auto found = registry_.Find(request.group());
+  auto found = FindGroup(request.group());
   if (!found.ok()) return found.status();
   Group& group = **found;
   if (absl::Status s = CheckTensorList(request.tensors(), options_.limits); !s.ok()) return s;

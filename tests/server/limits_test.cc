@@ -228,7 +228,7 @@ TEST(LimitsTest, LearningRateAboveMaxLrIsRefused) {
 }
 
 // Enabled once step_runner.cc's PlanFromBegin calls server::CheckLearningRate("begin.lr").
-TEST(LimitsTest, DISABLED_StepLearningRateAboveMaxLrIsRefused) {
+TEST(LimitsTest, StepLearningRateAboveMaxLrIsRefused) {
   InProcessServer srv = StartInProcess();
   ASSERT_TRUE(Create(*srv.stub, SmallGroup("s")).ok());
   ASSERT_TRUE(Upload(*srv.stub, "s", "w", v1::FLOAT32, AsBytes(RandomFloats(300, 1))).ok());
