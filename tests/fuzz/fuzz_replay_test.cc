@@ -1,6 +1,11 @@
 // Replays the fuzzers' seeds and every committed input under regressions/<harness>/ (inputs
 // that once crashed a harness, kept so the bug stays fixed) through the harness bodies. Runs in
 // every build, gcc included; under OPTD_SANITIZE it checks them as strictly as the fuzzers do.
+//
+// regressions-open/<harness>/ holds findings whose fix has not landed yet (each file named after
+// what it does; tests/fuzz/RESULTS.md says more). Replaying one today may allocate gigabytes or
+// abort, so DISABLED_OpenFindings runs them only when asked for
+// (--gtest_also_run_disabled_tests); once fixed, a file moves to regressions/.
 #include <dirent.h>
 
 #include <algorithm>
@@ -20,8 +25,8 @@ namespace {
 using Harness = int (*)(const uint8_t*, size_t);
 
 // The files of regressions/<name>/, sorted; none when the folder does not exist.
-std::vector<std::string> Regressions(const std::string& name) {
-  const std::string dir = std::string(OPTD_FUZZ_REGRESSIONS_DIR) + "/" + name;
+std::vector<std::string> Regressions(const std::string& name, const char* folder = "regressions") {
+  const std::string dir = std::string(OPTD_FUZZ_DIR) + "/" + folder + "/" + name;
   std::vector<std::string> files;
   if (DIR* d = opendir(dir.c_str())) {
     while (dirent* e = readdir(d)) {
@@ -39,8 +44,8 @@ void Replay(Harness harness, const std::vector<std::string>& inputs) {
   }
 }
 
-void ReplayFiles(Harness harness, const std::string& name) {
-  for (const std::string& path : Regressions(name)) {
+void ReplayFiles(Harness harness, const std::string& name, const char* folder = "regressions") {
+  for (const std::string& path : Regressions(name, folder)) {
     SCOPED_TRACE(path);
     std::ifstream in(path, std::ios::binary);
     ASSERT_TRUE(in) << path;
@@ -81,6 +86,12 @@ TEST(FuzzReplayTest, CheckpointLoad) {
   EXPECT_GT((*seeds)[0].size(), 4100u * 4) << "the seed holds the fixed group's weights";
   Replay(CheckpointLoadOneInput, Variants(*seeds));
   ReplayFiles(CheckpointLoadOneInput, "checkpoint_load");
+}
+
+TEST(FuzzReplayTest, DISABLED_OpenFindings) {
+  ReplayFiles(RequestValidationOneInput, "request_validation", "regressions-open");
+  ReplayFiles(ChunkAssemblyOneInput, "chunk_assembly", "regressions-open");
+  ReplayFiles(CheckpointLoadOneInput, "checkpoint_load", "regressions-open");
 }
 
 }  // namespace
