@@ -12,6 +12,7 @@
 #include "absl/strings/str_cat.h"
 #include "client/internal/malloc_tuning.h"
 #include "client/internal/blocking_stream.h"
+#include "client/internal/channel_credentials.h"
 #include "client/internal/client_impl.h"
 #include "client/internal/convert.h"
 #include "client/internal/status.h"
@@ -57,17 +58,23 @@ absl::StatusOr<std::unique_ptr<Client>> Client::Create(const std::string& target
         absl::StrCat("chunk_bytes: ", options.chunk_bytes, " is below 1024"));
   }
   if (options.tune_malloc) internal::TuneMallocForBulkTransfers();
+  auto authorization = internal::AuthorizationValue(options.token);
+  if (!authorization.ok()) return authorization.status();
+  grpc::ChannelArguments base_args;
+  auto credentials = internal::MakeChannelCredentials(options.tls, &base_args);
+  if (!credentials.ok()) return credentials.status();
   auto impl = std::make_unique<Impl>();
   impl->target = target;
   impl->options = options;
+  impl->authorization = *std::move(authorization);
   for (int i = 0; i < options.streams; ++i) {
-    grpc::ChannelArguments args;
+    grpc::ChannelArguments args = base_args;
     args.SetMaxReceiveMessageSize(options.max_message_bytes);
     args.SetMaxSendMessageSize(options.max_message_bytes);
     args.SetInt(GRPC_ARG_USE_LOCAL_SUBCHANNEL_POOL, 1);
     args.SetInt(kConnectionIndexArg, i);
     Connection c;
-    c.channel = grpc::CreateCustomChannel(target, grpc::InsecureChannelCredentials(), args);
+    c.channel = grpc::CreateCustomChannel(target, *credentials, args);
     if (c.channel == nullptr) {
       return absl::InvalidArgumentError(
           absl::StrCat("target: cannot open a channel to ", target));
@@ -84,6 +91,7 @@ void Client::Impl::PrepareContext(grpc::ClientContext* context) const {
     context->set_deadline(std::chrono::system_clock::now() +
                           std::chrono::milliseconds(options.timeout_ms));
   }
+  if (!authorization.empty()) context->AddMetadata("authorization", authorization);
 }
 
 absl::StatusOr<GroupInfo> Client::CreateGroup(const std::string& group,
@@ -117,14 +125,18 @@ absl::StatusOr<GroupInfo> Client::GetGroup(const std::string& group) {
 }
 
 absl::StatusOr<std::vector<GroupInfo>> Client::ListGroups() {
-  grpc::ClientContext ctx;
-  impl_->PrepareContext(&ctx);
-  v1::ListGroupsResponse resp;
-  absl::Status s =
-      FromGrpc(impl_->stub().ListGroups(&ctx, v1::ListGroupsRequest(), &resp), impl_->target);
-  if (!s.ok()) return s;
+  // The server answers in pages; follow them to the last.
   std::vector<GroupInfo> groups;
-  for (const v1::GroupInfo& g : resp.groups()) groups.push_back(internal::FromProto(g));
+  v1::ListGroupsRequest req;
+  do {
+    grpc::ClientContext ctx;
+    impl_->PrepareContext(&ctx);
+    v1::ListGroupsResponse resp;
+    absl::Status s = FromGrpc(impl_->stub().ListGroups(&ctx, req, &resp), impl_->target);
+    if (!s.ok()) return s;
+    for (const v1::GroupInfo& g : resp.groups()) groups.push_back(internal::FromProto(g));
+    req.set_page_token(resp.next_page_token());
+  } while (!req.page_token().empty());
   return groups;
 }
 
@@ -189,7 +201,7 @@ std::unique_ptr<Subscription> Client::Subscribe(const std::string& group, bool s
   auto impl = std::make_unique<Subscription::Impl>();
   impl->target = impl_->target;
   impl->stream = internal::BlockingStream::Start(impl_->generic(0), kSubscribeMethod,
-                                                 /*timeout_ms=*/0);
+                                                 /*timeout_ms=*/0, impl_->authorization);
   v1::SubscribeRequest req;
   req.set_group(group);
   req.set_send_current(send_current);

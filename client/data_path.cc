@@ -183,7 +183,8 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
   std::vector<std::unique_ptr<internal::BlockingStream>> opened;
   for (size_t i = 0; i < runs.size(); ++i) {
     opened.push_back(internal::BlockingStream::Start(impl_->generic(first_connection + i),
-                                                        kStepMethod, impl_->options.timeout_ms));
+                                                        kStepMethod, impl_->options.timeout_ms,
+                                                        impl_->authorization));
   }
   internal::StreamGroup group_streams(std::move(opened));
   std::vector<StreamOutcome> outcomes(runs.size());
@@ -226,7 +227,8 @@ absl::StatusOr<int64_t> Client::UploadWeights(const std::string& group,
   std::vector<std::unique_ptr<internal::BlockingStream>> opened;
   for (size_t i = 0; i < runs.size(); ++i) {
     opened.push_back(internal::BlockingStream::Start(impl_->generic(i), kUploadMethod,
-                                                        impl_->options.timeout_ms));
+                                                        impl_->options.timeout_ms,
+                                                        impl_->authorization));
   }
   internal::StreamGroup streams(std::move(opened));
   std::vector<int64_t> written(runs.size(), 0);
@@ -276,7 +278,8 @@ absl::StatusOr<int64_t> Client::PullWeights(const std::string& group,
     std::vector<std::unique_ptr<internal::BlockingStream>> opened;
     for (size_t i = 0; i < calls.size(); ++i) {
       opened.push_back(internal::BlockingStream::Start(impl_->generic(i), kPullMethod,
-                                                          impl_->options.timeout_ms));
+                                                          impl_->options.timeout_ms,
+                                                        impl_->authorization));
     }
     internal::StreamGroup streams(std::move(opened));
     versions.assign(calls.size(), -1);

@@ -67,7 +67,8 @@ target=127.0.0.1:$port
 
 status=0
 PYTHONPATH=client/python "$python" client/python/examples/demo_train.py --target "$target" \
-  --metrics_url "http://127.0.0.1:$metrics_port/metrics" ${DEMO_ARGS:-} || status=$?
+  --metrics_url "http://127.0.0.1:$metrics_port/metrics" --backend "$backend" ${DEMO_ARGS:-} ||
+  status=$?
 if [[ "${PARAM_SERVER:-0}" == 1 && $status == 0 ]]; then
   PYTHONPATH=client/python "$python" client/python/examples/param_server.py \
     --target "$target" || status=$?

@@ -1,5 +1,7 @@
 #include "server/convert.h"
 
+#include <cstdint>
+#include <optional>
 #include <string>
 
 #include "absl/strings/str_cat.h"
@@ -60,14 +62,26 @@ void ToProtoHyperparameters(const core::AdamWOptions& o, v1::Hyperparameters* hp
   hp->set_block_wise(o.block_wise);
 }
 
-absl::StatusOr<GroupRecord> RecordFromCreateRequest(const v1::CreateGroupRequest& request) {
-  GroupRecord record;
-  if (request.group().empty()) return absl::InvalidArgumentError("group must not be empty");
-  record.name = request.group();
+absl::StatusOr<GroupRecord> RecordFromCreateRequest(const v1::CreateGroupRequest& request,
+                                                    const Limits& limits) {
+  // The name and the counts first: nothing below may copy a 15 MiB name into a metric label or
+  // size a vector by an unchecked count.
+  if (absl::Status s = CheckName(request.group(), "group", limits); !s.ok()) return s;
   if (request.tensors().empty()) {
     return absl::InvalidArgumentError(
         absl::StrCat("tensors must not be empty (group '", request.group(), "')"));
   }
+  if (request.tensors_size() > limits.max_tensors_per_group) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "group '", request.group(), "' has ", request.tensors_size(),
+        " tensors, more than the limit of ", limits.max_tensors_per_group,
+        " (--max_tensors_per_group)"));
+  }
+  const int64_t num_workers = request.num_workers() == 0 ? 1 : request.num_workers();
+  if (absl::Status s = CheckNumWorkers(num_workers, limits); !s.ok()) return s;
+
+  GroupRecord record;
+  record.name = request.group();
   for (int i = 0; i < request.tensors_size(); ++i) {
     const v1::TensorInfo& info = request.tensors(i);
     core::TensorSpec spec;
@@ -79,13 +93,7 @@ absl::StatusOr<GroupRecord> RecordFromCreateRequest(const v1::CreateGroupRequest
     record.spec.tensors.push_back(std::move(spec));
   }
   record.spec.options = MergeHyperparameters(request.hyperparameters(), core::AdamWOptions());
-  if (absl::Status s = core::ValidateGroupSpec(record.spec); !s.ok()) return s;
-
-  if (request.num_workers() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("num_workers must be >= 1, got ", request.num_workers()));
-  }
-  record.num_workers = request.num_workers() == 0 ? 1 : request.num_workers();
+  record.num_workers = static_cast<int32_t>(num_workers);
   switch (request.mode()) {
     case v1::SYNC_MODE_UNSPECIFIED:
     case v1::SYNC:
@@ -103,36 +111,53 @@ absl::StatusOr<GroupRecord> RecordFromCreateRequest(const v1::CreateGroupRequest
         absl::StrCat("sync_timeout_ms must be >= 0, got ", request.sync_timeout_ms()));
   }
   record.sync_timeout_ms = request.sync_timeout_ms() == 0 ? 60000 : request.sync_timeout_ms();
-  if (request.max_staleness() < 0) {
-    return absl::InvalidArgumentError(
-        absl::StrCat("max_staleness must be >= 0, got ", request.max_staleness()));
-  }
   record.max_staleness = request.max_staleness();
   record.version = 0;
   record.worker_steps.assign(static_cast<size_t>(record.num_workers), 0);
+  if (absl::Status s = ValidateRecord(record, limits); !s.ok()) return s;
   return record;
 }
 
-int64_t StateBytes(const core::GroupSpec& spec) {
-  int64_t total = 0;
-  for (const core::TensorSpec& t : spec.tensors) {
-    const int64_t n = t.numel();
-    if (n >= spec.options.min_8bit_size) {
-      total += 2 * n + 2 * 4 * ((n + core::kBlockSize - 1) / core::kBlockSize);
-    } else {
-      total += 2 * 4 * n;
-    }
-    if (spec.options.percentile_clipping < 100) total += 4 * core::kGnormHistory;
+absl::Status ValidateRecord(const GroupRecord& record, const Limits& limits) {
+  if (absl::Status s = CheckGroupSpec(record.name, record.spec, limits); !s.ok()) return s;
+  if (absl::Status s = CheckNumWorkers(record.num_workers, limits); !s.ok()) return s;
+  if (record.mode != v1::SYNC && record.mode != v1::ASYNC) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("mode must be SYNC (1) or ASYNC (2), got ", record.mode));
   }
-  return total;
+  if (record.sync_timeout_ms <= 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("sync_timeout_ms must be > 0, got ", record.sync_timeout_ms));
+  }
+  if (record.max_staleness < 0) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("max_staleness must be >= 0, got ", record.max_staleness));
+  }
+  if (record.version < 0) {
+    return absl::InvalidArgumentError(absl::StrCat("version must be >= 0, got ", record.version));
+  }
+  if (record.worker_steps.size() != static_cast<size_t>(record.num_workers)) {
+    return absl::InvalidArgumentError(absl::StrCat("worker_steps has ", record.worker_steps.size(),
+                                                   " entries, expected one per worker (",
+                                                   record.num_workers, ")"));
+  }
+  for (size_t w = 0; w < record.worker_steps.size(); ++w) {
+    if (record.worker_steps[w] < 0) {
+      return absl::InvalidArgumentError(absl::StrCat("worker_steps[", w, "] must be >= 0, got ",
+                                                     record.worker_steps[w]));
+    }
+  }
+  return absl::OkStatus();
+}
+
+int64_t StateBytes(const core::GroupSpec& spec) {
+  const std::optional<GroupBytes> bytes = CountGroupBytes(spec);
+  return bytes.has_value() ? bytes->states : INT64_MAX;
 }
 
 int64_t WeightBytes(const core::GroupSpec& spec) {
-  int64_t total = 0;
-  for (const core::TensorSpec& t : spec.tensors) {
-    total += t.numel() * static_cast<int64_t>(core::DTypeSize(t.dtype));
-  }
-  return total;
+  const std::optional<GroupBytes> bytes = CountGroupBytes(spec);
+  return bytes.has_value() ? bytes->weights : INT64_MAX;
 }
 
 }  // namespace optd::server

@@ -10,6 +10,7 @@
 #include "optd/core/options.h"
 #include "optd/v1/optd.pb.h"
 #include "server/checkpoint_file.h"
+#include "server/limits.h"
 
 namespace optd::server {
 
@@ -33,11 +34,19 @@ core::AdamWOptions MergeHyperparameters(const v1::Hyperparameters& hp, core::Ada
 void ToProtoHyperparameters(const core::AdamWOptions& options, v1::Hyperparameters* hp);
 
 // Validates a CreateGroupRequest (group name, tensors, hyperparameters, workers, mode, timeouts)
-// and turns it into a record at version 0.
-absl::StatusOr<GroupRecord> RecordFromCreateRequest(const v1::CreateGroupRequest& request);
+// against the engine's rules and `limits`, and turns it into a record at version 0. The counts
+// (tensors, workers) are checked before anything of their size is allocated.
+absl::StatusOr<GroupRecord> RecordFromCreateRequest(const v1::CreateGroupRequest& request,
+                                                    const Limits& limits);
+
+// The rules every group record obeys, whether it comes from CreateGroup or from a checkpoint
+// file: CheckGroupSpec, num_workers in [1, max_workers], mode SYNC or ASYNC,
+// sync_timeout_ms > 0, max_staleness >= 0, version >= 0, one worker step >= 0 per worker.
+// InvalidArgument naming the field.
+[[nodiscard]] absl::Status ValidateRecord(const GroupRecord& record, const Limits& limits);
 
 // Bytes the group's states take: 8-bit codes + block scales, or fp32 m and v below
-// min_8bit_size, plus the clipping history.
+// min_8bit_size, plus the clipping history (CountGroupBytes; INT64_MAX if that overflows).
 int64_t StateBytes(const core::GroupSpec& spec);
 int64_t WeightBytes(const core::GroupSpec& spec);
 

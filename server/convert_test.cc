@@ -19,7 +19,7 @@ v1::CreateGroupRequest Request() {
 }
 
 TEST(ConvertTest, CreateRequestDefaults) {
-  auto record = RecordFromCreateRequest(Request());
+  auto record = RecordFromCreateRequest(Request(), Limits());
   ASSERT_TRUE(record.ok()) << record.status();
   EXPECT_EQ(record->name, "g");
   EXPECT_EQ(record->num_workers, 1);
@@ -34,7 +34,7 @@ TEST(ConvertTest, CreateRequestDefaults) {
 
 TEST(ConvertTest, CreateRequestErrorsNameTheField) {
   auto check = [](v1::CreateGroupRequest r, const std::string& field) {
-    auto record = RecordFromCreateRequest(r);
+    auto record = RecordFromCreateRequest(r, Limits());
     ASSERT_FALSE(record.ok());
     EXPECT_EQ(record.status().code(), absl::StatusCode::kInvalidArgument);
     EXPECT_NE(std::string(record.status().message()).find(field), std::string::npos)

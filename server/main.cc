@@ -29,7 +29,60 @@ ABSL_FLAG(std::string, port_file, "",
           "once serving, write the bound gRPC port here (decimal, newline)");
 ABSL_FLAG(std::string, metrics_port_file, "", "once serving, write the bound metrics port here");
 ABSL_FLAG(std::string, hostname, "", "hostname label of the metrics; empty: gethostname()");
+ABSL_FLAG(int, metrics_max_groups, 100,
+          "groups whose metrics carry their own group label; further groups are summed under "
+          "group=\"_other\" (0: all of them)");
+ABSL_FLAG(std::string, metrics_basic_auth_file, "",
+          "file whose first line is user:password; /metrics then requires that HTTP basic auth "
+          "(empty: no authentication)");
 ABSL_FLAG(int, shutdown_grace_seconds, 30, "on SIGTERM, how long in-flight calls may finish");
+ABSL_FLAG(std::string, tls_cert, "",
+          "PEM certificate chain of the gRPC port; with --tls_key serves TLS (files are re-read "
+          "when they change)");
+ABSL_FLAG(std::string, tls_key, "", "PEM private key of --tls_cert");
+ABSL_FLAG(std::string, tls_client_ca, "",
+          "PEM CA bundle: clients must present a certificate signed by it (mutual TLS)");
+ABSL_FLAG(bool, allow_insecure, false,
+          "serve plaintext on a --listen address other machines can reach (refused otherwise)");
+ABSL_FLAG(std::string, token_file, "",
+          "bearer tokens, one per line: '<token> <train|admin> <group prefix>...' "
+          "(docs/security.md); empty: no authentication");
+ABSL_FLAG(int, credential_refresh_seconds, 60,
+          "how often --tls_* and --token_file are checked for changes");
+ABSL_FLAG(bool, reflection, false, "serve gRPC server reflection");
+
+// Admission limits (server/limits.h, docs/limits.md).
+ABSL_FLAG(int, max_groups, optd::server::Limits().max_groups, "groups the server holds at once");
+ABSL_FLAG(int, max_tensors_per_group, optd::server::Limits().max_tensors_per_group,
+          "tensors in one group");
+ABSL_FLAG(int, max_name_bytes, optd::server::Limits().max_name_bytes,
+          "bytes of a group, tensor or checkpoint name (alphabet [A-Za-z0-9._/-])");
+ABSL_FLAG(int, max_workers, optd::server::Limits().max_workers, "num_workers of a group");
+ABSL_FLAG(int64_t, max_group_bytes, optd::server::Limits().max_group_bytes,
+          "weight + state bytes of one group; 0 = bounded by free memory only");
+ABSL_FLAG(int64_t, memory_reserve_bytes, optd::server::Limits().memory_reserve_bytes,
+          "host and device memory kept free when admitting a group");
+ABSL_FLAG(float, max_lr, optd::server::Limits().max_lr,
+          "largest learning rate of a group or a step");
+ABSL_FLAG(int, max_list_page_size, optd::server::Limits().max_list_page_size,
+          "most groups in one ListGroups page (default page: 1000)");
+ABSL_FLAG(int, max_streams, optd::server::Limits().max_streams,
+          "data-path calls (Step, UploadWeights, PullWeights, Subscribe, ExportState, "
+          "ImportState) running at once");
+ABSL_FLAG(int, max_streams_per_peer, optd::server::Limits().max_streams_per_peer,
+          "data-path calls at once per client address; 0 = no per-address bound");
+
+// Recovery (server/checkpoint_scheduler.h).
+ABSL_FLAG(std::string, restore, "",
+          "at start, restore 'latest' (the newest complete checkpoint in --checkpoint_dir) or "
+          "the checkpoint of this name; empty: start empty");
+ABSL_FLAG(int64_t, checkpoint_every_steps, 0,
+          "write a checkpoint when some group advanced this many steps; 0 = off");
+ABSL_FLAG(int64_t, checkpoint_every_seconds, 0,
+          "write a checkpoint this often when anything changed; 0 = off");
+ABSL_FLAG(int, checkpoint_keep, 3, "periodic checkpoints kept (older ones are deleted)");
+ABSL_FLAG(bool, checkpoint_on_shutdown, true,
+          "with periodic checkpoints, write a last one at shutdown when anything changed");
 
 namespace {
 
@@ -102,6 +155,31 @@ int main(int argc, char** argv) {
   options.max_message_bytes = absl::GetFlag(FLAGS_max_message_bytes);
   options.chunk_bytes = absl::GetFlag(FLAGS_chunk_bytes);
   options.hostname = absl::GetFlag(FLAGS_hostname);
+  options.tls_cert_file = absl::GetFlag(FLAGS_tls_cert);
+  options.tls_key_file = absl::GetFlag(FLAGS_tls_key);
+  options.tls_client_ca_file = absl::GetFlag(FLAGS_tls_client_ca);
+  options.allow_insecure = absl::GetFlag(FLAGS_allow_insecure);
+  options.token_file = absl::GetFlag(FLAGS_token_file);
+  options.credential_refresh = absl::Seconds(absl::GetFlag(FLAGS_credential_refresh_seconds));
+  options.reflection = absl::GetFlag(FLAGS_reflection);
+  options.metrics_max_groups = absl::GetFlag(FLAGS_metrics_max_groups);
+  options.metrics_basic_auth_file = absl::GetFlag(FLAGS_metrics_basic_auth_file);
+  optd::server::Limits& limits = options.limits;
+  limits.max_groups = absl::GetFlag(FLAGS_max_groups);
+  limits.max_tensors_per_group = absl::GetFlag(FLAGS_max_tensors_per_group);
+  limits.max_name_bytes = absl::GetFlag(FLAGS_max_name_bytes);
+  limits.max_workers = absl::GetFlag(FLAGS_max_workers);
+  limits.max_group_bytes = absl::GetFlag(FLAGS_max_group_bytes);
+  limits.memory_reserve_bytes = absl::GetFlag(FLAGS_memory_reserve_bytes);
+  limits.max_lr = absl::GetFlag(FLAGS_max_lr);
+  limits.max_list_page_size = absl::GetFlag(FLAGS_max_list_page_size);
+  limits.max_streams = absl::GetFlag(FLAGS_max_streams);
+  limits.max_streams_per_peer = absl::GetFlag(FLAGS_max_streams_per_peer);
+  options.restore = absl::GetFlag(FLAGS_restore);
+  options.checkpoint_every_steps = absl::GetFlag(FLAGS_checkpoint_every_steps);
+  options.checkpoint_every_seconds = absl::GetFlag(FLAGS_checkpoint_every_seconds);
+  options.checkpoint_keep = absl::GetFlag(FLAGS_checkpoint_keep);
+  options.checkpoint_on_shutdown = absl::GetFlag(FLAGS_checkpoint_on_shutdown);
 
   auto server = optd::server::Server::BuildAndStart(options);
   if (!server.ok()) {
@@ -119,9 +197,13 @@ int main(int argc, char** argv) {
     std::fprintf(stderr, "optd: failed to start: cannot write --port_file or --metrics_port_file\n");
     return 1;
   }
-  std::fprintf(stderr, "optd: serving on %s (backend %s, %s)\n", (*server)->address().c_str(),
+  const std::string security = absl::StrCat(
+      options.tls_cert_file.empty() ? "plaintext"
+                                    : (options.tls_client_ca_file.empty() ? "TLS" : "mutual TLS"),
+      options.token_file.empty() ? ", no authentication" : ", bearer tokens");
+  std::fprintf(stderr, "optd: serving on %s (backend %s, %s, %s)\n", (*server)->address().c_str(),
                std::string(optd::core::BackendName((*server)->backend())).c_str(),
-               metrics.c_str());
+               security.c_str(), metrics.c_str());
 
   int sig = 0;
   sigwait(&signals, &sig);

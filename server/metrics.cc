@@ -1,11 +1,14 @@
 #include "server/metrics.h"
 
 #include <exception>
+#include <fstream>
+#include <optional>
 #include <sstream>
 #include <utility>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
+#include "absl/strings/string_view.h"
 #include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/exposer.h"
@@ -14,6 +17,7 @@
 #include "prometheus/histogram.h"
 #include "prometheus/registry.h"
 #include "prometheus/text_serializer.h"
+#include "server/process_metrics.h"
 
 namespace optd::server {
 namespace {
@@ -45,21 +49,93 @@ void AddDelta(Counter* counter, double now, double before) {
   if (now > before) counter->Increment(now - before);
 }
 
+// The `group` label value shared by the groups beyond MetricsOptions::max_groups.
+constexpr char kOtherGroup[] = "_other";
+
+// Equal strings, compared in time that does not depend on where they differ.
+bool ConstantTimeEquals(absl::string_view a, absl::string_view b) {
+  unsigned char diff = a.size() == b.size() ? 0 : 1;
+  for (size_t i = 0; i < a.size(); ++i) {
+    diff |= static_cast<unsigned char>(a[i] ^ (i < b.size() ? b[i] : 0));
+  }
+  return diff == 0;
+}
+
+struct BasicAuthCredentials {
+  std::string user;
+  std::string password;
+};
+
+// The first line of `path`, "user:password" (a trailing '\r' is dropped).
+absl::StatusOr<BasicAuthCredentials> ReadBasicAuthFile(const std::string& path) {
+  std::ifstream in(path);
+  std::string line;
+  if (!in.is_open() || !std::getline(in, line)) {
+    return absl::InvalidArgumentError(
+        absl::StrCat("metrics_basic_auth_file: cannot read '", path, "'"));
+  }
+  if (!line.empty() && line.back() == '\r') line.pop_back();
+  const size_t colon = line.find(':');
+  if (colon == std::string::npos || colon == 0 || colon + 1 == line.size()) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics_basic_auth_file: the first line of '", path,
+        "' must be user:password (both non-empty)"));
+  }
+  return BasicAuthCredentials{line.substr(0, colon), line.substr(colon + 1)};
+}
+
 }  // namespace
 
-// What the exposer serves: runs the scrape callback, then collects the registry.
+// What the exposer serves: runs the scrape callback, then collects the registry and the process
+// figures.
 class Metrics::Collector : public prometheus::Collectable {
  public:
-  explicit Collector(std::shared_ptr<prometheus::Registry> registry)
-      : registry_(std::move(registry)) {}
+  Collector(std::shared_ptr<prometheus::Registry> registry, Labels constant)
+      : registry_(std::move(registry)), constant_(std::move(constant)) {}
   std::vector<prometheus::MetricFamily> Collect() const override {
     if (callback_) callback_();
-    return registry_->Collect();
+    std::vector<prometheus::MetricFamily> families = registry_->Collect();
+    for (auto& family : CollectProcessMetrics(constant_)) families.push_back(std::move(family));
+    return families;
   }
   std::function<void()> callback_;
 
  private:
   std::shared_ptr<prometheus::Registry> registry_;
+  const Labels constant_;
+};
+
+// The children of one `group` label value. Removed from the exposition when the last group
+// using them goes away.
+struct GroupMetrics::Series {
+  Metrics* metrics = nullptr;
+  std::string label;
+  prometheus::Histogram* step_duration = nullptr;
+  prometheus::Counter* steps = nullptr;
+  prometheus::Counter* gradient_bytes = nullptr;
+  prometheus::Counter* weight_bytes_sent = nullptr;
+  prometheus::Counter* nonfinite = nullptr;
+  prometheus::Gauge* workers_pending = nullptr;
+  prometheus::Gauge* weight_device = nullptr;
+  prometheus::Gauge* weight_host = nullptr;
+  prometheus::Gauge* state_device = nullptr;
+  prometheus::Gauge* state_host = nullptr;
+  prometheus::Gauge* accumulation = nullptr;
+
+  ~Series() {
+    Metrics& m = *metrics;
+    m.step_duration_->Remove(step_duration);
+    m.steps_->Remove(steps);
+    m.gradient_bytes_->Remove(gradient_bytes);
+    m.weight_bytes_sent_->Remove(weight_bytes_sent);
+    m.nonfinite_->Remove(nonfinite);
+    m.workers_pending_->Remove(workers_pending);
+    m.group_weight_bytes_->Remove(weight_device);
+    m.group_weight_bytes_->Remove(weight_host);
+    m.group_state_bytes_->Remove(state_device);
+    m.group_state_bytes_->Remove(state_host);
+    m.accumulation_->Remove(accumulation);
+  }
 };
 
 absl::StatusOr<std::unique_ptr<Metrics>> Metrics::Create(const MetricsOptions& options) {
@@ -75,8 +151,16 @@ Metrics::~Metrics() {
 }
 
 absl::Status Metrics::Init(const MetricsOptions& options) {
+  if (options.max_groups < 0 || options.http_threads < 1 || options.request_timeout_ms < 1) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "metrics: max_groups must be >= 0, http_threads and request_timeout_ms >= 1; got ",
+        options.max_groups, ", ", options.http_threads, ", ", options.request_timeout_ms));
+  }
+  max_groups_ = options.max_groups;
   registry_ = std::make_shared<prometheus::Registry>();
-  const Labels constant = {{"gpu", options.gpu_label}, {"hostname", options.hostname}};
+  // No empty `gpu` label on a CPU server: a label that is always "" only confuses joins.
+  Labels constant = {{"hostname", options.hostname}};
+  if (!options.gpu_label.empty()) constant.emplace("gpu", options.gpu_label);
   auto gauge = [&](const char* name, const char* help) -> Family<Gauge>& {
     return prometheus::BuildGauge().Name(name).Help(help).Labels(constant).Register(*registry_);
   };
@@ -120,31 +204,60 @@ absl::Status Metrics::Init(const MetricsOptions& options) {
   accumulation_ = &gauge("optd_accumulation_bytes",
                          "Gradient accumulation buffers of a group (sync mode, clipping).");
 
-  auto& rpcs = counter("optd_rpcs_total", "Finished RPCs by method and status code.");
-  for (size_t m = 0; m <= kRpcMethods.size(); ++m) {
-    const std::string method(m < kRpcMethods.size() ? kRpcMethods[m] : "other");
-    for (int c = 0; c < kNumStatusCodes; ++c) {
-      rpcs_[m][c] = &rpcs.Add({{"method", method}, {"code", std::string(kCodeNames[c])}});
-    }
+  rpcs_family_ = &counter("optd_rpcs_total", "Finished RPCs by method and status code.");
+  checkpoint_saved_ = &gauge("optd_checkpoint_last_success_timestamp_seconds",
+                             "When the last checkpoint was written completely (Unix time).");
+  auto& auth = counter("optd_auth_failures_total",
+                       "Calls refused: missing or unknown token (UNAUTHENTICATED), a role or "
+                       "group scope that does not allow the call (PERMISSION_DENIED).");
+  constexpr std::array<const char*, 4> kAuthReasons = {"missing_token", "unknown_token",
+                                                       "wrong_role", "out_of_scope"};
+  for (size_t r = 0; r < kAuthReasons.size(); ++r) {
+    auth_failures_[r] = &auth.Add({{"reason", kAuthReasons[r]}});
   }
 
-  collector_ = std::make_shared<Collector>(registry_);
-  if (!options.listen_address.empty()) {
-    // prometheus-cpp reports bind failures with exceptions; none may leave this module.
-    try {
-      exposer_ = std::make_unique<prometheus::Exposer>(options.listen_address, 2);
-      exposer_->RegisterCollectable(collector_);
-      std::vector<int> ports = exposer_->GetListeningPorts();
-      if (ports.empty()) {
-        return absl::UnavailableError(absl::StrCat(
-            "metrics_listen: no port bound for ", options.listen_address));
-      }
-      port_ = ports[0];
-    } catch (const std::exception& e) {
-      exposer_.reset();
-      return absl::UnavailableError(absl::StrCat(
-          "metrics_listen: cannot serve metrics on ", options.listen_address, ": ", e.what()));
+  collector_ = std::make_shared<Collector>(registry_, constant);
+  if (options.listen_address.empty()) return absl::OkStatus();
+  return StartHttp(options);
+}
+
+absl::Status Metrics::StartHttp(const MetricsOptions& options) {
+  std::optional<BasicAuthCredentials> credentials;
+  if (!options.basic_auth_file.empty()) {
+    auto read = ReadBasicAuthFile(options.basic_auth_file);
+    if (!read.ok()) return read.status();
+    credentials = *std::move(read);
+  }
+  // civetweb's options, passed through prometheus-cpp's Exposer.
+  std::vector<std::string> civetweb_options = {
+      "listening_ports", options.listen_address,
+      "num_threads", std::to_string(options.http_threads),
+      "request_timeout_ms", std::to_string(options.request_timeout_ms)};
+  // prometheus-cpp reports bind failures with exceptions; none may leave this module.
+  try {
+    exposer_ = std::make_unique<prometheus::Exposer>(std::move(civetweb_options));
+    exposer_->RegisterCollectable(collector_);
+    if (credentials.has_value()) {
+      exposer_->RegisterAuth(
+          [credentials = *credentials](const std::string& user, const std::string& password) {
+            // Both compared in full, so the time taken tells nothing about either.
+            const bool user_ok = ConstantTimeEquals(user, credentials.user);
+            const bool password_ok = ConstantTimeEquals(password, credentials.password);
+            return user_ok && password_ok;
+          },
+          "optd metrics");
     }
+    std::vector<int> ports = exposer_->GetListeningPorts();
+    if (ports.empty()) {
+      exposer_.reset();
+      return absl::UnavailableError(
+          absl::StrCat("metrics_listen: no port bound for ", options.listen_address));
+    }
+    port_ = ports[0];
+  } catch (const std::exception& e) {
+    exposer_.reset();
+    return absl::UnavailableError(absl::StrCat(
+        "metrics_listen: cannot serve metrics on ", options.listen_address, ": ", e.what()));
   }
   return absl::OkStatus();
 }
@@ -159,25 +272,44 @@ std::string Metrics::Scrape() const {
   return out.str();
 }
 
-std::unique_ptr<GroupMetrics> Metrics::ForGroup(const std::string& group) {
-  auto g = std::unique_ptr<GroupMetrics>(new GroupMetrics(this));
-  const Labels labels = {{"group", group}};
+std::shared_ptr<GroupMetrics::Series> Metrics::NewGroupSeries(const std::string& label) {
+  auto series = std::make_shared<GroupMetrics::Series>();
+  series->metrics = this;
+  series->label = label;
+  const Labels labels = {{"group", label}};
   auto at = [&](const char* location) {
-    return Labels{{"group", group}, {"location", location}};
+    return Labels{{"group", label}, {"location", location}};
   };
-  g->step_duration_ = &step_duration_->Add(labels, StepBuckets());
-  g->steps_ = &steps_->Add(labels);
-  g->gradient_bytes_ = &gradient_bytes_->Add(labels);
-  g->weight_bytes_sent_ = &weight_bytes_sent_->Add(labels);
-  g->nonfinite_ = &nonfinite_->Add(labels);
-  g->workers_pending_ = &workers_pending_->Add(labels);
-  g->weight_device_ = &group_weight_bytes_->Add(at("device"));
-  g->weight_host_ = &group_weight_bytes_->Add(at("host"));
-  g->state_device_ = &group_state_bytes_->Add(at("device"));
-  g->state_host_ = &group_state_bytes_->Add(at("host"));
-  g->accumulation_ = &accumulation_->Add(labels);
+  series->step_duration = &step_duration_->Add(labels, StepBuckets());
+  series->steps = &steps_->Add(labels);
+  series->gradient_bytes = &gradient_bytes_->Add(labels);
+  series->weight_bytes_sent = &weight_bytes_sent_->Add(labels);
+  series->nonfinite = &nonfinite_->Add(labels);
+  series->workers_pending = &workers_pending_->Add(labels);
+  series->weight_device = &group_weight_bytes_->Add(at("device"));
+  series->weight_host = &group_weight_bytes_->Add(at("host"));
+  series->state_device = &group_state_bytes_->Add(at("device"));
+  series->state_host = &group_state_bytes_->Add(at("host"));
+  series->accumulation = &accumulation_->Add(labels);
+  return series;
+}
+
+std::unique_ptr<GroupMetrics> Metrics::ForGroup(const std::string& group) {
+  std::lock_guard<std::mutex> lock(groups_mu_);
+  std::shared_ptr<GroupMetrics::Series> series;
+  const bool own = labelled_groups_ < max_groups_ && group != kOtherGroup;
+  if (own) {
+    ++labelled_groups_;
+    series = NewGroupSeries(group);
+  } else {
+    series = other_.lock();
+    if (series == nullptr) {
+      series = NewGroupSeries(kOtherGroup);
+      other_ = series;
+    }
+  }
   groups_->Increment();
-  return g;
+  return std::unique_ptr<GroupMetrics>(new GroupMetrics(this, std::move(series), own));
 }
 
 void Metrics::RecordRpc(std::string_view method, int grpc_code) {
@@ -187,8 +319,23 @@ void Metrics::RecordRpc(std::string_view method, int grpc_code) {
   size_t m = 0;
   while (m < kRpcMethods.size() && kRpcMethods[m] != method) ++m;
   if (grpc_code < 0 || grpc_code >= kNumStatusCodes) grpc_code = kUnknownCode;
-  rpcs_[m][grpc_code]->Increment();
+  std::atomic<Counter*>& slot = rpcs_[m][grpc_code];
+  Counter* counter = slot.load(std::memory_order_acquire);
+  if (counter == nullptr) {
+    // First RPC of this pair. Family::Add is thread-safe and returns the existing child for the
+    // same labels, so two threads racing here get the same counter.
+    counter = &rpcs_family_->Add(
+        {{"method", std::string(m < kRpcMethods.size() ? kRpcMethods[m] : "other")},
+         {"code", std::string(kCodeNames[grpc_code])}});
+    slot.store(counter, std::memory_order_release);
+  }
+  counter->Increment();
 }
+
+void Metrics::RecordAuthFailure(AuthFailure reason) {
+  auth_failures_[static_cast<size_t>(reason)]->Increment();
+}
+void Metrics::RecordCheckpointSaved() { checkpoint_saved_->Add({}).SetToCurrentTime(); }
 
 void Metrics::UpdateEngine(const core::EngineStats& stats) {
   std::lock_guard<std::mutex> lock(engine_mu_);
@@ -225,45 +372,59 @@ void Metrics::UpdateEngine(const core::EngineStats& stats) {
 
 // ---------------------------------------------------------------------------------------------
 
-GroupMetrics::~GroupMetrics() {
-  Metrics& m = *metrics_;
-  m.step_duration_->Remove(step_duration_);
-  m.steps_->Remove(steps_);
-  m.gradient_bytes_->Remove(gradient_bytes_);
-  m.weight_bytes_sent_->Remove(weight_bytes_sent_);
-  m.nonfinite_->Remove(nonfinite_);
-  m.workers_pending_->Remove(workers_pending_);
-  m.group_weight_bytes_->Remove(weight_device_);
-  m.group_weight_bytes_->Remove(weight_host_);
-  m.group_state_bytes_->Remove(state_device_);
-  m.group_state_bytes_->Remove(state_host_);
-  m.accumulation_->Remove(accumulation_);
-  m.groups_->Decrement();
+GroupMetrics::GroupMetrics(Metrics* metrics, std::shared_ptr<Series> series, bool own)
+    : metrics_(metrics), series_(std::move(series)), own_(own) {
+  workers_pending_.gauge = series_->workers_pending;
+  weight_device_.gauge = series_->weight_device;
+  weight_host_.gauge = series_->weight_host;
+  state_device_.gauge = series_->state_device;
+  state_host_.gauge = series_->state_host;
+  accumulation_.gauge = series_->accumulation;
 }
 
+GroupMetrics::~GroupMetrics() {
+  // Take this group's share out of gauges that other groups under "_other" keep.
+  for (GaugeShare* share : {&workers_pending_, &weight_device_, &weight_host_, &state_device_,
+                            &state_host_, &accumulation_}) {
+    share->Set(0);
+  }
+  Metrics& m = *metrics_;
+  std::lock_guard<std::mutex> lock(m.groups_mu_);
+  if (own_) --m.labelled_groups_;
+  m.groups_->Decrement();
+  // series_ goes with this object; the last holder removes its children (Series::~Series),
+  // under groups_mu_ so that ForGroup never hands out a series being removed.
+  series_.reset();
+}
+
+void GroupMetrics::GaugeShare::Set(int64_t v) {
+  const int64_t before = value.exchange(v);
+  if (v != before) gauge->Increment(static_cast<double>(v - before));
+}
+
+const std::string& GroupMetrics::label() const { return series_->label; }
+
 void GroupMetrics::ObserveStep(double seconds) {
-  step_duration_->Observe(seconds);
-  steps_->Increment();
+  series_->step_duration->Observe(seconds);
+  series_->steps->Increment();
 }
 void GroupMetrics::AddGradientBytesReceived(int64_t n) {
-  gradient_bytes_->Increment(static_cast<double>(n));
+  series_->gradient_bytes->Increment(static_cast<double>(n));
 }
 void GroupMetrics::AddWeightBytesSent(int64_t n) {
-  weight_bytes_sent_->Increment(static_cast<double>(n));
+  series_->weight_bytes_sent->Increment(static_cast<double>(n));
 }
 void GroupMetrics::AddNonfiniteGradientElements(int64_t n) {
-  nonfinite_->Increment(static_cast<double>(n));
+  series_->nonfinite->Increment(static_cast<double>(n));
 }
-void GroupMetrics::SetWorkersPending(int n) { workers_pending_->Set(n); }
+void GroupMetrics::SetWorkersPending(int n) { workers_pending_.Set(n); }
 void GroupMetrics::SetBytes(int64_t weight_device, int64_t weight_host, int64_t state_device,
                             int64_t state_host) {
-  weight_device_->Set(static_cast<double>(weight_device));
-  weight_host_->Set(static_cast<double>(weight_host));
-  state_device_->Set(static_cast<double>(state_device));
-  state_host_->Set(static_cast<double>(state_host));
+  weight_device_.Set(weight_device);
+  weight_host_.Set(weight_host);
+  state_device_.Set(state_device);
+  state_host_.Set(state_host);
 }
-void GroupMetrics::SetAccumulationBytes(int64_t n) {
-  accumulation_->Set(static_cast<double>(n));
-}
+void GroupMetrics::SetAccumulationBytes(int64_t n) { accumulation_.Set(n); }
 
 }  // namespace optd::server

@@ -1,9 +1,9 @@
 // Prometheus metrics of the optd server, served over HTTP at /metrics (prometheus-cpp).
 //
-// Every family carries the const labels `gpu` and `hostname`, so dashboards can join optd's
-// series with NVIDIA's DCGM exporter (whose metric names we do not reuse). Names follow
-// Prometheus conventions: `optd_` prefix, base units, `_bytes`/`_seconds` suffixes, `_total` on
-// counters. Families:
+// Every optd family carries the const label `hostname`, and `gpu` (the device ordinal) on the
+// CUDA backend, so dashboards can join optd's series with NVIDIA's DCGM exporter (whose metric
+// names we do not reuse); a CPU server has no `gpu` label. Names follow Prometheus conventions:
+// `optd_` prefix, base units, `_bytes`/`_seconds` suffixes, `_total` on counters. Families:
 //   optd_device_memory_{used,free,total,budget}_bytes   gauges; only once a CUDA engine reports
 //   optd_engine_weight_bytes{location}, optd_engine_state_bytes{location}   location: device|host
 //   optd_paged_bytes_total{direction}                   direction: to_device|to_host
@@ -17,9 +17,28 @@
 //   optd_weight_bytes{group,location}, optd_state_bytes{group,location}
 //   optd_accumulation_bytes{group}                       sync/clipping accumulation buffers
 //   optd_rpcs_total{method,code}                         code: gRPC status name, e.g. "OK"
+//   optd_auth_failures_total{reason}                     missing_token|unknown_token|wrong_role|
+//                                                        out_of_scope (docs/security.md)
+//   optd_checkpoint_last_success_timestamp_seconds      once a checkpoint was saved
+//   process_{cpu_seconds_total,resident_memory_bytes,virtual_memory_bytes,open_fds,max_fds,
+//            start_time_seconds}                         (server/process_metrics.h)
+// See Note [Bounded label sets] for which series exist when.
+//
+// Note [Bounded label sets]
+// A scrape must stay small however the server is used, so no series is created ahead of use and
+// no label takes unbounded values:
+// - optd_rpcs_total{method,code} children are created at a method's first RPC with that code
+//   (an unknown method counts as "other"), not for all 14 x 17 pairs up front. A rate() over a
+//   series misses the increment that created it; the alert rules allow for that.
+// - `group` labels: the first MetricsOptions::max_groups live groups get series of their own;
+//   further groups (and a group literally named "_other") are summed under group="_other":
+//   counters and histograms add up, gauges hold the sum over those groups. A slot freed by a
+//   deleted group goes to the next group created; groups already under "_other" stay there.
+//   optd_groups counts every group.
 #pragma once
 
 #include <array>
+#include <atomic>
 #include <cstdint>
 #include <functional>
 #include <memory>
@@ -47,16 +66,33 @@ struct MetricsOptions {
   // Address of the HTTP endpoint, "127.0.0.1:0" style (port 0 picks a free port, see
   // Metrics::port()); empty = no HTTP endpoint (Scrape() still works).
   std::string listen_address;
-  // Value of the `gpu` label: "" on CPU, else the GPU index or UUID (as DCGM labels it).
+  // Value of the `gpu` label: the GPU index or UUID (as DCGM labels it); "" (CPU): no label.
   std::string gpu_label;
   // Value of the `hostname` label.
   std::string hostname;
+  // Live groups that get `group` series of their own; the rest are summed under
+  // group="_other" (Note [Bounded label sets]). 0: every group under "_other". >= 0.
+  int max_groups = 100;
+  // A file whose first line is "user:password": /metrics then requires that HTTP basic auth
+  // (plain text, so mount it from a secret; use TLS or a private network for the scrape).
+  // Empty: no authentication. Read once, in Create.
+  std::string basic_auth_file;
+  // HTTP worker threads, and how long one may wait for a client's request before closing the
+  // connection: a client that opens a connection and sends half a request holds a worker until
+  // then, so that many idle connections cannot block scrapes for longer than this.
+  int http_threads = 4;
+  int request_timeout_ms = 5000;
 };
 
 class Metrics;
 
+// Why a call was refused (optd_auth_failures_total's `reason`): the first two are
+// UNAUTHENTICATED, the others PERMISSION_DENIED.
+enum class AuthFailure : int { kMissingToken, kUnknownToken, kWrongRole, kOutOfScope };
+
 // The series of one group. Created by Metrics::ForGroup when the group is created; destroying
-// it removes the group's series from the exposition.
+// it removes the group's series from the exposition (or, for a group summed under "_other",
+// its share of the gauges there).
 //
 // Thread safety: thread-safe. REQUIRES: destroyed before the Metrics that made it.
 class GroupMetrics {
@@ -74,22 +110,26 @@ class GroupMetrics {
                 int64_t state_host);
   void SetAccumulationBytes(int64_t n);
 
+  // The value of this group's `group` label: its name, or "_other".
+  const std::string& label() const;
+
  private:
   friend class Metrics;
-  explicit GroupMetrics(Metrics* metrics) : metrics_(metrics) {}
+  struct Series;  // the children of one `group` label value, shared by the groups under it
+  // This group's contribution to a gauge of its series: gauges are moved by the change of the
+  // contribution, so that several groups under "_other" add up.
+  struct GaugeShare {
+    prometheus::Gauge* gauge = nullptr;
+    std::atomic<int64_t> value{0};
+    void Set(int64_t v);
+  };
+  GroupMetrics(Metrics* metrics, std::shared_ptr<Series> series, bool own);
 
   Metrics* const metrics_;
-  prometheus::Histogram* step_duration_ = nullptr;
-  prometheus::Counter* steps_ = nullptr;
-  prometheus::Counter* gradient_bytes_ = nullptr;
-  prometheus::Counter* weight_bytes_sent_ = nullptr;
-  prometheus::Counter* nonfinite_ = nullptr;
-  prometheus::Gauge* workers_pending_ = nullptr;
-  prometheus::Gauge* weight_device_ = nullptr;
-  prometheus::Gauge* weight_host_ = nullptr;
-  prometheus::Gauge* state_device_ = nullptr;
-  prometheus::Gauge* state_host_ = nullptr;
-  prometheus::Gauge* accumulation_ = nullptr;
+  std::shared_ptr<Series> series_;  // reset under Metrics::groups_mu_ in the destructor
+  const bool own_;  // series_ holds this group's name, not "_other"
+  GaugeShare workers_pending_, weight_device_, weight_host_, state_device_, state_host_,
+      accumulation_;
 };
 
 // Owns the registry, the metric families and the HTTP exposer. Besides the families above,
@@ -108,7 +148,8 @@ class Metrics {
       "ExportState",    "ImportState"};
   static constexpr int kNumStatusCodes = 17;  // gRPC codes 0 (OK) .. 16 (UNAUTHENTICATED)
 
-  // Unavailable naming the address when the HTTP endpoint cannot bind.
+  // Unavailable naming the address when the HTTP endpoint cannot bind; InvalidArgument for a
+  // bad option or an unreadable basic_auth_file.
   static absl::StatusOr<std::unique_ptr<Metrics>> Create(const MetricsOptions& options);
   ~Metrics();
   Metrics(const Metrics&) = delete;
@@ -117,15 +158,23 @@ class Metrics {
   // The bound HTTP port; 0 when there is no endpoint.
   int port() const { return port_; }
 
-  // Creates the series of `group` (label group="<name>"), all zero. REQUIRES: no other live
-  // GroupMetrics of the same name (they would share, and the first destroyed would remove, the
-  // series); the service holds one per group and destroys it when the group is deleted.
+  // Creates the series of `group` (label group="<name>", all zero), or joins the shared
+  // group="_other" series when max_groups groups have their own (Note [Bounded label sets]).
+  // REQUIRES: no other live GroupMetrics of the same name (they would share, and the first
+  // destroyed would remove, the series); the service holds one per group and destroys it when
+  // the group is deleted.
   std::unique_ptr<GroupMetrics> ForGroup(const std::string& group);
 
   // Counts one finished RPC. `method` is a name of kRpcMethods, bare or as the full gRPC path
   // ("/optd.v1.Optimizer/Step"); `grpc_code` a grpc::StatusCode value (others count as UNKNOWN).
-  // No label lookup: the children were created in Create.
+  // The labelled child is looked up once, at the pair's first RPC, and kept.
   void RecordRpc(std::string_view method, int grpc_code);
+
+  // Counts one call refused by authentication or authorization.
+  void RecordAuthFailure(AuthFailure reason);
+  // Records a checkpoint written completely (optd_checkpoint_last_success_timestamp_seconds:
+  // now).
+  void RecordCheckpointSaved();
 
   // Publishes the engine's figures. Its traffic figures are monotonic totals; the exported
   // counters grow by the difference since the last call (a total that went down counts as a
@@ -144,6 +193,9 @@ class Metrics {
   class Collector;
   Metrics() = default;
   absl::Status Init(const MetricsOptions& options);
+
+  absl::Status StartHttp(const MetricsOptions& options);
+  std::shared_ptr<GroupMetrics::Series> NewGroupSeries(const std::string& label);
 
   std::shared_ptr<prometheus::Registry> registry_;
   std::shared_ptr<Collector> collector_;  // what the exposer serves: callback, then registry_
@@ -174,8 +226,19 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* group_state_bytes_ = nullptr;
   prometheus::Family<prometheus::Gauge>* accumulation_ = nullptr;
 
-  // [method index (kRpcMethods, then "other")][code]
-  std::array<std::array<prometheus::Counter*, kNumStatusCodes>, kRpcMethods.size() + 1> rpcs_{};
+  prometheus::Family<prometheus::Counter>* rpcs_family_ = nullptr;
+  // [method index (kRpcMethods, then "other")][code]; null until the pair's first RPC.
+  std::array<std::array<std::atomic<prometheus::Counter*>, kNumStatusCodes>,
+             kRpcMethods.size() + 1>
+      rpcs_{};
+  prometheus::Family<prometheus::Gauge>* checkpoint_saved_ = nullptr;
+
+  int max_groups_ = 0;
+  std::mutex groups_mu_;
+  int labelled_groups_ ABSL_GUARDED_BY(groups_mu_) = 0;  // groups with series of their own
+  // The group="_other" series while any group is summed there.
+  std::weak_ptr<GroupMetrics::Series> other_ ABSL_GUARDED_BY(groups_mu_);
+  std::array<prometheus::Counter*, 4> auth_failures_{};  // [AuthFailure]
 
   std::mutex engine_mu_;
   // Device-memory gauges are created on the first report from a CUDA engine, so a CPU server

@@ -4,7 +4,10 @@
 
 #include <cstdio>
 
+#include <algorithm>
 #include <filesystem>
+#include <memory>
+#include <vector>
 #include <string>
 #include <system_error>
 #include <utility>
@@ -14,6 +17,8 @@
 #include "grpcpp/health_check_service_interface.h"
 #include "grpcpp/security/server_credentials.h"
 #include "grpcpp/server_builder.h"
+#include "server/checkpoint_dir.h"
+#include "server/tls_credentials.h"
 
 namespace optd::server {
 namespace {
@@ -35,14 +40,39 @@ absl::StatusOr<std::unique_ptr<core::Engine>> MakeEngine(const ServerOptions& op
     return absl::InvalidArgumentError(
         absl::StrCat("backend must be auto, cpu or cuda, got '", options.backend, "'"));
   }
+  // --backend=auto falls back to the CPU engine, and says why (an operator who expected a GPU
+  // sees it in the log, not only in the metrics).
   if (core::CudaEngineCompiled()) {
     eo.backend = core::Backend::kCuda;
     auto engine = core::CreateEngine(eo);
     if (engine.ok()) return engine;
+    std::fprintf(stderr, "optd: --backend=auto: the CUDA engine is not usable (%s); using the CPU "
+                         "backend\n", engine.status().ToString().c_str());
+  } else {
+    std::fprintf(stderr, "optd: --backend=auto: this build has no CUDA engine; using the CPU "
+                         "backend\n");
   }
   eo.backend = core::Backend::kCpu;
   return core::CreateEngine(eo);
 }
+
+// Server reflection for one ServerBuilder, on or off. libgrpc++_reflection registers its plugin
+// for every ServerBuilder of the process from a static initializer as soon as it is loaded, so
+// "off" must remove it; "on" installs one instance whatever the process registered.
+class ReflectionOption final : public grpc::ServerBuilderOption {
+ public:
+  explicit ReflectionOption(bool on) : on_(on) {}
+  void UpdateArguments(grpc::ChannelArguments*) override {}
+  void UpdatePlugins(std::vector<std::unique_ptr<grpc::ServerBuilderPlugin>>* plugins) override {
+    auto reflection = std::make_unique<grpc::reflection::ProtoServerReflectionPlugin>();
+    const std::string name = reflection->name();
+    std::erase_if(*plugins, [&name](const auto& p) { return p->name() == name; });
+    if (on_) plugins->push_back(std::move(reflection));
+  }
+
+ private:
+  const bool on_;
+};
 
 std::string HostPart(const std::string& address) {
   const size_t colon = address.rfind(':');
@@ -60,6 +90,13 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
         static_cast<int64_t>(options.max_message_bytes) - kHeaderRoom, "], got ",
         options.chunk_bytes));
   }
+  if (absl::Status st = ValidateLimits(options.limits); !st.ok()) return st;
+  const bool periodic =
+      options.checkpoint_every_steps != 0 || options.checkpoint_every_seconds != 0;
+  if (options.checkpoint_dir.empty() && (periodic || !options.restore.empty())) {
+    return absl::InvalidArgumentError(
+        "--restore, --checkpoint_every_steps and --checkpoint_every_seconds need --checkpoint_dir");
+  }
   if (!options.checkpoint_dir.empty()) {
     // Created here, not at the first save: a path that cannot be a directory fails the start,
     // where an operator sees it, instead of every SaveCheckpoint later.
@@ -71,6 +108,15 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
                        " cannot be created: ", ec ? ec.message() : "not a directory"));
     }
   }
+  // Credentials before the engine: a refused configuration costs no device memory.
+  TlsFileOptions tls;
+  tls.cert_file = options.tls_cert_file;
+  tls.key_file = options.tls_key_file;
+  tls.client_ca_file = options.tls_client_ca_file;
+  tls.refresh = options.credential_refresh;
+  auto credentials = MakeServerCredentials(tls, options.listen_address, options.allow_insecure);
+  if (!credentials.ok()) return credentials.status();
+
   std::unique_ptr<Server> s(new Server());
   auto engine = MakeEngine(options);
   if (!engine.ok()) return engine.status();
@@ -80,6 +126,8 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
   mo.listen_address = options.metrics_listen_address;
   mo.gpu_label = s->engine_->backend() == core::Backend::kCuda ? std::to_string(options.gpu) : "";
   mo.hostname = options.hostname;
+  mo.max_groups = options.metrics_max_groups;
+  mo.basic_auth_file = options.metrics_basic_auth_file;
   if (mo.hostname.empty()) {
     char name[256] = {};
     if (gethostname(name, sizeof(name) - 1) == 0) mo.hostname = name;
@@ -96,7 +144,10 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
   CoreOptions co;
   co.checkpoint_dir = options.checkpoint_dir;
   co.chunk_bytes = options.chunk_bytes;
+  co.max_message_bytes = options.max_message_bytes;
+  co.limits = options.limits;
   s->core_ = std::make_unique<OptimizerCore>(s->engine_.get(), s->metrics_.get(), co);
+  if (absl::Status st = s->StartRecovery(options); !st.ok()) return st;
   OptimizerService::DeviceErrorCallback on_device_error;
   if (s->engine_->backend() == core::Backend::kCuda) {
     // Internal is reserved for device errors (style.md). A CUDA error may be sticky and the
@@ -104,13 +155,19 @@ absl::StatusOr<std::unique_ptr<Server>> Server::BuildAndStart(const ServerOption
     Server* server = s.get();
     on_device_error = [server](const absl::Status& status) { server->MarkNotServing(status); };
   }
+  AuthOptions ao;
+  ao.token_file = options.token_file;
+  ao.refresh = std::max(options.credential_refresh, absl::Seconds(1));
+  auto authorizer = Authorizer::Create(ao, s->metrics_.get());
+  if (!authorizer.ok()) return authorizer.status();
+  s->authorizer_ = *std::move(authorizer);
   s->service_ = std::make_unique<OptimizerService>(s->core_.get(), s->metrics_.get(),
-                                                   std::move(on_device_error));
+                                                   s->authorizer_.get(), std::move(on_device_error));
 
   grpc::EnableDefaultHealthCheckService(true);
-  grpc::reflection::InitProtoReflectionServerBuilderPlugin();
   grpc::ServerBuilder builder;
-  builder.AddListeningPort(options.listen_address, grpc::InsecureServerCredentials(), &s->port_);
+  builder.SetOption(std::make_unique<ReflectionOption>(options.reflection));
+  builder.AddListeningPort(options.listen_address, *credentials, &s->port_);
   builder.SetMaxReceiveMessageSize(options.max_message_bytes);
   builder.SetMaxSendMessageSize(options.max_message_bytes);
   // A streamed step holds its group until the commit: keepalive pings find a trainer that
@@ -163,6 +220,32 @@ void Server::Shutdown(absl::Duration grace) {
   }
   core_->BeginShutdown();
   server_->Shutdown(absl::ToChronoTime(absl::Now() + grace));
+  // After the last call ended: the final checkpoint holds every step the clients were told of.
+  if (checkpoints_ != nullptr) checkpoints_->Stop(/*final_checkpoint=*/true);
+}
+
+absl::Status Server::StartRecovery(const ServerOptions& options) {
+  if (options.checkpoint_dir.empty()) return absl::OkStatus();
+  // Before the restore and before serving: nothing of ours can be half-written yet.
+  auto removed = RemoveOrphanTempFiles(options.checkpoint_dir);
+  if (!removed.ok()) return core_->HideCheckpointDir(removed.status());
+  for (const std::string& name : *removed) {
+    std::fprintf(stderr, "optd: removed orphaned temporary file %s\n", name.c_str());
+  }
+  auto restored = RestoreAtStart(core_.get(), options.restore);
+  if (!restored.ok()) return restored.status();
+  if (options.checkpoint_every_steps == 0 && options.checkpoint_every_seconds == 0) {
+    return absl::OkStatus();
+  }
+  CheckpointScheduleOptions so;
+  so.every_steps = options.checkpoint_every_steps;
+  so.every = absl::Seconds(options.checkpoint_every_seconds);
+  so.keep = options.checkpoint_keep;
+  so.on_shutdown = options.checkpoint_on_shutdown;
+  auto scheduler = CheckpointScheduler::Start(core_.get(), so);
+  if (!scheduler.ok()) return scheduler.status();
+  checkpoints_ = *std::move(scheduler);
+  return absl::OkStatus();
 }
 
 }  // namespace optd::server

@@ -17,6 +17,8 @@
 #include "absl/status/status.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "optd/v1/optd.grpc.pb.h"
+#include "server/auth_policy.h"
+#include "server/message_stream.h"
 #include "server/metrics.h"
 #include "server/optimizer_core.h"
 
@@ -34,11 +36,16 @@ using OptimizerServiceBase = v1::Optimizer::WithRawCallbackMethod_Step<
 // Thread safety: thread-safe (gRPC calls it from many threads).
 class OptimizerService final : public OptimizerServiceBase {
  public:
-  // `core` and `metrics` must outlive the service.
+  // `core`, `metrics` and `authorizer` must outlive the service. Every call is authenticated
+  // and authorized by `authorizer` before the core sees it (auth_policy.h).
   // Called with every INTERNAL status a handler returns (device errors); may be empty.
   using DeviceErrorCallback = std::function<void(const absl::Status&)>;
-  OptimizerService(OptimizerCore* core, Metrics* metrics, DeviceErrorCallback on_device_error = {})
-      : core_(core), metrics_(metrics), on_device_error_(std::move(on_device_error)) {}
+  OptimizerService(OptimizerCore* core, Metrics* metrics, const Authorizer* authorizer,
+                   DeviceErrorCallback on_device_error = {})
+      : core_(core),
+        metrics_(metrics),
+        authorizer_(authorizer),
+        on_device_error_(std::move(on_device_error)) {}
 
   grpc::Status CreateGroup(grpc::ServerContext* context, const v1::CreateGroupRequest* request,
                            v1::GroupInfo* response) override;
@@ -73,9 +80,19 @@ class OptimizerService final : public OptimizerServiceBase {
  private:
   // Records the RPC's outcome, logs a failure with its reason, converts the status.
   grpc::Status Finish(std::string_view method, const absl::Status& status);
+  // The caller of `context`'s call, from its `authorization` metadata.
+  absl::StatusOr<Caller> CallerOf(const grpc::ServerContextBase& context) const;
+  // CallerOf, then Authorizer::Check of `action` on `group`.
+  absl::Status Authorize(const grpc::ServerContextBase& context, Action action,
+                         absl::string_view group) const;
+  // `handler` behind the stream limits (limits_streams.h): a call over them finishes at once with
+  // ResourceExhausted naming the limit.
+  StreamHandler Admitted(grpc::CallbackServerContext* context, std::string_view method,
+                         StreamHandler handler);
 
   OptimizerCore* const core_;
   Metrics* const metrics_;
+  const Authorizer* const authorizer_;
   const DeviceErrorCallback on_device_error_;
 };
 

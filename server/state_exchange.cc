@@ -9,7 +9,9 @@
 
 #include "absl/strings/match.h"
 #include "absl/strings/str_cat.h"
+#include "absl/strings/str_replace.h"
 #include "optd/core/quant_maps.h"
+#include "server/checkpoint_dir.h"
 #include "server/checkpoint_file.h"
 #include "server/convert.h"
 #include "server/group_snapshot.h"
@@ -188,18 +190,18 @@ absl::StatusOr<core::TensorState> BuildState(const std::string& tensor,
 
 absl::Status OptimizerCore::ExportState(const v1::ExportStateRequest& request,
                                         StateSink* sink) {
-  auto found = registry_.Find(request.group());
+  auto found = FindGroup(request.group());
   if (!found.ok()) return found.status();
   Group& group = **found;
+  // A tensor named twice is refused before anything is copied.
+  if (absl::Status s = CheckTensorList(request.tensors(), options_.limits); !s.ok()) return s;
   auto named = group.FindTensors(request.tensors());
   if (!named.ok()) return named.status();
   std::vector<int> tensors = *std::move(named);
   if (tensors.empty()) {
     for (int t = 0; t < group.num_tensors(); ++t) tensors.push_back(t);
   }
-  // A tensor named twice is exported once.
   std::sort(tensors.begin(), tensors.end());
-  tensors.erase(std::unique(tensors.begin(), tensors.end()), tensors.end());
   // Sent as slices over this copy; it lives until gRPC has written the last of them.
   auto states = std::make_shared<std::vector<core::TensorState>>();
   {
@@ -252,7 +254,7 @@ absl::Status OptimizerCore::ImportState(StateSource* source,
       if (c.group().empty()) {
         return absl::InvalidArgumentError("group must be set on the first ImportState message");
       }
-      auto found = registry_.Find(c.group());
+      auto found = FindGroup(c.group());
       if (!found.ok()) return found.status();
       group = *std::move(found);
     } else if (!c.group().empty() && c.group() != group->name()) {
@@ -330,6 +332,7 @@ absl::Status OptimizerCore::ImportState(StateSource* source,
       return s;
     }
   }
+  NoteChange();
   response->set_tensors(static_cast<int32_t>(states.size()));
   return absl::OkStatus();
 }
@@ -343,9 +346,24 @@ absl::StatusOr<std::string> OptimizerCore::CheckpointPath(const std::string& nam
   if (absl::StrContains(name, "/") || absl::StrContains(name, "..") ||
       name.find('\0') != std::string::npos) {
     return absl::InvalidArgumentError(absl::StrCat(
-        "name '", name, "' must be a plain file name (no '/', no '..')"));
+        "name '", PrintableName(name), "' must be a plain file name (no '/', no '..')"));
+  }
+  if (absl::Status s = CheckName(name, "name", options_.limits); !s.ok()) return s;
+  if (IsCheckpointTempName(name)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "name '", name, "' looks like a temporary file (\"*.tmp-<pid>-<suffix>\"), which the "
+        "server removes at start"));
   }
   return absl::StrCat(options_.checkpoint_dir, "/", name);
+}
+
+absl::Status OptimizerCore::HideCheckpointDir(const absl::Status& status) const {
+  if (status.ok() || options_.checkpoint_dir.empty()) return status;
+  // The directory is absolute and normalized (OptimizerCore's constructor).
+  const std::string& dir = options_.checkpoint_dir;
+  std::string message = absl::StrReplaceAll(status.message(), {{dir + "/", ""}});
+  if (dir.size() > 1) message = absl::StrReplaceAll(message, {{dir, "<checkpoint_dir>"}});
+  return absl::Status(status.code(), message);
 }
 
 absl::Status OptimizerCore::SaveCheckpoint(const v1::SaveCheckpointRequest& request,
@@ -357,13 +375,15 @@ absl::Status OptimizerCore::SaveCheckpoint(const v1::SaveCheckpointRequest& requ
     groups = registry_.List();
   } else {
     for (const std::string& name : request.groups()) {
-      auto g = registry_.Find(name);
-      if (!g.ok()) return absl::NotFoundError(absl::StrCat("groups: ", g.status().message()));
+      auto g = FindGroup(name);
+      if (!g.ok()) {
+        return absl::Status(g.status().code(), absl::StrCat("groups: ", g.status().message()));
+      }
       groups.push_back(*std::move(g));
     }
   }
   auto writer = CheckpointWriter::Create(*path);
-  if (!writer.ok()) return writer.status();
+  if (!writer.ok()) return HideCheckpointDir(writer.status());
   for (const auto& g : groups) {
     // Copied under the group's mutex, written without it (Note [No I/O under a group's mutex]).
     GroupRecord record;
@@ -374,12 +394,14 @@ absl::Status OptimizerCore::SaveCheckpoint(const v1::SaveCheckpointRequest& requ
       snap = GroupSnapshot::Copy(g->params());
     }
     if (!snap.ok()) return snap.status();
-    if (absl::Status s = (*writer)->AddGroup(record, **snap); !s.ok()) return s;
+    if (absl::Status s = (*writer)->AddGroup(record, **snap); !s.ok()) return HideCheckpointDir(s);
     response->add_groups(g->name());
   }
   auto bytes = (*writer)->Commit();
-  if (!bytes.ok()) return bytes.status();
-  response->set_path(*path);
+  if (!bytes.ok()) return HideCheckpointDir(bytes.status());
+  metrics_->RecordCheckpointSaved();
+  // The name, not the server's path: clients address checkpoints by name.
+  response->set_path(request.name());
   response->set_bytes(*bytes);
   return absl::OkStatus();
 }
@@ -389,7 +411,7 @@ absl::Status OptimizerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest
   auto path = CheckpointPath(request.name());
   if (!path.ok()) return path.status();
   auto reader = CheckpointReader::Open(*path);
-  if (!reader.ok()) return reader.status();
+  if (!reader.ok()) return HideCheckpointDir(reader.status());
   const std::vector<GroupRecord>& records = (*reader)->groups();
   std::vector<size_t> selected;
   if (request.groups().empty()) {
@@ -399,30 +421,49 @@ absl::Status OptimizerCore::RestoreCheckpoint(const v1::RestoreCheckpointRequest
       auto it = std::find_if(records.begin(), records.end(),
                              [&](const GroupRecord& r) { return r.name == name; });
       if (it == records.end()) {
-        return absl::NotFoundError(absl::StrCat("groups: '", name, "' is not in checkpoint '",
-                                                request.name(), "'"));
+        return absl::NotFoundError(absl::StrCat("groups: '", PrintableName(name),
+                                                "' is not in checkpoint '", request.name(), "'"));
       }
       selected.push_back(static_cast<size_t>(it - records.begin()));
     }
   }
-  // Build every group first so that a failure leaves the live groups untouched.
-  std::vector<std::shared_ptr<Group>> restored;
+  // Every record is checked like a CreateGroup before anything is built: the file's checksum
+  // only proves that the bytes are the ones written, not that a server wrote them.
   for (size_t i : selected) {
-    GroupRecord record = records[i];
-    if (record.worker_steps.size() != static_cast<size_t>(record.num_workers)) {
-      record.worker_steps.resize(static_cast<size_t>(std::max(record.num_workers, 1)), 0);
+    const GroupRecord& record = records[i];
+    if (absl::Status s = ValidateRecord(record, options_.limits); !s.ok()) {
+      const bool printable = CheckName(record.name, "group", options_.limits).ok();
+      return absl::Status(
+          s.code() == absl::StatusCode::kInvalidArgument ? absl::StatusCode::kDataLoss : s.code(),
+          absl::StrCat("checkpoint '", request.name(), "', ",
+                       printable ? absl::StrCat("group '", record.name, "'")
+                                 : absl::StrCat("group #", i),
+                       ": ", s.message()));
     }
-    auto group = MakeGroup(std::move(record), /*weights_initialized=*/true);
-    if (!group.ok()) return group.status();
-    absl::MutexLock lock(&(*group)->mu());
-    if (absl::Status s = (*reader)->RestoreGroup(i, &(*group)->params()); !s.ok()) return s;
-    restored.push_back(*std::move(group));
   }
-  for (auto& g : restored) {
-    registry_.Replace(g);
-    absl::MutexLock lock(&g->mu());
-    g->FillInfo(response->add_groups());
+  // Build every group first so that a failure leaves the live groups untouched.
+  std::vector<NewGroup> restored;
+  for (size_t i : selected) {
+    const bool new_name = !registry_.Find(records[i].name).ok();
+    auto made = MakeGroup(records[i], /*weights_initialized=*/true, new_name);
+    if (!made.ok()) {
+      return absl::Status(made.status().code(),
+                          absl::StrCat("restoring checkpoint '", request.name(), "': ",
+                                       made.status().message()));
+    }
+    absl::MutexLock lock(&made->group->mu());
+    if (absl::Status s = (*reader)->RestoreGroup(i, &made->group->params()); !s.ok()) {
+      return HideCheckpointDir(s);
+    }
+    restored.push_back(*std::move(made));
   }
+  for (NewGroup& made : restored) {
+    registry_.Replace(made.group);
+    made.ticket.reset();
+    absl::MutexLock lock(&made.group->mu());
+    made.group->FillInfo(response->add_groups());
+  }
+  NoteChange();
   UpdateEngineMetrics();
   return absl::OkStatus();
 }

@@ -6,7 +6,8 @@ add_library(optd_server_support STATIC
   ${CMAKE_CURRENT_LIST_DIR}/checkpoint_crc32c.cc
   ${CMAKE_CURRENT_LIST_DIR}/checkpoint_format.cc
   ${CMAKE_CURRENT_LIST_DIR}/checkpoint_file.cc
-  ${CMAKE_CURRENT_LIST_DIR}/metrics.cc)
+  ${CMAKE_CURRENT_LIST_DIR}/metrics.cc
+  ${CMAKE_CURRENT_LIST_DIR}/process_metrics.cc)
 # Sources include "server/..." paths from the repository root.
 target_include_directories(optd_server_support PUBLIC ${PROJECT_SOURCE_DIR})
 target_compile_options(optd_server_support PRIVATE ${OPTD_WARNINGS})

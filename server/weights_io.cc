@@ -81,6 +81,7 @@ absl::Status OptimizerCore::PullWeights(const v1::PullWeightsRequest& request, W
   auto found = registry_.Find(request.group());
   if (!found.ok()) return found.status();
   Group& group = **found;
+  if (absl::Status s = CheckTensorList(request.tensors(), options_.limits); !s.ok()) return s;
   auto named = group.FindTensors(request.tensors());
   if (!named.ok()) return named.status();
   absl::StatusOr<std::shared_ptr<const WeightSnapshot>> snap;

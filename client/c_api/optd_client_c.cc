@@ -56,7 +56,7 @@ int Guarded(Body body) {
 }
 
 // True when a caller's struct of `struct_size` bytes holds the whole of a field ending at
-// `field_end` (structs grow at the end; this library is the first version of each).
+// `field_end` (structs grow at the end).
 bool Holds(uint32_t struct_size, size_t field_end) { return struct_size >= field_end; }
 
 absl::Status CheckStructSize(const char* what, uint32_t struct_size, size_t ours) {
@@ -172,6 +172,8 @@ int optd_abi_version(void) { return OPTD_ABI_VERSION; }
 
 const char* optd_last_error(void) { return last_error.c_str(); }
 
+uint32_t optd_client_options_size(void) { return sizeof(optd_client_options); }
+
 int optd_client_create(const char* target, const optd_client_options* options,
                        optd_client** out) {
   return Guarded([&]() -> absl::Status {
@@ -180,8 +182,9 @@ int optd_client_create(const char* target, const optd_client_options* options,
     if (target == nullptr) return absl::InvalidArgumentError("target: NULL");
     optd::client::ClientOptions o;
     if (options != nullptr) {
+      // The first version of the struct ended at max_message_bytes.
       if (absl::Status s = CheckStructSize("options", options->struct_size,
-                                           sizeof(optd_client_options));
+                                           offsetof(optd_client_options, tls));
           !s.ok()) {
         return s;
       }
@@ -189,6 +192,15 @@ int optd_client_create(const char* target, const optd_client_options* options,
       if (options->streams != 0) o.streams = options->streams;
       o.timeout_ms = options->timeout_ms;
       if (options->max_message_bytes != 0) o.max_message_bytes = options->max_message_bytes;
+      if (Holds(options->struct_size, offsetof(optd_client_options, token) + sizeof(char*))) {
+        auto str = [](const char* s) { return s != nullptr ? std::string(s) : std::string(); };
+        o.tls.enabled = options->tls != 0;
+        o.tls.root_ca = str(options->tls_root_ca);
+        o.tls.client_cert = str(options->tls_client_cert);
+        o.tls.client_key = str(options->tls_client_key);
+        o.tls.server_name = str(options->tls_server_name);
+        o.token = str(options->token);
+      }
     }
     auto client = Client::Create(target, o);
     if (!client.ok()) return client.status();

@@ -46,6 +46,15 @@ typedef struct {
   int32_t streams;          /* concurrent streams (connections) per step; 0 = 1 */
   int64_t timeout_ms;       /* deadline of each call; 0 = none */
   int32_t max_message_bytes; /* 0 = 64 MiB */
+  /* Security (docs/security.md); all 0/NULL: plaintext, no token. A PEM field holds the PEM
+   * text itself or the path of a file holding it. Libraries older than these fields report a
+   * smaller optd_client_options_size() and ignore them. */
+  int32_t tls;                  /* nonzero: TLS; implied by any PEM field */
+  const char* tls_root_ca;      /* CA bundle of the server's certificate; NULL = system roots */
+  const char* tls_client_cert;  /* mutual TLS: certificate chain of this client ... */
+  const char* tls_client_key;   /* ... and its private key */
+  const char* tls_server_name;  /* name to check the server's certificate against; NULL = host */
+  const char* token;            /* bearer token sent with every call; NULL = none */
 } optd_client_options;
 
 typedef struct {
@@ -86,7 +95,12 @@ int optd_abi_version(void);
 /* Message of the calling thread's last failure ("" after a success). */
 const char* optd_last_error(void);
 
-/* Connects lazily. options may be NULL (defaults). */
+/* sizeof(optd_client_options) in this library: a caller whose struct is larger sets fields this
+ * library would ignore (its tls and token fields need a library of at least that size). */
+uint32_t optd_client_options_size(void);
+
+/* Connects lazily. options may be NULL (defaults). struct_size may be that of an older
+ * optd_client_options (without the security fields). */
 int optd_client_create(const char* target, const optd_client_options* options,
                        optd_client** out);
 void optd_client_destroy(optd_client* client);

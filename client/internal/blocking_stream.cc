@@ -9,12 +9,14 @@ namespace optd::client::internal {
 // outstanding) and issued after releasing it, so that no lock is held across a call into gRPC.
 
 std::unique_ptr<BlockingStream> BlockingStream::Start(grpc::GenericStub* stub, std::string method,
-                                                      int64_t timeout_ms) {
+                                                      int64_t timeout_ms,
+                                                      const std::string& authorization) {
   std::unique_ptr<BlockingStream> stream(new BlockingStream(std::move(method)));
   if (timeout_ms > 0) {
     stream->context_.set_deadline(std::chrono::system_clock::now() +
                                   std::chrono::milliseconds(timeout_ms));
   }
+  if (!authorization.empty()) stream->context_.AddMetadata("authorization", authorization);
   stub->PrepareBidiStreamingCall(&stream->context_, stream->method_, grpc::StubOptions(),
                                  stream.get());
   stream->AddHold();  // removed by Finish(): reads and writes start outside reactions

@@ -51,9 +51,11 @@ class BlockingStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, gr
   static constexpr int kMaxReadyReads = 4;
 
   // Starts a call of `method` ("/optd.v1.Optimizer/Step") on `stub`. timeout_ms > 0 sets the
-  // call's deadline. `stub` must outlive the returned stream.
+  // call's deadline; a non-empty `authorization` is sent as the call's "authorization"
+  // metadata. `stub` must outlive the returned stream.
   static std::unique_ptr<BlockingStream> Start(grpc::GenericStub* stub, std::string method,
-                                               int64_t timeout_ms);
+                                               int64_t timeout_ms,
+                                               const std::string& authorization);
   // Cancels the call if Finish() was not called, then waits for gRPC to let go of it.
   ~BlockingStream() override;
   BlockingStream(const BlockingStream&) = delete;

@@ -27,6 +27,8 @@ struct Connection {
 struct Client::Impl {
   std::string target;
   ClientOptions options;
+  // "Bearer <token>" of options.token, or "" (client/internal/channel_credentials.h).
+  std::string authorization;
   std::vector<Connection> connections;  // options.streams of them; [0] for everything else
 
   v1::Optimizer::Stub& stub() const { return *connections[0].stub; }
@@ -34,7 +36,7 @@ struct Client::Impl {
   grpc::GenericStub* generic(size_t i) const {
     return connections[i % connections.size()].generic.get();
   }
-  // Sets the call's deadline from options.timeout_ms.
+  // Sets the call's deadline from options.timeout_ms and its authorization metadata.
   void PrepareContext(grpc::ClientContext* context) const;
 };
 

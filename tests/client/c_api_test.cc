@@ -1,6 +1,7 @@
 // liboptd_client_c (the C ABI) against a real optd server process on loopback. This test links
 // only the shared library, as ctypes does: never optd_client as well (see client/CMakeLists.txt).
 #include <cmath>
+#include <cstddef>
 #include <cstdint>
 #include <cstring>
 #include <memory>
@@ -14,6 +15,7 @@
 #include "optd_client_c.h"
 #include "tests/client/c_api_c_caller.h"
 #include "tests/client/server_process.h"
+#include "tests/client/test_certificates.h"
 
 namespace optd {
 namespace {
@@ -23,6 +25,8 @@ using testing::ServerProcess;
 constexpr int kNotFound = 5;          // grpc::StatusCode::NOT_FOUND
 constexpr int kInvalidArgument = 3;   // grpc::StatusCode::INVALID_ARGUMENT
 constexpr int kUnavailable = 14;      // grpc::StatusCode::UNAVAILABLE
+constexpr int kPermissionDenied = 7;  // grpc::StatusCode::PERMISSION_DENIED
+constexpr int kUnauthenticated = 16;  // grpc::StatusCode::UNAUTHENTICATED
 
 std::vector<float> Random(size_t n, uint32_t seed, float mean = 0.0f) {
   std::mt19937 rng(seed);
@@ -210,6 +214,79 @@ TEST_F(CApiTest, PlainCCaller) {
             0);
   EXPECT_NE(w, w0);
   EXPECT_EQ(pulled, w);
+}
+
+// TLS and token fields at the end of optd_client_options, against a server with mutual TLS
+// and bearer tokens.
+TEST(CApiSecurityTest, TlsAndTokenFields) {
+  const std::string binary = testing::ServerBinary();
+  if (binary.empty()) GTEST_SKIP() << "OPTD_SERVER_BIN is not set (ctest sets it)";
+  auto certs = testing::GetTestCertificates();
+  ASSERT_TRUE(certs.ok()) << certs.status();
+  const std::string dir = testing::MakeTempDir("optd-c-api-security");
+  testing::ReplaceTextFile(dir + "/tokens", "c-admin-0123456789abcdef admin c.\n"
+                                            "c-train-0123456789abcdef train c.\n");
+  auto started = ServerProcess::Start(binary, dir + "/server",
+                                      {"--tls_cert=" + (*certs)->server_cert,
+                                       "--tls_key=" + (*certs)->server_key,
+                                       "--tls_client_ca=" + (*certs)->ca,
+                                       "--token_file=" + dir + "/tokens"});
+  ASSERT_TRUE(started.ok()) << started.status();
+  std::unique_ptr<ServerProcess> server(*started);
+  EXPECT_EQ(optd_client_options_size(), sizeof(optd_client_options));
+
+  const std::string client_cert = testing::ReadTextFile((*certs)->client_cert);  // PEM text
+  auto connect = [&](const char* token, bool tls) {
+    optd_client_options o{};
+    o.struct_size = sizeof o;
+    if (tls) {
+      o.tls_root_ca = (*certs)->ca.c_str();  // a path
+      o.tls_client_cert = client_cert.c_str();
+      o.tls_client_key = (*certs)->client_key.c_str();
+      o.tls_server_name = "localhost";
+    }
+    o.token = token;
+    optd_client* c = nullptr;
+    EXPECT_EQ(optd_client_create(server->target().c_str(), &o, &c), OPTD_OK) << optd_last_error();
+    return ClientHandle(c);
+  };
+  ClientHandle admin = connect("c-admin-0123456789abcdef", true);
+  ASSERT_NE(admin, nullptr);
+  const int64_t shape[] = {1000};
+  const optd_tensor_spec spec = {"w", OPTD_DTYPE_FLOAT32, shape, 1};
+  ASSERT_EQ(optd_client_create_group(admin.get(), "c.g", &spec, 1, nullptr), OPTD_OK)
+      << optd_last_error();
+  std::vector<float> w = Random(1000, 1), g = Random(1000, 2);
+  const optd_buffer weights = {"w", OPTD_DTYPE_FLOAT32, w.data(), 1000};
+  const optd_buffer grad = {"w", OPTD_DTYPE_FLOAT32, g.data(), 1000};
+  ASSERT_EQ(optd_client_upload_weights(admin.get(), "c.g", &weights, 1, nullptr), OPTD_OK)
+      << optd_last_error();
+
+  ClientHandle train = connect("c-train-0123456789abcdef", true);
+  optd_step_result r{};
+  ASSERT_EQ(optd_client_step(train.get(), "c.g", 1, &grad, 1, &weights, 1, nullptr, &r), OPTD_OK)
+      << optd_last_error();
+  EXPECT_EQ(r.version, 1);
+  EXPECT_EQ(optd_client_delete_group(train.get(), "c.g"), kPermissionDenied);
+  EXPECT_NE(std::string(optd_last_error()).find("role train"), std::string::npos)
+      << optd_last_error();
+
+  ClientHandle anonymous = connect(nullptr, true);
+  EXPECT_EQ(optd_client_pull_weights(anonymous.get(), "c.g", &weights, 1, nullptr),
+            kUnauthenticated);
+  ClientHandle plaintext = connect("c-admin-0123456789abcdef", false);
+  EXPECT_EQ(optd_client_pull_weights(plaintext.get(), "c.g", &weights, 1, nullptr), kUnavailable);
+
+  // A caller built against the first optd_client_options (no security fields) still connects:
+  // plaintext, no token.
+  optd_client_options old{};
+  old.struct_size = static_cast<uint32_t>(offsetof(optd_client_options, tls));
+  optd_client* c = nullptr;
+  ASSERT_EQ(optd_client_create(server->target().c_str(), &old, &c), OPTD_OK) << optd_last_error();
+  ClientHandle old_client(c);
+  EXPECT_EQ(optd_client_pull_weights(c, "c.g", &weights, 1, nullptr), kUnavailable);
+  old.struct_size = static_cast<uint32_t>(offsetof(optd_client_options, tls)) - 1;
+  EXPECT_EQ(optd_client_create(server->target().c_str(), &old, &c), kInvalidArgument);
 }
 
 }  // namespace

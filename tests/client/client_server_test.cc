@@ -201,6 +201,22 @@ TEST_F(ClientServerTest, DeadlineEndsAStepThatWaitsForAnotherWorker) {
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
 }
 
+TEST_F(ClientServerTest, ListGroupsFollowsTheServersPages) {
+  ServerProcess* s = Start();
+  ASSERT_NE(s, nullptr);
+  auto c = Connect(s);
+  // One more than the server's default page of 1000.
+  constexpr int kGroups = 1001;
+  for (int i = 0; i < kGroups; ++i) {
+    ASSERT_TRUE(c->CreateGroup(absl::StrCat("g", 10000 + i), {{"t", DType::kFloat32, {4}}}).ok());
+  }
+  auto groups = c->ListGroups();
+  ASSERT_TRUE(groups.ok()) << groups.status();
+  ASSERT_EQ(groups->size(), static_cast<size_t>(kGroups));
+  EXPECT_EQ(groups->front().group, "g10000");
+  EXPECT_EQ(groups->back().group, "g11000");
+}
+
 TEST_F(ClientServerTest, GroupAdminCheckpointAndStateRoundTrip) {
   ServerProcess* s = Start();
   ASSERT_NE(s, nullptr);

@@ -38,7 +38,8 @@ std::string MakeTempDir(const std::string& prefix) {
 }
 
 absl::StatusOr<ServerProcess*> ServerProcess::Start(const std::string& binary,
-                                                    const std::string& workdir) {
+                                                    const std::string& workdir,
+                                                    const std::vector<std::string>& extra_args) {
   mkdir(workdir.c_str(), 0755);
   mkdir((workdir + "/ckpt").c_str(), 0755);  // the server does not create it
   const std::string port_file = workdir + "/port";
@@ -49,6 +50,7 @@ absl::StatusOr<ServerProcess*> ServerProcess::Start(const std::string& binary,
                                    "--backend=cpu",
                                    "--checkpoint_dir=" + workdir + "/ckpt",
                                    "--port_file=" + port_file};
+  args.insert(args.end(), extra_args.begin(), extra_args.end());
   // posix_spawn, not fork: the test process already runs gRPC threads, and only
   // async-signal-safe calls may follow a fork in a threaded process.
   posix_spawn_file_actions_t actions;

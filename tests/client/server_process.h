@@ -5,6 +5,7 @@
 #include <sys/types.h>
 
 #include <string>
+#include <vector>
 
 #include "absl/status/statusor.h"
 
@@ -12,9 +13,11 @@ namespace optd::testing {
 
 class ServerProcess {
  public:
-  // Starts the server with its files under `workdir` (created). Waits until it serves.
+  // Starts the server with its files under `workdir` (created), plus `extra_args` (flags).
+  // Waits until it serves.
   static absl::StatusOr<ServerProcess*> Start(const std::string& binary,
-                                              const std::string& workdir);
+                                              const std::string& workdir,
+                                              const std::vector<std::string>& extra_args = {});
   ~ServerProcess();  // SIGTERM, then waits
 
   const std::string& target() const { return target_; }

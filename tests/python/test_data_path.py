@@ -109,6 +109,9 @@ int main(void) {
   Z(optd_client_options); F(optd_client_options, struct_size);
   F(optd_client_options, chunk_bytes); F(optd_client_options, streams);
   F(optd_client_options, timeout_ms); F(optd_client_options, max_message_bytes);
+  F(optd_client_options, tls); F(optd_client_options, tls_root_ca);
+  F(optd_client_options, tls_client_cert); F(optd_client_options, tls_client_key);
+  F(optd_client_options, tls_server_name); F(optd_client_options, token);
   Z(optd_buffer); F(optd_buffer, tensor); F(optd_buffer, dtype); F(optd_buffer, data);
   F(optd_buffer, numel);
   Z(optd_step_options); F(optd_step_options, struct_size); F(optd_step_options, worker);

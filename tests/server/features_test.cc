@@ -275,7 +275,9 @@ void Await(grpc::CompletionQueue& cq) {
 }
 
 TEST(FeaturesTest, HealthCheckingAndReflection) {
-  InProcessServer srv = StartInProcess();
+  server::ServerOptions options;
+  options.reflection = true;  // off by default (security_test.cc)
+  InProcessServer srv = StartInProcess(options);
   auto channel = grpc::CreateChannel(srv.server->address(), grpc::InsecureChannelCredentials());
   grpc::GenericStub generic(channel);
   grpc::CompletionQueue cq;

@@ -46,6 +46,7 @@ class ChildServer {
   ~ChildServer();
   int port() const { return port_; }
   int metrics_port() const { return metrics_port_; }
+  pid_t pid() const { return pid_; }
   std::string address() const { return "127.0.0.1:" + std::to_string(port_); }
   // Sends `sig` and waits; returns the exit status as waitpid reports it.
   int Kill(int sig);

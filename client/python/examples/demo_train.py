@@ -3,11 +3,19 @@
 the same model locally with optd.reference (the same algorithm in numpy) and compares.
 
   python demo_train.py --target 127.0.0.1:50051 [--steps 150] [--metrics_url URL]
+                       [--backend auto|cpu|cuda]
 
-Exit status 0 when training converged and the remote and local final losses agree within 2%.
-The weight difference norm(p_remote - p_local) / norm(p_local - p_0) is printed: against the CPU
-backend it is 0 (same fp32 operations); the CUDA backend uses the reference kernel's fast-math
-intrinsics, whose ~3e-5 differences per update the feedback of training amplifies."""
+Exit status 0 when training converged (final loss under half the first) and the weights agree:
+norm(p_remote - p_local) / norm(p_local - p_0) within the bound of the server's backend
+(WEIGHT_TOLERANCE), which the verdict line names:
+  cpu   2e-4, the golden tests' free-running tolerance: the CPU engine performs the reference's
+        fp32 operations, so the two trainings stay identical (0 measured);
+  cuda  1e-2: the CUDA engine uses the reference kernel's fast-math intrinsics (as bitsandbytes
+        does), whose ~3e-5 differences per update the feedback of training amplifies: 1.2e-3
+        and 1.7e-3 measured after 150 steps on an H100 (tests/python/GPU_RESULTS.md). The
+        open-loop golden tests hold this backend to 2e-4.
+--backend auto reads the backend from the server's metrics (device-memory series exist only
+on CUDA); without a reachable --metrics_url it takes the CUDA bound and says so."""
 
 import argparse
 import copy
@@ -23,7 +31,8 @@ import optd  # noqa: E402
 import optd.torch  # noqa: E402
 from optd import reference  # noqa: E402
 
-TOLERANCE = 2e-4
+# norm(p_remote - p_local) / norm(p_local - p_0) allowed, by the server's backend (see above).
+WEIGHT_TOLERANCE = {"cpu": 2e-4, "cuda": 1e-2}
 
 
 def make_problem(seed, device):
@@ -63,6 +72,8 @@ def main():
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--metrics_url", default="")
     ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--backend", choices=["auto", "cpu", "cuda"], default="auto",
+                    help="the optd server's backend, which sets the weight tolerance")
     args = ap.parse_args()
 
     remote, x, y = make_problem(args.seed, args.device)
@@ -112,8 +123,10 @@ def main():
           f"({remote_time / args.steps * 1e3:.1f} ms/step, of which optimizer.step "
           f"{opt_time / args.steps * 1e3:.1f} ms; server version {info.version})")
     print(f"demo: local (ref)    final loss {final_local.item():.6f}  accuracy {acc_local:.3f}")
-    print(f"demo: weights: norm(remote - local) / norm(local - initial) = {metric:.3e} "
-          f"(free-running tolerance of the golden tests: {TOLERANCE:g}); "
+    backend, how = server_backend(args.backend, args.metrics_url)
+    tolerance = WEIGHT_TOLERANCE[backend]
+    print(f"demo: weights: norm(remote - local) / norm(local - initial) = {metric:.3e}, "
+          f"tolerance {tolerance:g} for the {backend} backend ({how}); "
           f"max |diff| = {np.abs(pr - pl).max():.3e}")
     if args.metrics_url:
         print(f"demo: metrics at {args.metrics_url} (while the server runs); now:")
@@ -122,11 +135,31 @@ def main():
                                               "optd_engine_weight_bytes")):
             print(f"  {line}")
     converged = final_remote.item() < 0.5 * first_loss
-    agree = abs(final_remote.item() - final_local.item()) <= 0.02 * final_local.item() + 1e-6
-    ok = converged and agree
-    print("demo: OK" if ok else "demo: FAILED: " + ("training did not converge" if not converged
-                                                    else "remote and local losses differ"))
-    return 0 if ok else 1
+    agree = bool(metric <= tolerance)
+    if converged and agree:
+        print(f"demo: OK (converged; weights within {tolerance:g} of the local reference, the "
+              f"{backend} backend's tolerance)")
+        return 0
+    print("demo: FAILED: " + ("training did not converge" if not converged else
+                              f"weights differ by {metric:.3e}, over the {backend} backend's "
+                              f"tolerance {tolerance:g}"))
+    return 1
+
+
+def server_backend(requested, metrics_url):
+    """(backend, how it was found): as requested, else from the server's metrics."""
+    if requested != "auto":
+        return requested, "--backend"
+    if metrics_url:
+        import urllib.request
+        try:
+            with urllib.request.urlopen(metrics_url, timeout=5) as r:
+                text = r.read().decode()
+            cuda = "optd_device_memory_total_bytes" in text
+            return ("cuda" if cuda else "cpu"), "from the server's metrics"
+        except OSError:
+            pass
+    return "cuda", "backend unknown: the looser bound"
 
 
 def scrape(url, prefixes):

@@ -43,7 +43,15 @@ class ClientOptions(ctypes.Structure):
                 ("chunk_bytes", ctypes.c_int64),
                 ("streams", ctypes.c_int32),
                 ("timeout_ms", ctypes.c_int64),
-                ("max_message_bytes", ctypes.c_int32)]
+                ("max_message_bytes", ctypes.c_int32),
+                # Security fields (libraries that report a smaller optd_client_options_size()
+                # ignore them: Library.supports_security).
+                ("tls", ctypes.c_int32),
+                ("tls_root_ca", ctypes.c_char_p),
+                ("tls_client_cert", ctypes.c_char_p),
+                ("tls_client_key", ctypes.c_char_p),
+                ("tls_server_name", ctypes.c_char_p),
+                ("token", ctypes.c_char_p)]
 
 
 class Buffer(ctypes.Structure):
@@ -82,6 +90,9 @@ def _declare(lib):
     lib.optd_abi_version.restype = ctypes.c_int
     lib.optd_last_error.argtypes = []
     lib.optd_last_error.restype = ctypes.c_char_p
+    if hasattr(lib, "optd_client_options_size"):  # absent before the security fields
+        lib.optd_client_options_size.argtypes = []
+        lib.optd_client_options_size.restype = ctypes.c_uint32
     lib.optd_client_create.argtypes = [ctypes.c_char_p, P(ClientOptions), P(client_p)]
     lib.optd_client_create.restype = ctypes.c_int
     lib.optd_client_destroy.argtypes = [client_p]
@@ -105,6 +116,9 @@ class Library:
         self.cdll = cdll
         self.path = path
         self.supports_step_parts = True
+        # The library reads ClientOptions' tls and token fields.
+        self.supports_security = (hasattr(cdll, "optd_client_options_size") and
+                                  cdll.optd_client_options_size() >= ctypes.sizeof(ClientOptions))
 
     def last_error(self):
         msg = self.cdll.optd_last_error()
@@ -207,13 +221,22 @@ class NativeClient:
     """One C++ client (optd_client) for one server address."""
 
     def __init__(self, lib, target, chunk_bytes=0, streams=1, timeout=None,
-                 max_message_bytes=0):
+                 max_message_bytes=0, security=None):
+        """security: an optd.client.Security (PEM bytes and token), or None."""
         self._lib = lib
         self.target = target
         opts = ClientOptions(struct_size=ctypes.sizeof(ClientOptions), chunk_bytes=chunk_bytes,
                              streams=streams,
                              timeout_ms=0 if timeout is None else max(1, int(timeout * 1000)),
                              max_message_bytes=max_message_bytes)
+        if security is not None:
+            # The PEM bytes are kept referenced by `opts` until optd_client_create returned.
+            opts.tls = 1 if security.tls else 0
+            opts.tls_root_ca = security.root_ca
+            opts.tls_client_cert = security.client_cert
+            opts.tls_client_key = security.client_key
+            opts.tls_server_name = security.server_name.encode() if security.server_name else None
+            opts.token = security.token.encode() if security.token else None
         handle = ctypes.c_void_p()
         self._check(lib.cdll.optd_client_create(target.encode(), ctypes.byref(opts),
                                                 ctypes.byref(handle)))

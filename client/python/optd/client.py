@@ -10,6 +10,12 @@ state export/import, subscribe) always goes through grpcio. Without the library 
 OPTD_PURE_PYTHON=1), the pure-Python client does it all, after one warning naming why.
 data_path() says which path this process uses.
 
+Security (docs/security.md): tls_root_ca, tls_client_cert, tls_client_key (PEM text as str or
+bytes, or the path of a PEM file) turn TLS on (mutual TLS with the client pair); tls=True turns
+it on with the system's root CAs; tls_server_name checks the server's certificate against
+another name than the target's host. token= sends "authorization: Bearer <token>" with every
+call, on both data paths.
+
 Thread safety: a Client may be used from several threads (gRPC channels and the native client
 are thread-safe)."""
 
@@ -69,6 +75,63 @@ def _native_library():
             warnings.warn(f"optd: using the pure-Python data path: {_native.load_error()}",
                           RuntimeWarning, stacklevel=3)
     return lib
+
+
+def _pem(value, what):
+    """PEM bytes of `value`: PEM text (str or bytes) or the path of a file holding it."""
+    if value is None:
+        return None
+    if isinstance(value, bytes):
+        return value
+    if "-----BEGIN" in value:
+        return value.encode()
+    try:
+        with open(value, "rb") as f:
+            data = f.read()
+    except OSError as e:
+        raise InvalidArgumentError(f"{what}: cannot read {value}: {e.strerror}") from None
+    if b"-----BEGIN" not in data:
+        raise InvalidArgumentError(f"{what}: {value} holds no PEM data")
+    return data
+
+
+class Security:
+    """The TLS and token settings of a Client, resolved once (files read, values checked)."""
+
+    def __init__(self, tls=None, tls_root_ca=None, tls_client_cert=None, tls_client_key=None,
+                 tls_server_name=None, token=None):
+        self.root_ca = _pem(tls_root_ca, "tls_root_ca")
+        self.client_cert = _pem(tls_client_cert, "tls_client_cert")
+        self.client_key = _pem(tls_client_key, "tls_client_key")
+        if (self.client_cert is None) != (self.client_key is None):
+            raise InvalidArgumentError(
+                "tls_client_cert and tls_client_key: mutual TLS needs both (or neither)")
+        self.tls = bool(tls) or any(v is not None for v in
+                                    (self.root_ca, self.client_cert, self.client_key))
+        self.server_name = tls_server_name
+        if tls_server_name and not self.tls:
+            raise InvalidArgumentError("tls_server_name: set, but TLS is not enabled")
+        if token is not None and (not token or any(not 0x21 <= ord(c) <= 0x7e for c in token)):
+            raise InvalidArgumentError("token: must be non-empty visible ASCII")
+        self.token = token or None
+
+    @property
+    def used(self):
+        return self.tls or self.token is not None
+
+    def metadata(self):
+        """Per-call metadata: the bearer token, or None."""
+        return None if self.token is None else (("authorization", f"Bearer {self.token}"),)
+
+    def channel(self, target, options):
+        if not self.tls:
+            return grpc.insecure_channel(target, options=options)
+        credentials = grpc.ssl_channel_credentials(root_certificates=self.root_ca,
+                                                   private_key=self.client_key,
+                                                   certificate_chain=self.client_cert)
+        if self.server_name:
+            options = options + [("grpc.ssl_target_name_override", self.server_name)]
+        return grpc.secure_channel(target, credentials, options=options)
 
 
 def default_streams():
@@ -229,16 +292,23 @@ class Client:
     """A connection to one optd server.
 
     streams: concurrent streams (connections on the native path) one step is spread over;
-    default $OPTD_STREAMS or 1. timeout: seconds per call (None: no deadline)."""
+    default $OPTD_STREAMS or 1. timeout: seconds per call (None: no deadline).
+    tls, tls_root_ca, tls_client_cert, tls_client_key, tls_server_name, token: see the module
+    docstring (Security)."""
 
-    def __init__(self, target, chunk_bytes=DEFAULT_CHUNK_BYTES, timeout=None, streams=None):
+    def __init__(self, target, chunk_bytes=DEFAULT_CHUNK_BYTES, timeout=None, streams=None, *,
+                 tls=None, tls_root_ca=None, tls_client_cert=None, tls_client_key=None,
+                 tls_server_name=None, token=None):
         self.target = target
         self.chunk_bytes = chunk_bytes
         self.timeout = timeout
         self.streams = default_streams() if streams is None else int(streams)
         if self.streams < 1:
             raise InvalidArgumentError(f"streams: must be >= 1, got {streams}")
-        self._channel = grpc.insecure_channel(target, options=[
+        self._security = Security(tls, tls_root_ca, tls_client_cert, tls_client_key,
+                                  tls_server_name, token)
+        self._metadata = self._security.metadata()
+        self._channel = self._security.channel(target, [
             ("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
             ("grpc.max_send_message_length", MAX_MESSAGE_BYTES)])
         self._stub = pb_grpc.OptimizerStub(self._channel)
@@ -247,9 +317,13 @@ class Client:
         self._native = None
         self._pool = None  # threads for a pure-path step over several streams
         lib = _native_library()
+        if lib is not None and self._security.used and not lib.supports_security:
+            warnings.warn(f"optd: using the pure-Python data path: {lib.path} predates the "
+                          f"TLS and token options", RuntimeWarning, stacklevel=2)
+            lib = None
         if lib is not None:
             self._native = _native.NativeClient(lib, target, chunk_bytes, self.streams, timeout,
-                                                MAX_MESSAGE_BYTES)
+                                                MAX_MESSAGE_BYTES, self._security)
 
     @property
     def data_path(self):
@@ -276,7 +350,7 @@ class Client:
 
     def _call(self, fn, *args, **kw):
         try:
-            return fn(*args, timeout=self.timeout, **kw)
+            return fn(*args, timeout=self.timeout, metadata=self._metadata, **kw)
         except grpc.RpcError as e:
             raise from_rpc_error(e, self.target) from None
 
@@ -324,7 +398,14 @@ class Client:
         return self._remember(self._call(self._stub.GetGroup, pb.GetGroupRequest(group=group)))
 
     def list_groups(self):
-        return list(self._call(self._stub.ListGroups, pb.ListGroupsRequest()).groups)
+        """Every group (the server answers in pages; this follows them to the last)."""
+        groups, token = [], ""
+        while True:
+            resp = self._call(self._stub.ListGroups, pb.ListGroupsRequest(page_token=token))
+            groups.extend(resp.groups)
+            token = resp.next_page_token
+            if not token:
+                return groups
 
     def delete_group(self, group):
         self._call(self._stub.DeleteGroup, pb.DeleteGroupRequest(group=group))
@@ -437,7 +518,8 @@ class Client:
         asm = _Assembler(out, self._specs.get(group))
         done = None
         try:
-            for resp in self._stub.Step(requests(), timeout=self.timeout):
+            for resp in self._stub.Step(requests(), timeout=self.timeout,
+                                        metadata=self._metadata):
                 if resp.HasField("weights"):
                     asm.write(resp.weights)
                 elif resp.HasField("done"):
@@ -500,7 +582,8 @@ class Client:
         asm = _Assembler(out, self._specs.get(group))
         version = -1
         try:
-            for msg in self._stub.PullWeights(req, timeout=self.timeout):
+            for msg in self._stub.PullWeights(req, timeout=self.timeout,
+                                              metadata=self._metadata):
                 if msg.HasField("chunk"):
                     asm.write(msg.chunk)
                 version = msg.version
@@ -509,7 +592,8 @@ class Client:
         return version, asm.out
 
     def subscribe(self, group, send_current=True):
-        call = self._stub.Subscribe(pb.SubscribeRequest(group=group, send_current=send_current))
+        call = self._stub.Subscribe(pb.SubscribeRequest(group=group, send_current=send_current),
+                                    metadata=self._metadata)
         return Subscription(call, self._specs.get(group), self.target)
 
     # Checkpoints and state ------------------------------------------------------------------
@@ -529,7 +613,8 @@ class Client:
         req = pb.ExportStateRequest(group=group, tensors=list(tensors or []))
         out = {}
         try:
-            for c in self._stub.ExportState(req, timeout=self.timeout):
+            for c in self._stub.ExportState(req, timeout=self.timeout,
+                                            metadata=self._metadata):
                 per = out.setdefault(c.tensor, {})
                 np_type = _STATE_NUMPY.get(c.type)
                 if np_type is None:

@@ -46,7 +46,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from optd.client import Client, TensorSpec, default_streams, merge_step_parts
+from optd.client import Client, Security, TensorSpec, default_streams, merge_step_parts
 from optd.errors import OptdError, shard_error
 from optd.sharded import ShardedGroup
 
@@ -148,13 +148,20 @@ class PagedAdamW8bit(torch.optim.Optimizer):
     bucket_bytes: about this many gradient bytes per bucket (at most `streams` buckets);
     offload_gradients: free each gradient (p.grad = None) once it is on its way (CUDA: once its
       device-to-host copy has been queued; the allocator keeps the memory until the copy is
-      done); after step() every gradient that was sent is None."""
+      done); after step() every gradient that was sent is None;
+    tls, tls_root_ca, tls_client_cert, tls_client_key, tls_server_name, token: TLS and the
+      bearer token for every server (as optd.Client; docs/security.md). The optimizer creates
+      its server groups, uploads their weights, updates hyperparameters and imports state, so
+      its token needs role admin for the `group` prefix (worker 0; other workers of a
+      multi-worker group also create the group with exist_ok)."""
 
     def __init__(self, params, lr=1e-3, betas=(0.9, 0.999), eps=1e-8, weight_decay=1e-2,
                  amsgrad=False, optim_bits=32, args=None, min_8bit_size=4096,
                  percentile_clipping=100, block_wise=True, *, target=None, group=None,
                  num_workers=1, worker=0, mode="sync", sync_timeout_ms=0, streams=None,
-                 overlap=None, bucket_bytes=None, offload_gradients=False):
+                 overlap=None, bucket_bytes=None, offload_gradients=False, tls=None,
+                 tls_root_ca=None, tls_client_cert=None, tls_client_key=None,
+                 tls_server_name=None, token=None):
         if amsgrad:
             raise ValueError("PagedAdamW8bit does not support amsgrad=True")
         if optim_bits != 32:
@@ -179,6 +186,13 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         target = target if target is not None else os.environ.get("OPTD_TARGET")
         if not target:
             raise ValueError("target: no optd server address given (target= or OPTD_TARGET)")
+        # Files are read and values checked now, not at the first step.
+        security = Security(tls, tls_root_ca, tls_client_cert, tls_client_key, tls_server_name,
+                            token)
+        self._client_security = dict(
+            tls=security.tls, tls_root_ca=security.root_ca,
+            tls_client_cert=security.client_cert, tls_client_key=security.client_key,
+            tls_server_name=security.server_name, token=security.token)
         streams = default_streams() if streams is None else int(streams)
         if streams < 1:
             raise ValueError(f"streams: must be >= 1, got {streams}")
@@ -278,7 +292,8 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         specs = [TensorSpec(self._tensor_name(i), _DTYPES[p.dtype], tuple(p.shape))
                  for i, p in enumerate(g["params"])]
         sg = ShardedGroup(self.targets, self.server_group(gi), specs,
-                          clients=[Client(t, streams=self.streams) for t in self.targets])
+                          clients=[Client(t, streams=self.streams, **self._client_security)
+                                   for t in self.targets])
         hyper = self._hyper(g)
         sg.create(exist_ok=self.num_workers > 1, num_workers=self.num_workers, mode=self.mode,
                   sync_timeout_ms=self.sync_timeout_ms, **hyper)

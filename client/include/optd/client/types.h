@@ -128,6 +128,22 @@ struct StepResult {
   int64_t weight_elements_received = 0;
 };
 
+// TLS to the server (docs/security.md). Each PEM field holds either the PEM text itself
+// (it contains "-----BEGIN") or the path of a file that holds it, read by Client::Create.
+struct TlsOptions {
+  // TLS on; also implied by any PEM field below. Off: plaintext (servers accept it only on
+  // loopback or when started with --allow_insecure).
+  bool enabled = false;
+  // CA bundle that signed the server's certificate; empty = the system's root CAs.
+  std::string root_ca;
+  // Mutual TLS: this client's certificate chain and its private key (both or neither).
+  std::string client_cert;
+  std::string client_key;
+  // Name the server's certificate is checked against instead of the target's host (e.g. when
+  // dialling an IP address the certificate does not list); empty = the target's host.
+  std::string server_name;
+};
+
 struct ClientOptions {
   // Payload bytes per chunk message; rounded down to a multiple of 256 elements.
   int64_t chunk_bytes = int64_t{4} << 20;
@@ -141,6 +157,10 @@ struct ClientOptions {
   // receive buffers are not faulted in afresh for every message (Note [glibc malloc and gRPC's
   // receive buffers] in client/internal/malloc_tuning.h). false leaves the allocator alone.
   bool tune_malloc = true;
+  TlsOptions tls;
+  // Bearer token sent with every call (metadata "authorization: Bearer <token>") to a server
+  // started with --token_file; empty = none. Visible ASCII only.
+  std::string token;
 };
 
 // Element type of an optimizer-state array (= optd.v1.StateElementType).
