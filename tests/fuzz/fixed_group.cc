@@ -4,6 +4,7 @@
 #include <cstdlib>
 
 #include "server/convert.h"
+#include "server/limits.h"
 
 namespace optd::fuzz {
 namespace {
@@ -40,7 +41,8 @@ FixedGroup::FixedGroup() {
   options.num_threads = 1;
   engine_ = Must(core::CreateEngine(options), "CPU engine");
   metrics_ = Must(server::Metrics::Create(server::MetricsOptions{}), "metrics");
-  server::GroupRecord record = Must(server::RecordFromCreateRequest(Request()), "fixed record");
+  server::GroupRecord record =
+      Must(server::RecordFromCreateRequest(Request(), server::Limits{}), "fixed record");
   auto params = Must(engine_->CreateGroup(record.spec), "fixed group");
   std::shared_ptr<server::GroupMetrics> group_metrics = metrics_->ForGroup(record.name);
   group_ = std::make_unique<server::Group>(std::move(record), std::move(params),

@@ -19,6 +19,7 @@
 #include "server/convert.h"
 #include "server/gradient_set.h"
 #include "server/group.h"
+#include "server/limits.h"
 #include "server/metrics.h"
 #include "tests/fuzz/fixed_group.h"
 
@@ -117,7 +118,8 @@ int RequestValidationOneInput(const uint8_t* data, size_t size) {
   if (data[0] % 2 == 0) {
     v1::CreateGroupRequest request;
     if (!request.ParseFromString(body)) return 0;
-    absl::StatusOr<server::GroupRecord> record = server::RecordFromCreateRequest(request);
+    absl::StatusOr<server::GroupRecord> record =
+        server::RecordFromCreateRequest(request, server::Limits{});
     if (!record.ok()) return 0;
     Require(!record->name.empty(), "an accepted group has a name");
     Require(record->num_workers >= 1, "an accepted group has a worker");
@@ -214,13 +216,15 @@ int CheckpointLoadOneInput(const uint8_t* data, size_t size) {
   if (reader.ok()) {
     for (size_t i = 0; i < (*reader)->groups().size(); ++i) {
       const server::GroupRecord& record = (*reader)->groups()[i];
+      // The server restores only records that pass the checks of a CreateGroup (default limits).
+      const bool valid = server::ValidateRecord(record, server::Limits{}).ok();
       for (const core::TensorSpec& t : record.spec.tensors) {
         const int64_t n = SafeNumel(t);
         // A tensor's weights are stored in the file, so an accepted file cannot declare more
         // weight bytes than it holds.
         Require(n >= 0 && n <= (*reader)->file_size(), "accepted tensor fits in the file");
       }
-      if (!SmallEnough(record.spec)) continue;
+      if (!valid || !SmallEnough(record.spec)) continue;
       auto params = FixedGroup::Get().engine().CreateGroup(record.spec);
       if (!params.ok()) continue;
       (void)(*reader)->RestoreGroup(i, params->get());
