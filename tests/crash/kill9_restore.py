@@ -5,9 +5,11 @@ with --restore=latest, and check every restart against an uninterrupted run.
 Two servers (optd --backend=cpu --cpu_threads=1, 127.0.0.1:0):
   reference: never killed; the same trainer's steps 1, 2, ... are applied to it on demand and the
              full weights after each step are kept (the uninterrupted run);
-  victim:    --checkpoint_every_steps=1 --checkpoint_keep=2 --restore=latest, so a checkpoint is
-             being written during most of its life; it is killed with SIGKILL after a random
-             0.05 to 1.5 s of training, --rounds times, and restarted on the same folder.
+  victim:    --checkpoint_every_steps=1 --checkpoint_keep=2 --restore=latest (the server checks
+             the trigger once a second, so it writes about one checkpoint a second while
+             training); it is killed with SIGKILL --rounds times and restarted on the same
+             folder: in even rounds after a random 0.05 to 1.5 s of training, in odd rounds
+             0 to 3 ms after a checkpoint's temporary file appears, i.e. during the write.
 The trainer is deterministic: the gradient of step k depends only on k. After each restart:
   - no temporary checkpoint file (".tmp-") is left in the folder;
   - the restored group's version v never goes back past what an earlier restart restored;
@@ -123,6 +125,7 @@ def main():
     ap.add_argument("--optd", default="build/server/optd")
     ap.add_argument("--rounds", type=int, default=50)
     ap.add_argument("--seed", type=int, default=1)
+    ap.add_argument("--keep", action="store_true", help="keep the logs and checkpoints")
     args = ap.parse_args()
     rng = random.Random(args.seed)
     workdir = tempfile.mkdtemp(prefix="optd-crash-")
@@ -173,15 +176,20 @@ def main():
             # Train until killed.
             stop = threading.Event()
 
+            round_steps = [0]
+            round_error = [""]
+
             def train(start):
                 nonlocal steps_sent
                 k = start
                 while not stop.is_set():
                     try:
                         client.step(GROUP, k, gradient(k), weights="none")
-                    except OptdError:
-                        return  # killed
+                    except OptdError as e:
+                        round_error[0] = f"{e.code.name}: {str(e)[:160]}"
+                        return  # killed, normally (UNAVAILABLE)
                     steps_sent += 1
+                    round_steps[0] += 1
                     k += 1
 
             t = threading.Thread(target=train, args=(version + 1,))
@@ -193,16 +201,27 @@ def main():
                     if time.time() > deadline:
                         break
                     time.sleep(0.01)
-            time.sleep(rng.uniform(0.05, 1.5))
-            if any(".tmp-" in f for f in os.listdir(ckpt)):
-                kills_in_write += 1  # a checkpoint was being written at the kill (best guess)
+            if rnd % 2 == 1:
+                # Odd rounds: wait for a checkpoint write to begin (its temporary file appears),
+                # then kill 0 to 3 ms into it.
+                time.sleep(rng.uniform(0.0, 0.5))
+                deadline = time.time() + 5
+                while time.time() < deadline and not any(".tmp-" in f for f in os.listdir(ckpt)):
+                    time.sleep(0.0005)
+                time.sleep(rng.uniform(0.0, 0.003))
+            else:
+                time.sleep(rng.uniform(0.05, 1.5))
+            during_write = any(".tmp-" in f for f in os.listdir(ckpt))
             rc = victim.kill(signal.SIGKILL)
+            if during_write:
+                kills_in_write += 1  # the temporary file existed just before the kill
             check(rc == -signal.SIGKILL, f"round {rnd}: exit {rc} after SIGKILL")
             stop.set()
             t.join()
             client.close()
-            print(f"round {rnd:3d}: started at version {version}, killed; "
-                  f"{len(os.listdir(ckpt))} files in the checkpoint folder", flush=True)
+            print(f"round {rnd:3d}: started at version {version}, {round_steps[0]} steps "
+                  f"acknowledged, killed; {len(os.listdir(ckpt))} files in the checkpoint "
+                  f"folder; trainer's last error: {round_error[0] or 'none'}", flush=True)
 
         # Finish: a few more steps, SIGTERM, restart, compare once more.
         final = last_restored
@@ -223,13 +242,13 @@ def main():
 
     print()
     print(f"{args.rounds} SIGKILLs in {time.time() - t0:.0f} s; {steps_sent} steps acknowledged "
-          f"by the victim; a temporary checkpoint file existed at {kills_in_write} of the kills")
+          f"by the victim; a checkpoint's temporary file existed just before {kills_in_write} of the kills")
     print(f"restored versions: {restored_versions}")
     print(f"reference steps computed: {max(reference.weights)}")
     print(f"failures: {len(failures)}")
     for f in failures[:20]:
         print("  " + f)
-    if not failures:
+    if not failures and not args.keep:
         shutil.rmtree(workdir)
     else:
         print(f"logs and checkpoints kept in {workdir}")
