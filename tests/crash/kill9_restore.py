@@ -9,7 +9,7 @@ Two servers (optd --backend=cpu --cpu_threads=1, 127.0.0.1:0):
              the trigger once a second, so it writes about one checkpoint a second while
              training); it is killed with SIGKILL --rounds times and restarted on the same
              folder: in even rounds after a random 0.05 to 1.5 s of training, in odd rounds
-             0 to 3 ms after a checkpoint's temporary file appears, i.e. during the write.
+             0 to 2 ms after a checkpoint's temporary file appears, i.e. during the write.
 The trainer is deterministic: the gradient of step k depends only on k. After each restart:
   - no temporary checkpoint file (".tmp-") is left in the folder;
   - the restored group's version v never goes back past what an earlier restart restored;
@@ -43,7 +43,11 @@ import numpy as np
 from optd.client import Client
 from optd.errors import OptdError
 
-TENSORS = [("w", "float32", (4100,)), ("b", "bfloat16", (7, 129)), ("h", "float16", (1000,))]
+TENSORS = [("w", "float32", (4100,)), ("b", "bfloat16", (7, 129)), ("h", "float16", (1000,)),
+           ("big", "float32", (1 << 20,))]
+# Trained tensors; "big" (4 MiB of weights, never stepped) only makes each checkpoint write last
+# long enough (milliseconds) for a kill to land inside it.
+TRAINED = ("w", "b", "h")
 GROUP = "crash"
 
 
@@ -63,7 +67,7 @@ def arrays(seed, scale):
 
 
 def gradient(step):
-    return arrays(1000 + step, 1e-2)
+    return {n: a for n, a in arrays(1000 + step, 1e-2).items() if n in TRAINED}
 
 
 class Server:
@@ -203,12 +207,12 @@ def main():
                     time.sleep(0.01)
             if rnd % 2 == 1:
                 # Odd rounds: wait for a checkpoint write to begin (its temporary file appears),
-                # then kill 0 to 3 ms into it.
+                # then kill 0 to 2 ms into it.
                 time.sleep(rng.uniform(0.0, 0.5))
                 deadline = time.time() + 5
                 while time.time() < deadline and not any(".tmp-" in f for f in os.listdir(ckpt)):
-                    time.sleep(0.0005)
-                time.sleep(rng.uniform(0.0, 0.003))
+                    pass
+                time.sleep(rng.uniform(0.0, 0.002))
             else:
                 time.sleep(rng.uniform(0.05, 1.5))
             during_write = any(".tmp-" in f for f in os.listdir(ckpt))
