@@ -125,6 +125,17 @@ int RequestValidationOneInput(const uint8_t* data, size_t size) {
     Require(record->num_workers >= 1, "an accepted group has a worker");
     Require(static_cast<int64_t>(record->worker_steps.size()) == record->num_workers,
             "one step counter per worker");
+    // Admission control (issue 9, "Bounds"): what is accepted is within the default limits.
+    const server::Limits limits;
+    Require(record->num_workers <= limits.max_workers, "num_workers within --max_workers");
+    Require(record->name.size() <= static_cast<size_t>(limits.max_name_bytes),
+            "group name within --max_name_bytes");
+    Require(record->spec.tensors.size() <= static_cast<size_t>(limits.max_tensors_per_group),
+            "tensors within --max_tensors_per_group");
+    for (const core::TensorSpec& t : record->spec.tensors) {
+      Require(t.name.size() <= static_cast<size_t>(limits.max_name_bytes),
+              "tensor name within --max_name_bytes");
+    }
     if (SmallEnough(record->spec)) {
       auto params = FixedGroup::Get().engine().CreateGroup(record->spec);
       (void)params;  // may still be refused (the engine validates too); must not crash
