@@ -1,6 +1,9 @@
 #include "cpu/adam_kernels_avx2.h"
 
 #include <immintrin.h>
+#if defined(__clang__)
+#include <cpuid.h>
+#endif
 
 #include "internal/quantize.h"
 #include "optd/core/quant_maps.h"
@@ -8,17 +11,31 @@
 namespace optd::core::cpu {
 
 bool Avx2Available() {
+#if defined(__clang__)
+  // clang 14's __builtin_cpu_supports knows no "f16c" (the fuzz build uses clang): ask CPUID.
+  static const bool available = [] {
+    unsigned eax = 0, ebx = 0, ecx = 0, edx = 0;
+    return __builtin_cpu_supports("avx2") && __get_cpuid(1, &eax, &ebx, &ecx, &edx) != 0 &&
+           (ecx & bit_F16C) != 0;
+  }();
+#else
   static const bool available =
       __builtin_cpu_supports("avx2") && __builtin_cpu_supports("f16c");
+#endif
   return available;
 }
 
 // Everything below is compiled for AVX2 + F16C and has internal linkage, so no inline function
 // shared with portable code is ever emitted with these instructions.
+#if defined(__clang__)
+#pragma clang attribute push(__attribute__((target("avx2,f16c,fma"))), apply_to = function)
+#pragma STDC FP_CONTRACT OFF
+#else
 #pragma GCC push_options
 #pragma GCC target("avx2,f16c,fma")
 // Only the explicit _mm256_fmadd/fnmadd below may fuse; every other product stays rounded.
 #pragma GCC optimize("fp-contract=off")
+#endif
 
 namespace {
 
@@ -326,6 +343,10 @@ void DivideByBlockMaxForTesting(const float* m, int64_t n, float a, float* out) 
   }
 }
 
+#if defined(__clang__)
+#pragma clang attribute pop
+#else
 #pragma GCC pop_options
+#endif
 
 }  // namespace optd::core::cpu
