@@ -226,6 +226,20 @@ TEST(ProcessTest, SigtermFinishesTheInFlightStepAndExitsZero) {
   req.mutable_gradient()->set_dtype(v1::FLOAT32);
   req.mutable_gradient()->set_data(g.data(), g.size());
   ASSERT_TRUE(stream->Write(req));
+  // SIGTERM only once the server has taken the call and its gradient: a call that has not
+  // reached the server when it stops accepting is refused with UNAVAILABLE (not this test's
+  // subject).
+  double received = -1;
+  for (int i = 0; i < 500 && received < static_cast<double>(g.size()); ++i) {
+    auto scrape = HttpGet((*child)->metrics_port(), "/metrics");
+    if (scrape.ok()) {
+      received = MetricValue(*scrape, "optd_gradient_bytes_received_total", "group=\"main\"");
+    }
+    if (received < static_cast<double>(g.size())) {
+      std::this_thread::sleep_for(std::chrono::milliseconds(10));
+    }
+  }
+  ASSERT_GE(received, static_cast<double>(g.size()));
   int exit_status = -1;
   std::thread killer([&] { exit_status = (*child)->Kill(SIGTERM); });
   std::this_thread::sleep_for(std::chrono::milliseconds(300));
