@@ -77,7 +77,8 @@ ABSL_FLAG(std::string, restore, "",
           "at start, restore 'latest' (the newest complete checkpoint in --checkpoint_dir) or "
           "the checkpoint of this name; empty: start empty");
 ABSL_FLAG(int64_t, checkpoint_every_steps, 0,
-          "write a checkpoint when some group advanced this many steps; 0 = off");
+          "write a checkpoint when some group advanced this many steps (checked once a second, "
+          "so at most one checkpoint a second); 0 = off");
 ABSL_FLAG(int64_t, checkpoint_every_seconds, 0,
           "write a checkpoint this often when anything changed; 0 = off");
 ABSL_FLAG(int, checkpoint_keep, 3, "periodic checkpoints kept (older ones are deleted)");
