@@ -469,7 +469,7 @@ void MemoryTable() {
                                       chunk, mode, &bytes);
       const int64_t peak = ProcStatusKb(child->pid, "VmHWM:");
       std::printf("| step %d, bf16 gradients, weights %s: peak server RSS minus RSS at start "
-                  "(weights + states + undo journal + gRPC buffers); %.2f s, %.2f GB/s payload "
+                  "(weights + states + gradient and snapshot buffers + gRPC buffers); %.2f s, %.2f GB/s payload "
                   "| %lld | %.3f |\n",
                   k, label, secs, bytes / secs / 1e9, static_cast<long long>((peak - rss0) * 1024),
                   (peak - rss0) * 1024.0 / params);
