@@ -18,6 +18,14 @@ namespace optd::server {
 // the sweet spot; 4 MiB halves the per-message overhead of 1 MiB and stays under 16 MiB limits).
 inline constexpr int64_t kDefaultChunkBytes = int64_t{4} << 20;
 
+// Elements of `dtype` per weights message the server sends: chunk_bytes' worth, rounded down to
+// whole blocks of 256, at least one block (receivers may rely on block-aligned ranges).
+inline int64_t ElementsPerMessage(int64_t chunk_bytes, core::DType dtype) {
+  const int64_t esize = static_cast<int64_t>(core::DTypeSize(dtype));
+  const int64_t blocks = chunk_bytes / esize / core::kBlockSize;
+  return (blocks > 0 ? blocks : 1) * core::kBlockSize;
+}
+
 // InvalidArgument naming `field` for DTYPE_UNSPECIFIED or an unknown value.
 absl::StatusOr<core::DType> FromProtoDType(v1::DType dtype, std::string_view field);
 v1::DType ToProtoDType(core::DType dtype);

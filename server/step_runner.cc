@@ -166,8 +166,7 @@ absl::Status SendRanges(Group& group, const StepPlan& plan, const StepOutcome& o
     if (absl::Status s = snap.AwaitFilled(slot); !s.ok()) return s;
     const core::TensorSpec& spec = group.tensor(r.tensor);
     const int64_t esize = static_cast<int64_t>(core::DTypeSize(spec.dtype));
-    const int64_t piece = std::max<int64_t>(
-        core::kBlockSize, plan.chunk_bytes / esize / core::kBlockSize * core::kBlockSize);
+    const int64_t piece = ElementsPerMessage(plan.chunk_bytes, spec.dtype);
     const uint8_t* base = snap.data[static_cast<size_t>(slot)].data();
     for (int64_t done = 0; done < r.n; done += piece) {
       const int64_t m = std::min(piece, r.n - done);

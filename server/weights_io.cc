@@ -18,8 +18,7 @@ absl::Status SendSnapshot(Group& group, const std::shared_ptr<const WeightSnapsh
   for (size_t i = 0; i < snap->tensors.size(); ++i) {
     const core::TensorSpec& spec = group.tensor(snap->tensors[i]);
     const int64_t esize = static_cast<int64_t>(core::DTypeSize(spec.dtype));
-    const int64_t piece = std::max<int64_t>(
-        core::kBlockSize, chunk_bytes / esize / core::kBlockSize * core::kBlockSize);
+    const int64_t piece = ElementsPerMessage(chunk_bytes, spec.dtype);
     const int64_t numel = spec.numel();
     for (int64_t off = 0; off < numel || (numel == 0 && off == 0); off += piece) {
       const int64_t m = std::min(piece, numel - off);

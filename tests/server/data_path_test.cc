@@ -21,10 +21,8 @@ constexpr int64_t kB = 3'000;   // bf16, 32-bit states (under min_8bit_size)
 
 Bytes Bf16(const std::vector<float>& v) {
   Bytes out(v.size() * 2);
-  for (size_t i = 0; i < v.size(); ++i) {
-    const uint16_t b = server::FloatToBFloat16(v[i]);
-    std::memcpy(out.data() + 2 * i, &b, 2);
-  }
+  server::NarrowFromFloat(v.data(), static_cast<int64_t>(v.size()), core::DType::kBFloat16,
+                          out.data());
   return out;
 }
 
