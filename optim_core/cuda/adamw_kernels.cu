@@ -72,6 +72,29 @@ __device__ __forceinline__ bool Aligned16(const void* p) {
   return (reinterpret_cast<uintptr_t>(p) & 15) == 0;
 }
 
+// Note [Staging the next block]: while a warp updates one block, the gradient, weights and
+// codes of its next block are already on their way into the warp's staging area in shared memory
+// (cp.async, no registers held), so the block's loads no longer wait on device memory.
+// Each lane copies exactly the bytes it will read itself, so a lane's own wait orders them; the
+// copies for the next block are issued only after the current block's staged values have been
+// used, so they never overwrite a value still to be read.
+constexpr int kStageBytes = 2 * 1024 + 2 * 256;  // gradient, weights (fp32 at most), two codes
+constexpr int kStageParam = 1024, kStageCodes1 = 2048, kStageCodes2 = 2304;
+
+template <int kBytes>
+__device__ __forceinline__ void CopyAsync(void* smem, const void* gmem) {
+  const unsigned dst = static_cast<unsigned>(__cvta_generic_to_shared(smem));
+  if constexpr (kBytes == 16)
+    asm volatile("cp.async.cg.shared.global [%0], [%1], 16;\n" ::"r"(dst), "l"(gmem) : "memory");
+  else
+    asm volatile("cp.async.ca.shared.global [%0], [%1], %2;\n" ::"r"(dst), "l"(gmem),
+                 "n"(kBytes) : "memory");
+}
+__device__ __forceinline__ void CopyAsyncCommit() {
+  asm volatile("cp.async.commit_group;\n" ::: "memory");
+}
+__device__ __forceinline__ void CopyAsyncWait() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+
 // Loads this lane's 8 elements of a block; lanes past `valid` get `fill` (the reference's
 // BlockLoad default), which matters for the partial last block's absmax. `vector`: the base
 // allows the layout's vector accesses (16 bytes for fp32 or contiguous 16-bit, else 8).
@@ -169,6 +192,33 @@ __device__ __forceinline__ void StoreCodes(uint8_t* base, int lane, int valid, c
   }
 }
 
+// Starts copying this lane's part of a full block into the staging area, in LoadLane's layout.
+template <bool kContiguous, typename T>
+__device__ __forceinline__ void StageLane(T* stage, const T* src, int lane) {
+  if constexpr (kContiguous && sizeof(T) == 2) {
+    CopyAsync<16>(stage + lane * 8, src + lane * 8);
+  } else if constexpr (kContiguous) {
+    CopyAsync<16>(stage + lane * 8, src + lane * 8);
+    CopyAsync<16>(stage + lane * 8 + 4, src + lane * 8 + 4);
+  } else if constexpr (sizeof(T) == 4) {
+    CopyAsync<16>(stage + lane * 4, src + lane * 4);
+    CopyAsync<16>(stage + kHalf + lane * 4, src + kHalf + lane * 4);
+  } else {
+    CopyAsync<8>(stage + lane * 4, src + lane * 4);
+    CopyAsync<8>(stage + kHalf + lane * 4, src + kHalf + lane * 4);
+  }
+}
+
+template <bool kContiguous>
+__device__ __forceinline__ void StageCodes(uint8_t* stage, const uint8_t* src, int lane) {
+  if constexpr (kContiguous) {
+    CopyAsync<8>(stage + lane * 8, src + lane * 8);
+  } else {
+    CopyAsync<4>(stage + lane * 4, src + lane * 4);
+    CopyAsync<4>(stage + kHalf + lane * 4, src + kHalf + lane * 4);
+  }
+}
+
 // The warp's maximum of values that are each >= +0 or -FLT_MAX (a lane whose elements were all
 // NaN), as WarpMax computes it: such floats order like their bits read as signed ints, so one
 // redux instruction replaces five shuffle rounds.
@@ -233,10 +283,34 @@ __device__ __forceinline__ StepConstants ConstantsFor8bit(const Segment& s, cons
 }
 
 // `s` is the warp's register copy of the segment (Note [Work mapping]).
+// Whether block `blk` of `s` is full and allows the vector accesses, so that it can be staged.
+template <typename P, typename G>
+__device__ __forceinline__ bool Stageable(const Segment& s, int64_t blk) {
+  if ((blk + 1) * kQuantBlock > s.numel) return false;
+  constexpr bool kContiguous = sizeof(P) == 2 && sizeof(G) == 2;
+  if (!kContiguous) return s.grad_aligned != 0;
+  return s.grad_aligned != 0 && Aligned16(static_cast<const G*>(s.grad) + blk * kQuantBlock) &&
+         Aligned16(static_cast<const P*>(s.param) + blk * kQuantBlock);
+}
+
+template <typename P, typename G>
+__device__ __forceinline__ void StageBlock(const Segment& s, int64_t blk, int lane,
+                                           uint8_t* stage) {
+  constexpr bool kContiguous = sizeof(P) == 2 && sizeof(G) == 2;
+  const int64_t base = blk * kQuantBlock;
+  StageLane<kContiguous>(reinterpret_cast<G*>(stage), static_cast<const G*>(s.grad) + base, lane);
+  StageLane<kContiguous>(reinterpret_cast<P*>(stage + kStageParam),
+                         static_cast<const P*>(s.param) + base, lane);
+  StageCodes<kContiguous>(stage + kStageCodes1, s.state1 + base, lane);
+  StageCodes<kContiguous>(stage + kStageCodes2, s.state2 + base, lane);
+  CopyAsyncCommit();
+}
+
 template <typename P, typename G>
 __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, int lane,
                                                 const Hyper& h, const StepConstants& k,
-                                                const Tables& tab, unsigned long long* nonfinite) {
+                                                const Tables& tab, unsigned long long* nonfinite,
+                                                uint8_t* stage, bool staged, bool stage_next) {
   const LaneTable q1 = tab.q1, q2 = tab.q2;
   const float beta1 = h.beta1, beta2 = h.beta2, eps = h.eps, lr = h.lr;
   const float weight_decay = h.weight_decay;
@@ -261,10 +335,20 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
   G g_vals[kPerThread];
   P p_vals[kPerThread];
   uint8_t c1s[kPerThread], c2s[kPerThread];
-  LoadLane<kContiguous>(g, lane, valid, grad_vector, FromFloat<G>(0.0f), g_vals);
-  LoadCodes<kContiguous>(state1, lane, valid, 128, c1s);
-  LoadCodes<kContiguous>(state2, lane, valid, 0, c2s);
-  LoadLane<kContiguous>(p, lane, valid, param_vector, FromFloat<P>(0.0f), p_vals);
+  if (staged) {
+    CopyAsyncWait();
+    LoadLane<kContiguous>(reinterpret_cast<const G*>(stage), lane, kQuantBlock, true,
+                          FromFloat<G>(0.0f), g_vals);
+    LoadCodes<kContiguous>(stage + kStageCodes1, lane, kQuantBlock, 128, c1s);
+    LoadCodes<kContiguous>(stage + kStageCodes2, lane, kQuantBlock, 0, c2s);
+    LoadLane<kContiguous>(reinterpret_cast<const P*>(stage + kStageParam), lane, kQuantBlock, true,
+                          FromFloat<P>(0.0f), p_vals);
+  } else {
+    LoadLane<kContiguous>(g, lane, valid, grad_vector, FromFloat<G>(0.0f), g_vals);
+    LoadCodes<kContiguous>(state1, lane, valid, 128, c1s);
+    LoadCodes<kContiguous>(state2, lane, valid, 0, c2s);
+    LoadLane<kContiguous>(p, lane, valid, param_vector, FromFloat<P>(0.0f), p_vals);
+  }
   const float absmax1 = *absmax1_out;
   const float absmax2 = *absmax2_out;
 
@@ -312,6 +396,8 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
     if (finite[j]) p_vals[j] = updated;
   }
   StoreLane<kContiguous>(p, lane, valid, param_vector, p_vals);
+  // Every staged value of this block has been used: the next block may overwrite the stage.
+  if (stage_next) StageBlock<P, G>(s, blk + 1, lane, stage);
 
   float x1[kPerThread], x2[kPerThread];
 #pragma unroll
@@ -319,18 +405,25 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
     x1[j] = __fdividef(s1_vals[j], new_absmax1);
     x2[j] = __fdividef(s2_vals[j], new_absmax2);
   }
-  QuantizeCodesThreshold<true, kPerThread>(tab.t1, tab.b1, x1, c1s);
-  QuantizeCodesThreshold<false, kPerThread>(tab.t2, tab.b2, x2, c2s);
+  // Note [Requantizing the common block]: when the block's old and new scales are finite, the
+  // old ones >= 0 and the new ones > 0, every x is finite (no inf or NaN ever enters the block's
+  // values, and |x| <= 1 up to rounding) and every second-moment x is >= +0, so the search needs
+  // no NaN or sign test (BucketedCode's kAnyX), and the signed search thresholds already give
+  // the reference's sign fix (Note [The sign fix in the thresholds]). The branch is uniform
+  // across the warp. Otherwise (a zero, infinite or NaN scale: rare) every x goes through the
+  // reference's full rules.
+  const bool common = absmax1 >= 0.0f && absmax1 <= FLT_MAX && absmax2 >= 0.0f &&
+                      absmax2 <= FLT_MAX && new_absmax1 > 0.0f && new_absmax1 <= FLT_MAX &&
+                      new_absmax2 > 0.0f && new_absmax2 <= FLT_MAX;
+  if (common) {
+    QuantizeCodesThreshold<true, kPerThread, false>(tab.t1, tab.b1, x1, c1s);
+    QuantizeCodesThreshold<false, kPerThread, false>(tab.t2, tab.b2, x2, c2s);
+  } else {
+    QuantizeCodesThreshold<true, kPerThread, true>(tab.t1, tab.b1, x1, c1s);
+    QuantizeCodesThreshold<false, kPerThread, true>(tab.t2, tab.b2, x2, c2s);
 #pragma unroll
-  for (int j = 0; j < kPerThread; ++j) {
-    // Keep m's sign through quantization (the reference's sign fix; uint8 wraps).
-    // signbit(q1[c]) is c < negative_codes.
-    if ((c1s[j] < tab.negative_codes) != signbit(s1_vals[j])) {
-      if (s1_vals[j] > 0.0f)
-        c1s[j] += 1;
-      else
-        c1s[j] -= 1;
-    }
+    for (int j = 0; j < kPerThread; ++j)
+      c1s[j] = static_cast<uint8_t>(SignFixedCode(c1s[j], s1_vals[j], tab.negative_codes));
   }
   StoreCodes<kContiguous>(state1, lane, valid, c1s);
   StoreCodes<kContiguous>(state2, lane, valid, c2s);
@@ -385,10 +478,16 @@ __device__ __forceinline__ void Update32bitBlock(const Segment& s, int64_t blk, 
 template <typename P, typename G>
 __device__ __forceinline__ void UpdateBlocks(const Segment& s, int64_t first, int64_t last,
                                              int lane, const Hyper& h, const Tables& tab,
-                                             unsigned long long* nf) {
+                                             unsigned long long* nf, uint8_t* stage) {
   if (s.eight_bit) {
     const StepConstants k = ConstantsFor8bit(s, h);
-    for (int64_t blk = first; blk < last; ++blk) Update8bitBlock<P, G>(s, blk, lane, h, k, tab, nf);
+    bool staged = Stageable<P, G>(s, first);
+    if (staged) StageBlock<P, G>(s, first, lane, stage);
+    for (int64_t blk = first; blk < last; ++blk) {
+      const bool stage_next = blk + 1 < last && Stageable<P, G>(s, blk + 1);
+      Update8bitBlock<P, G>(s, blk, lane, h, k, tab, nf, stage, staged, stage_next);
+      staged = stage_next;
+    }
   } else {
     for (int64_t blk = first; blk < last; ++blk) Update32bitBlock<P, G>(s, blk, lane, h, nf);
   }
@@ -397,21 +496,19 @@ __device__ __forceinline__ void UpdateBlocks(const Segment& s, int64_t first, in
 template <typename P>
 __device__ __forceinline__ void DispatchGrad(const Segment& s, int64_t first, int64_t last,
                                              int lane, const Hyper& h, const Tables& tab,
-                                             unsigned long long* nf) {
+                                             unsigned long long* nf, uint8_t* stage) {
   switch (s.grad_dtype) {
-    case 0: UpdateBlocks<P, float>(s, first, last, lane, h, tab, nf); break;
-    case 1: UpdateBlocks<P, __half>(s, first, last, lane, h, tab, nf); break;
-    default: UpdateBlocks<P, __nv_bfloat16>(s, first, last, lane, h, tab, nf); break;
+    case 0: UpdateBlocks<P, float>(s, first, last, lane, h, tab, nf, stage); break;
+    case 1: UpdateBlocks<P, __half>(s, first, last, lane, h, tab, nf, stage); break;
+    default: UpdateBlocks<P, __nv_bfloat16>(s, first, last, lane, h, tab, nf, stage); break;
   }
 }
 
-// One thread block per multiprocessor: the four per-lane tables (about 130 KiB) are filled once
-// per multiprocessor and shared by all its warps. Two sizes (measured on an H100,
-// bench/RESULTS.md version 10): 24 warps (80 registers each) suit fp32 tensors; 32 warps (64
-// registers, a 60-byte spill) make 16-bit tensors 8-9% faster and fp32 ones 1-2% slower, so
-// the launcher picks by the blocks' types.
-constexpr int kFewWarps = 24;
-constexpr int kManyWarps = 32;
+// One thread block per multiprocessor: the four per-lane tables (about 140 KiB) are filled once
+// per multiprocessor and shared by all its warps, beside each warp's staging area (Note
+// [Staging the next block]). 24 warps of 80 registers: with staging, 32 warps (64 registers)
+// spill and run slower on every row (bench/RESULTS.md, version 11).
+constexpr int kUpdateWarps = 24;
 constexpr size_t kMapReplicaBytes = kQuantBlock * kTableCopies * sizeof(float);       // 32 KiB
 constexpr size_t kThresholdReplicaBytes = kThresholds * kTableCopies * sizeof(float);  // 33 KiB
 constexpr size_t kTableSmemBytes =
@@ -423,7 +520,6 @@ __device__ __forceinline__ int64_t SegmentEnd(const Segment& s) {
 
 // A persistent grid (one thread block per multiprocessor); each warp owns a contiguous run of
 // blocks, so it searches for its first segment once and then walks forward.
-template <int kUpdateWarps>
 __global__ void __launch_bounds__(kUpdateWarps * kWarpSize, 1)
     AdamWUpdateKernel(const LaunchParams params) {
   constexpr int kUpdateThreads = kUpdateWarps * kWarpSize;
@@ -437,19 +533,22 @@ __global__ void __launch_bounds__(kUpdateWarps * kWarpSize, 1)
     q1[i] = params.qmap1[i / kTableCopies];
     q2[i] = params.qmap2[i / kTableCopies];
   }
+  // Codes below negative_codes have negative values (q1 is sorted): the signed table's `zero`.
+  const int negative_codes =
+      __syncthreads_count(threadIdx.x < kQuantBlock && signbit(params.qmap1[threadIdx.x]));
   for (int i = threadIdx.x; i < kThresholds * kTableCopies; i += kUpdateThreads) {
-    t1[i] = Threshold(params.qmap1, i / kTableCopies);
+    t1[i] = SignedSearchThreshold(params.qmap1, negative_codes, i / kTableCopies);
     t2[i] = Threshold(params.qmap2, i / kTableCopies);
   }
   uint8_t* buckets = reinterpret_cast<uint8_t*>(t2 + kThresholds * kTableCopies);
   for (int i = threadIdx.x; i < kSignedBuckets; i += kUpdateThreads) buckets[i] = params.buckets1[i];
   for (int i = threadIdx.x; i < kUnsignedBuckets; i += kUpdateThreads)
     buckets[kSignedBuckets + i] = params.buckets2[i];
-  const int negative_codes =
-      __syncthreads_count(threadIdx.x < kQuantBlock && signbit(params.qmap1[threadIdx.x]));
+  __syncthreads();
 
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
+  uint8_t* stage = reinterpret_cast<uint8_t*>(tables) + kTableSmemBytes + warp * kStageBytes;
   const Tables tab{LaneTable{q1 + lane}, LaneTable{q2 + lane}, LaneTable{t1 + lane},
                    LaneTable{t2 + lane}, buckets, buckets + kSignedBuckets, negative_codes};
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kUpdateWarps;
@@ -467,10 +566,10 @@ __global__ void __launch_bounds__(kUpdateWarps * kWarpSize, 1)
     const int64_t stop = min(end, seg_end);
     const int64_t first = block - s.first_block, last = stop - s.first_block;
     switch (s.param_dtype) {
-      case 0: DispatchGrad<float>(s, first, last, lane, params.hyper, tab, params.nonfinite); break;
-      case 1: DispatchGrad<__half>(s, first, last, lane, params.hyper, tab, params.nonfinite); break;
+      case 0: DispatchGrad<float>(s, first, last, lane, params.hyper, tab, params.nonfinite, stage); break;
+      case 1: DispatchGrad<__half>(s, first, last, lane, params.hyper, tab, params.nonfinite, stage); break;
       default:
-        DispatchGrad<__nv_bfloat16>(s, first, last, lane, params.hyper, tab, params.nonfinite);
+        DispatchGrad<__nv_bfloat16>(s, first, last, lane, params.hyper, tab, params.nonfinite, stage);
         break;
     }
     block = stop;
@@ -558,38 +657,16 @@ unsigned GridFor(int64_t total_blocks) {
 
 }  // namespace
 
-namespace {
-
-// Whether at least half of the launch's blocks are 8-bit updates with 16-bit param and gradient
-// (false when the host copy of the segments is not given).
-bool MostlySixteenBit(const LaunchParams& params) {
-  if (params.host_segments == nullptr) return false;
-  int64_t sixteen = 0;
-  for (int i = 0; i < params.num_segments; ++i) {
-    const Segment& s = params.host_segments[i];
-    if (s.eight_bit && s.param_dtype != 0 && s.grad_dtype != 0)
-      sixteen += (s.numel + kQuantBlock - 1) / kQuantBlock;
-  }
-  return 2 * sixteen >= params.total_blocks;
-}
-
-template <int kWarps>
-cudaError_t LaunchUpdate(const LaunchParams& params, cudaStream_t stream) {
-  const cudaError_t err = cudaFuncSetAttribute(
-      AdamWUpdateKernel<kWarps>, cudaFuncAttributeMaxDynamicSharedMemorySize, kTableSmemBytes);
-  if (err != cudaSuccess) return err;
-  const int64_t wanted = (params.total_blocks + kWarps - 1) / kWarps;
-  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(wanted, params.sm_count));
-  AdamWUpdateKernel<kWarps><<<grid, kWarps * kWarpSize, kTableSmemBytes, stream>>>(params);
-  return cudaGetLastError();
-}
-
-}  // namespace
-
 cudaError_t LaunchAdamWUpdate(const LaunchParams& params, cudaStream_t stream) {
   if (params.total_blocks == 0) return cudaSuccess;
-  return MostlySixteenBit(params) ? LaunchUpdate<kManyWarps>(params, stream)
-                                  : LaunchUpdate<kFewWarps>(params, stream);
+  constexpr size_t kSmem = kTableSmemBytes + kUpdateWarps * kStageBytes;
+  const cudaError_t err =
+      cudaFuncSetAttribute(AdamWUpdateKernel, cudaFuncAttributeMaxDynamicSharedMemorySize, kSmem);
+  if (err != cudaSuccess) return err;
+  const int64_t wanted = (params.total_blocks + kUpdateWarps - 1) / kUpdateWarps;
+  const unsigned grid = static_cast<unsigned>(std::min<int64_t>(wanted, params.sm_count));
+  AdamWUpdateKernel<<<grid, kUpdateWarps * kWarpSize, kSmem, stream>>>(params);
+  return cudaGetLastError();
 }
 
 cudaError_t LaunchGradSumSquares(const LaunchParams& params, cudaStream_t stream) {

@@ -42,9 +42,6 @@ struct Hyper {
 // A launch over `num_segments` segments living in device memory, ordered by first_block.
 struct LaunchParams {
   const Segment* segments = nullptr;   // device memory
-  // Optional host copy of the same segments: lets LaunchAdamWUpdate size its thread blocks by
-  // the element types (null: the size for fp32).
-  const Segment* host_segments = nullptr;
   int num_segments = 0;
   int64_t total_blocks = 0;            // sum of ceil(numel / 256)
   const float* qmap1 = nullptr;        // device copies of the two tables

@@ -19,7 +19,8 @@ namespace {
 
 using cuda::BuildBuckets;
 using cuda::CudaGroup;
-using cuda::kBucketSteps;
+using cuda::kSignedBucketSteps;
+using cuda::kUnsignedBucketSteps;
 using cuda::kSignedBuckets;
 using cuda::kUnsignedBuckets;
 using cuda::EngineShared;
@@ -112,8 +113,9 @@ absl::StatusOr<std::unique_ptr<Engine>> CreateCudaEngine(const EngineOptions& op
           ? options.device_budget_bytes
           : std::max<int64_t>(0, static_cast<int64_t>(free_b) - options.device_reserve_bytes);
   std::vector<uint8_t> buckets(kSignedBuckets + kUnsignedBuckets);
-  if (BuildBuckets(kSignedQuantMap, true, buckets.data()) > kBucketSteps ||
-      BuildBuckets(kUnsignedQuantMap, false, buckets.data() + kSignedBuckets) > kBucketSteps)
+  if (BuildBuckets(kSignedQuantMap, true, buckets.data()) > kSignedBucketSteps ||
+      BuildBuckets(kUnsignedQuantMap, false, buckets.data() + kSignedBuckets) >
+          kUnsignedBucketSteps)
     return absl::InternalError("quantization tables too dense for the search buckets");
   OPTD_CUDA_RETURN_IF_ERROR(cudaMalloc(&shared->qmaps, 512 * sizeof(float) + buckets.size()),
                             "cudaMalloc(qmaps)");

@@ -350,7 +350,6 @@ absl::Status CudaGroup::Flush(int begin, int end, Pass pass, const Hyper& hyper,
       "cudaMemcpyAsync(segments)");
   LaunchParams lp;
   lp.segments = dev;
-  lp.host_segments = host;
   lp.num_segments = static_cast<int>(n);
   const Segment& last = batch_[end - 1];
   lp.total_blocks = last.first_block + CeilDiv(last.numel, kBlockSize);

@@ -32,10 +32,24 @@ int ComparisonsFor(int width) {
 
 }  // namespace
 
+int NegativeEntries(const float* table) {
+  int n = 0;
+  for (int i = 0; i < 256; ++i) n += std::signbit(table[i]) ? 1 : 0;
+  return n;
+}
+
 int BuildBuckets(const float* table, bool is_signed, uint8_t* out) {
   float thresholds[255];
   for (int i = 0; i < 255; ++i) thresholds[i] = Threshold(table, i);
   if (!std::is_sorted(thresholds, thresholds + 255)) return kBucketSteps + 1;
+  // The code the search must give: the signed table's is the sign-fixed one (Note [The sign fix
+  // in the thresholds], which needs an exact zero right after the negatives). Both are monotone.
+  const int zero = is_signed ? NegativeEntries(table) : 0;
+  if (is_signed && (zero < 1 || zero > 255 || table[zero] != 0.0f)) return kBucketSteps + 1;
+  auto wanted = [&](float x) {
+    const int c = Code(thresholds, x);
+    return is_signed ? SignFixedCode(c, x, zero) : c;
+  };
   int widest = 0;
   for (int m = 0; m < kMagnitudeBuckets; ++m) {
     float lo, hi;
@@ -43,13 +57,13 @@ int BuildBuckets(const float* table, bool is_signed, uint8_t* out) {
     // Code is monotone in x, so a range's codes lie between those of its ends.
     // Positive side: x in [lo, hi); the largest x is the float below hi (or +inf).
     const float top = std::isinf(hi) ? hi : std::nextafter(hi, 0.0f);
-    const int pos_lo = Code(thresholds, lo);
-    const int pos_hi = Code(thresholds, top);
+    const int pos_lo = wanted(lo);
+    const int pos_hi = wanted(top);
     if (is_signed) {
       out[kMagnitudeBuckets + m] = static_cast<uint8_t>(pos_lo);
       // Negative side: x in (-hi, -lo].
-      const int neg_lo = Code(thresholds, -top);
-      const int neg_hi = Code(thresholds, -lo);
+      const int neg_lo = wanted(-top);
+      const int neg_hi = wanted(-lo);
       out[kMagnitudeBuckets - 1 - m] = static_cast<uint8_t>(neg_lo);
       widest = std::max({widest, pos_hi - pos_lo, neg_hi - neg_lo});
     } else {
@@ -58,10 +72,7 @@ int BuildBuckets(const float* table, bool is_signed, uint8_t* out) {
       widest = std::max(widest, pos_hi - out[m]);
     }
   }
-  const int steps = ComparisonsFor(widest);
-  // The device's search makes kSignedBucketSteps comparisons for the signed table: report a
-  // signed table that needs more as unusable.
-  return is_signed && steps > kSignedBucketSteps ? kBucketSteps + 1 : steps;
+  return ComparisonsFor(widest);
 }
 
 }  // namespace optd::core::internal::cuda

@@ -1,5 +1,5 @@
 // The requantization code of x as a count of thresholds below x, found from a bucket of x and
-// two comparisons.
+// one comparison.
 //
 // Note [Threshold search]: the reference (QuantizeCode in quantize.cuh) binary-searches the odd
 // entries for the leaf p = 2k, k = #{odd j <= 253 : table[j] < x}, then compares x with the
@@ -12,10 +12,20 @@
 // device's flush-to-zero (a subnormal x searches as a zero of its sign), by the disabled
 // QuantBuckets.DISABLED_EveryFloat* tests (no mismatch, 2026-11-25); the enabled tests check a
 // sample.
-// A bucket of x (its sign, binade and 6 mantissa bits) gives a lower bound c0 of the code; the
-// code lies in [c0, c0 + 3] for every bucket (checked when the buckets are built), so
-// c = c0; c += x > threshold[c + 1] ? 2 : 0; c += x > threshold[c] ? 1 : 0 finds it. For the
-// signed table every bucket spans at most [c0, c0 + 1], and the second comparison alone does.
+// A bucket of x (its sign, binade and 7 mantissa bits) gives a lower bound c0 of the code; the
+// code lies in [c0, c0 + 1] for every bucket of both tables (checked when the buckets are
+// built), so c = c0 + (x > threshold[c0]) finds it with one lookup and one comparison. (With 6
+// mantissa bits the unsigned table's buckets spanned up to 4 codes and needed two comparisons.)
+//
+// Note [The sign fix in the thresholds]: after the search the reference moves a first-moment
+// code whose table value has the wrong sign one step (QuantizeReference's callers; the kernels'
+// SignFixedCode below). For the signed table, whose entry `zero` (the number of negative entries)
+// is exactly 0, that fix changes exactly one case when x is not NaN: a negative x (or -0) whose
+// code is `zero` (x above the last negative threshold) gets `zero - 1`. Every other x already
+// has a code of its own sign. So the signed search uses threshold[zero - 1] = +inf
+// (SignedSearchThreshold): a negative x then never counts it, which is the fix, and a positive x
+// never reads it (its bucket's c0 is at least `zero`). The fix is then only needed for NaN, which
+// the kernels handle apart; applying it again to a fixed code changes nothing.
 // Used on the host (to build and test) and on the device.
 #pragma once
 
@@ -31,14 +41,15 @@
 namespace optd::core::internal::cuda {
 
 inline constexpr int kBucketBinades = 24;          // magnitudes [2^-22, 2^2), below: bucket 0
-inline constexpr int kBucketMantissaBits = 6;
+inline constexpr int kBucketMantissaBits = 7;
 inline constexpr int kMagnitudeBuckets = kBucketBinades << kBucketMantissaBits;  // 1536
 inline constexpr int kSignedBuckets = 2 * kMagnitudeBuckets;
 inline constexpr int kUnsignedBuckets = kMagnitudeBuckets;
-// Comparisons after the bucket lookup (a bucket spans at most 2^steps - 1 codes above c0).
+// Comparisons after the bucket lookup (a bucket spans at most 2^steps - 1 codes above c0);
+// BuildBuckets reports kBucketSteps for a table that needs more than the search makes.
 inline constexpr int kBucketSteps = 2;
 inline constexpr int kSignedBucketSteps = 1;
-inline constexpr int kUnsignedBucketSteps = 2;
+inline constexpr int kUnsignedBucketSteps = 1;
 // 255 thresholds, then +inf padding so that threshold[c0 + 2] is readable for any c0 <= 255.
 inline constexpr int kThresholds = 258;
 
@@ -75,8 +86,22 @@ OPTD_HOST_DEVICE inline float Threshold(const float* table, int i) {
   return BitsToFloat((u >> 31) ? u + 1 : u - 1);
 }
 
+// The signed table's search threshold i (Note [The sign fix in the thresholds]); `zero` is the
+// number of negative entries.
+OPTD_HOST_DEVICE inline float SignedSearchThreshold(const float* table, int zero, int i) {
+  return i == zero - 1 ? BitsToFloat(0x7f800000u) : Threshold(table, i);
+}
+
+// The reference's sign fix of a first-moment code c of a value s (uint8 arithmetic): a code whose
+// table value's sign (c < negative_codes) differs from s's moves one step toward s.
+OPTD_HOST_DEVICE inline int SignFixedCode(int c, float s, int negative_codes) {
+  const bool s_negative = (FloatToBits(s) >> 31) != 0;
+  if ((c < negative_codes) != s_negative) c = (c + (s > 0.0f ? 1 : -1)) & 255;
+  return c;
+}
+
 // Bucket of |x| given its bits without the sign; monotone in |x|. Clamping the bits to
-// [2^-22, 2^2) and dropping 17 mantissa bits gives (binade << 6) | top 6 mantissa bits.
+// [2^-22, 2^2) and dropping 16 mantissa bits gives (binade << 7) | top 7 mantissa bits.
 OPTD_HOST_DEVICE inline int MagnitudeBucket(uint32_t abs_bits) {
   constexpr uint32_t kLow = (127u - 22u) << 23;
   constexpr uint32_t kHigh = ((127u + 2u) << 23) - 1u;
@@ -98,18 +123,35 @@ OPTD_HOST_DEVICE inline int UnsignedBucket(float x) {
   return (u >> 31) ? 0 : MagnitudeBucket(u);
 }
 
-// The code of x by the bucketed threshold search; `threshold(i)` reads threshold i.
-template <bool kSigned, typename ThresholdFn>
+// The code of x by the bucketed threshold search; `threshold(i)` reads threshold i (for the
+// signed table, SignedSearchThreshold's). kAnyX: x may be NaN (code 0) and, for the unsigned
+// table, negative (code 0). Without it x must be neither (the kernels' common case, where every
+// value of the block is finite and its scale finite and positive): two instructions fewer.
+template <bool kSigned, bool kAnyX = true, typename ThresholdFn>
 OPTD_HOST_DEVICE inline int BucketedCode(const uint8_t* buckets, ThresholdFn threshold, float x) {
-  int c = x != x ? 0 : buckets[kSigned ? SignedBucket(x) : UnsignedBucket(x)];
-  if constexpr (!kSigned) c += x > threshold(c + 1) ? 2 : 0;
+  int c;
+  if constexpr (kSigned) {
+    c = buckets[SignedBucket(x)];
+  } else if constexpr (kAnyX) {
+    c = buckets[UnsignedBucket(x)];
+  } else {
+    c = buckets[MagnitudeBucket(FloatToBits(x))];
+  }
+  if constexpr (kAnyX) c = x != x ? 0 : c;
+  if constexpr (kSigned ? kSignedBucketSteps == 2 : kUnsignedBucketSteps == 2)
+    c += x > threshold(c + 1) ? 2 : 0;
   c += x > threshold(c) ? 1 : 0;
   return c;
 }
 
 // Fills out[kSignedBuckets] (is_signed) or out[kUnsignedBuckets] with each bucket's lower bound
-// of the code. Returns the comparisons the widest bucket needs, which must not exceed
-// kSignedBucketSteps / kUnsignedBucketSteps, or kBucketSteps + 1 when the thresholds are not sorted (the search needs that).
+// of the code (for the signed table, of the code the signed search thresholds give: Note [The
+// sign fix in the thresholds]). Returns the comparisons the widest bucket needs, which must not
+// exceed kSignedBucketSteps / kUnsignedBucketSteps, or kBucketSteps + 1 when the table does not
+// suit the search (thresholds not sorted; a signed table without an exact zero entry).
 int BuildBuckets(const float* table, bool is_signed, uint8_t* out);
+
+// The number of negative entries of a sorted table (the signed table's `zero`).
+int NegativeEntries(const float* table);
 
 }  // namespace optd::core::internal::cuda

@@ -45,15 +45,15 @@ struct LaneTable {
 // which quant_buckets_test.cc checks against it.
 
 // QuantizeCode's result for n values, as a count of thresholds below x (Note [Threshold search]
-// in quant_buckets.h): one bucket lookup and one (signed) or two (unsigned) comparisons with the
-// per-lane threshold table, instead of nine dependent table lookups.
-template <bool kSigned, int n>
+// in quant_buckets.h): one bucket lookup and one comparison with the per-lane threshold table,
+// instead of nine dependent table lookups. kAnyX: see BucketedCode.
+template <bool kSigned, int n, bool kAnyX>
 __device__ __forceinline__ void QuantizeCodesThreshold(LaneTable thresholds, const uint8_t* buckets,
                                                        const float* x, uint8_t* codes) {
 #pragma unroll
   for (int j = 0; j < n; ++j)
     codes[j] = static_cast<uint8_t>(
-        BucketedCode<kSigned>(buckets, [&](int i) { return thresholds[i]; }, x[j]));
+        BucketedCode<kSigned, kAnyX>(buckets, [&](int i) { return thresholds[i]; }, x[j]));
 }
 
 }  // namespace optd::core::internal::cuda
