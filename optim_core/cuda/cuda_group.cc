@@ -2,14 +2,15 @@
 
 #include <algorithm>
 #include <cstring>
-#include <limits>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "cuda/cuda_status.h"
 #include "cuda/quant_buckets.h"
+#include "internal/request_checks.h"
 #include "optd/core/group_spec.h"
 #include "optd/core/options.h"
+#include "optd/core/state_layout.h"
 #include "optd/core/tensor_state.h"
 
 namespace optd::core::internal::cuda {
@@ -19,8 +20,6 @@ constexpr int64_t kStagingBytes = int64_t{32} << 20;  // per buffer; two buffers
 constexpr int64_t kMaxPageBytes = int64_t{64} << 20;
 constexpr int64_t kPageBytesPerBlock = 2 * kBlockSize + 2 * 4;  // two codes each + two scales
 
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-bool EightBit(int64_t numel, const AdamWOptions& o) { return numel >= o.min_8bit_size; }
 
 }  // namespace
 
@@ -90,7 +89,7 @@ absl::Status CudaGroup::Init() {
   // Budget: resident when the states fit what the engine has left, else paged in that space.
   int64_t total = 0;
   for (int t = 0; t < n; ++t)
-    total += LayoutOf(numel_[t], EightBit(numel_[t], spec_.options)).bytes;
+    total += LayoutOf(numel_[t], UsesEightBitStates(numel_[t], spec_.options)).bytes;
   {
     std::lock_guard<std::mutex> lock(shared_->mu);
     const int64_t left = std::max<int64_t>(0, shared_->budget_bytes - shared_->reserved_bytes);
@@ -117,7 +116,7 @@ absl::Status CudaGroup::BuildPages(const AdamWOptions& options) {
   first_page_.assign(num_tensors() + 1, 0);
   for (int t = 0; t < num_tensors(); ++t) {
     first_page_[t] = static_cast<int>(specs.size());
-    const bool eight = EightBit(numel_[t], options);
+    const bool eight = UsesEightBitStates(numel_[t], options);
     const int64_t step = (page_elems_ > 0 && eight) ? page_elems_ : std::max<int64_t>(numel_[t], 1);
     for (int64_t off = 0; off < numel_[t]; off += step)
       specs.push_back({t, off, std::min(step, numel_[t] - off), eight});
@@ -211,17 +210,10 @@ absl::Status CudaGroup::EnsureStaging() {
   return absl::OkStatus();
 }
 
-absl::Status CudaGroup::CheckTensor(int tensor) const {
-  if (tensor < 0 || tensor >= num_tensors())
-    return absl::InvalidArgumentError(
-        absl::StrCat("tensor index ", tensor, " out of range [0, ", num_tensors(), ")"));
-  return absl::OkStatus();
-}
-
-Hyper CudaGroup::HyperFor(const StepArgs& args) const {
+Hyper CudaGroup::HyperFor(float lr) const {
   const AdamWOptions& o = spec_.options;
   Hyper h;
-  h.lr = args.lr.has_value() ? *args.lr : o.lr;
+  h.lr = lr;
   h.beta1 = o.beta1;
   h.beta2 = o.beta2;
   h.eps = o.eps;
@@ -389,34 +381,20 @@ absl::Status CudaGroup::Finish() {
 }
 
 absl::Status CudaGroup::Step(absl::Span<const TensorGradient> grads, const StepArgs& args) {
-  if (args.lr.has_value() && !(*args.lr > 0))
-    return absl::InvalidArgumentError(absl::StrCat("lr must be > 0, got ", *args.lr));
-  std::vector<bool> seen(num_tensors(), false);
+  // Everything is validated before anything changes (all or nothing).
+  const absl::StatusOr<float> lr =
+      CheckStep(spec_, grads, args, [this](int t) { return steps_[t]; },
+                Placement::kHostOrDevice, seen_scratch_);
+  if (!lr.ok()) return lr.status();
   bool any_host = false;
-  for (size_t i = 0; i < grads.size(); ++i) {
-    const TensorGradient& g = grads[i];
-    OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(g.tensor));
-    if (seen[g.tensor])
-      return absl::InvalidArgumentError(absl::StrCat(
-          "grads[", i, "]: tensor ", spec_.tensors[g.tensor].name, " appears more than once"));
-    seen[g.tensor] = true;
-    if (g.grad.numel != numel_[g.tensor])
-      return absl::InvalidArgumentError(absl::StrCat(
-          "grads[", i, "].grad.numel is ", g.grad.numel, ", tensor ",
-          spec_.tensors[g.tensor].name, " has ", numel_[g.tensor], " elements"));
-    if (g.grad.numel > 0 && g.grad.data == nullptr)
-      return absl::InvalidArgumentError(absl::StrCat("grads[", i, "].grad.data is null"));
-    if (steps_[g.tensor] >= std::numeric_limits<int32_t>::max())
-      return absl::FailedPreconditionError("step counter past 2^31 - 1");
-    any_host |= g.grad.memory == MemoryKind::kHost;
-  }
+  for (const TensorGradient& g : grads) any_host |= g.grad.memory == MemoryKind::kHost;
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
   if (any_host) OPTD_CUDA_RETURN_IF_NOT_OK(EnsureStaging());
   std::vector<Unit> units;
   for (const TensorGradient& g : grads)
     AddUnits(g.tensor, 0, g.grad, static_cast<int32_t>(steps_[g.tensor] + 1), &units);
   OPTD_CUDA_RETURN_IF_NOT_OK(EnsureCapacity(2 * units.size() + 1, grads.size()));
-  const Hyper hyper = HyperFor(args);
+  const Hyper hyper = HyperFor(*lr);
   if (clipping() && !units.empty()) {
     const size_t n = static_cast<size_t>(num_tensors());
     OPTD_CUDA_RETURN_IF_NOT_OK(Run(units, Pass::kSumSquares, hyper));
@@ -445,55 +423,37 @@ absl::Status CudaGroup::Step(absl::Span<const TensorGradient> grads, const StepA
 
 absl::Status CudaGroup::ApplyRange(const RangeGradient& range, int64_t step,
                                    const StepArgs& args) {
-  OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(range.tensor));
-  if (clipping())
-    return absl::FailedPreconditionError(
-        "ApplyRange is unavailable with percentile_clipping < 100 (it needs the whole gradient; "
-        "use Step)");
-  if (args.lr.has_value() && !(*args.lr > 0))
-    return absl::InvalidArgumentError(absl::StrCat("lr must be > 0, got ", *args.lr));
-  const int64_t n = numel_[range.tensor];
-  if (range.offset < 0 || range.offset % kBlockSize != 0 || range.offset > n)
-    return absl::InvalidArgumentError(absl::StrCat(
-        "range.offset ", range.offset, " must be a multiple of ", kBlockSize, " in [0, ", n, "]"));
-  if (range.grad.numel <= 0 || range.offset + range.grad.numel > n ||
-      (range.grad.numel % kBlockSize != 0 && range.offset + range.grad.numel != n))
-    return absl::InvalidArgumentError(absl::StrCat(
-        "range.grad.numel ", range.grad.numel, " at offset ", range.offset,
-        " must be a positive multiple of ", kBlockSize, " or reach the tensor's end ", n));
-  if (range.grad.data == nullptr)
-    return absl::InvalidArgumentError("range.grad.data is null");
-  if (step < 1 || step > std::numeric_limits<int32_t>::max())
-    return absl::InvalidArgumentError(absl::StrCat("step must be in [1, 2^31), got ", step));
+  const absl::StatusOr<float> lr =
+      CheckApplyRange(spec_, range, step, args, Placement::kHostOrDevice);
+  if (!lr.ok()) return lr.status();
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
   if (range.grad.memory == MemoryKind::kHost) OPTD_CUDA_RETURN_IF_NOT_OK(EnsureStaging());
   std::vector<Unit> units;
   AddUnits(range.tensor, range.offset, range.grad, static_cast<int32_t>(step), &units);
   OPTD_CUDA_RETURN_IF_NOT_OK(EnsureCapacity(2 * units.size() + 1, 1));
-  OPTD_CUDA_RETURN_IF_NOT_OK(Run(units, Pass::kUpdate, HyperFor(args)));
+  OPTD_CUDA_RETURN_IF_NOT_OK(Run(units, Pass::kUpdate, HyperFor(*lr)));
   return Finish();
 }
 
+int64_t CudaGroup::GetStep(int tensor) const {
+  if (tensor < 0 || tensor >= num_tensors()) return -1;
+  return steps_[tensor];
+}
+
 absl::Status CudaGroup::SetStep(int tensor, int64_t step) {
-  OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(tensor));
-  if (step < 0 || step > std::numeric_limits<int32_t>::max())
-    return absl::InvalidArgumentError(absl::StrCat("step must be in [0, 2^31), got ", step));
+  OPTD_CUDA_RETURN_IF_NOT_OK(CheckSetStep(spec_, tensor, step));
   steps_[tensor] = step;
   return absl::OkStatus();
 }
 
 absl::Status CudaGroup::SetOptions(const AdamWOptions& options) {
-  OPTD_CUDA_RETURN_IF_NOT_OK(ValidateOptions(options));
+  OPTD_CUDA_RETURN_IF_NOT_OK(
+      CheckSetOptions(spec_, options, [this](int t) { return steps_[t]; }));
   bool layout_changes = false;
   const bool clip_changes = (options.percentile_clipping < 100) != clipping();
-  for (int t = 0; t < num_tensors(); ++t) {
-    const bool changes = EightBit(numel_[t], options) != EightBit(numel_[t], spec_.options);
-    if ((changes || clip_changes) && steps_[t] > 0)
-      return absl::FailedPreconditionError(absl::StrCat(
-          changes ? "min_8bit_size" : "percentile_clipping", " would change the state layout of ",
-          spec_.tensors[t].name, ", which has taken ", steps_[t], " steps"));
-    layout_changes |= changes;
-  }
+  for (int t = 0; t < num_tensors(); ++t)
+    layout_changes |= UsesEightBitStates(numel_[t], options) !=
+                      UsesEightBitStates(numel_[t], spec_.options);
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
   if (layout_changes) {
     if (pages_->paging())
@@ -502,7 +462,7 @@ absl::Status CudaGroup::SetOptions(const AdamWOptions& options) {
     // Keep the states of tensors whose layout stays; the others restart from zero.
     std::vector<std::optional<TensorState>> kept(num_tensors());
     for (int t = 0; t < num_tensors(); ++t) {
-      if (EightBit(numel_[t], options) != EightBit(numel_[t], spec_.options)) continue;
+      if (UsesEightBitStates(numel_[t], options) != UsesEightBitStates(numel_[t], spec_.options)) continue;
       absl::StatusOr<TensorState> st = ExportState(t);
       if (!st.ok()) return st.status();
       kept[t] = std::move(*st);

@@ -46,7 +46,7 @@ class CudaGroup final : public ParamGroup {
   TensorView ParamStorage(int tensor) override;
   absl::Status Step(absl::Span<const TensorGradient> grads, const StepArgs& args) override;
   absl::Status ApplyRange(const RangeGradient& range, int64_t step, const StepArgs& args) override;
-  int64_t GetStep(int tensor) const override { return steps_[tensor]; }
+  int64_t GetStep(int tensor) const override;
   absl::Status SetStep(int tensor, int64_t step) override;
   absl::StatusOr<TensorState> ExportState(int tensor) const override;
   absl::Status ImportState(int tensor, const TensorState& state) override;
@@ -79,16 +79,16 @@ class CudaGroup final : public ParamGroup {
   absl::Status EnsureStaging();
   absl::Status EnsurePartials();
   absl::Status Finish();
-  absl::Status CheckTensor(int tensor) const;
   absl::Status CopyState(int tensor, int64_t offset, int64_t count, TensorState* state,
                          bool to_device) const;
-  Hyper HyperFor(const StepArgs& args) const;
+  Hyper HyperFor(float lr) const;
   bool clipping() const { return spec_.options.percentile_clipping < 100; }
 
   GroupSpec spec_;
   std::shared_ptr<EngineShared> shared_;
   std::vector<int64_t> numel_;
   std::vector<int64_t> steps_;
+  std::vector<uint8_t> seen_scratch_;     // Step: duplicate-tensor check without allocating
   std::vector<void*> params_;              // device
   std::vector<int> first_page_;            // pages of tensor t: [first_page_[t], first_page_[t+1])
   std::unique_ptr<PageManager> pages_;

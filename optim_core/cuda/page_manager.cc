@@ -6,11 +6,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "cuda/cuda_status.h"
+#include "optd/core/state_layout.h"
 
 namespace optd::core::internal::cuda {
 namespace {
 
-constexpr int64_t kQuantBlock = 256;
 int64_t Align16(int64_t x) { return (x + 15) / 16 * 16; }
 
 }  // namespace
@@ -18,7 +18,7 @@ int64_t Align16(int64_t x) { return (x + 15) / 16 * 16; }
 PageLayout LayoutOf(int64_t count, bool eight_bit) {
   PageLayout l;
   if (eight_bit) {
-    const int64_t blocks = (count + kQuantBlock - 1) / kQuantBlock;
+    const int64_t blocks = NumBlocks(count);
     l.state1 = 0;
     l.state2 = Align16(count);
     l.absmax1 = 2 * Align16(count);
