@@ -90,6 +90,18 @@ void CpuParamGroup::UpdateStateBytes() {
   state_bytes_ = total;
 }
 
+MemoryStats CpuParamGroup::GetMemoryStats() const {
+  MemoryStats m;
+  m.weight_bytes_host = weight_bytes_;
+  m.state_bytes_host = state_bytes_;
+  auto bytes = [](const auto& v) {
+    return static_cast<int64_t>(v.capacity() * sizeof(v[0]));
+  };
+  m.buffer_bytes_host = bytes(seen_scratch_) + bytes(works_) + bytes(tasks_) +
+                        bytes(partial_sums_) + bytes(work_sums_) + bytes(task_nonfinite_);
+  return m;
+}
+
 absl::Status CpuParamGroup::SetOptions(const AdamWOptions& options) {
   if (absl::Status s = internal::CheckSetOptions(
           spec_, options, [this](int t) { return tensors_[t].step; });
@@ -227,6 +239,7 @@ void CpuParamGroup::RunWorks() {
   }
   int64_t nonfinite = 0;
   for (int64_t n : task_nonfinite_) nonfinite += n;
+  last_nonfinite_ = nonfinite;
   if (nonfinite > 0) {
     shared_->nonfinite_gradient_elements.fetch_add(nonfinite, std::memory_order_relaxed);
   }

@@ -157,6 +157,26 @@ CudaGroup::~CudaGroup() {
   shared_->reserved_bytes -= reserved_;
 }
 
+MemoryStats CudaGroup::GetMemoryStats() const {
+  MemoryStats m;
+  m.weight_bytes_device = weight_bytes_;
+  m.state_bytes_device = pages_->device_bytes();
+  m.state_bytes_host = pages_->host_bytes();
+  m.paged_out_bytes = pages_->host_bytes();
+  const int64_t n = num_tensors();
+  m.buffer_bytes_device =
+      (clip_ != nullptr ? n * (kGnormHistory + 2) * static_cast<int64_t>(sizeof(float)) : 0) +
+      (partials_ != nullptr ? block_offset_.back() * static_cast<int64_t>(sizeof(float)) : 0) +
+      static_cast<int64_t>(sizeof(*nonfinite_)) +
+      static_cast<int64_t>(segment_capacity_ * sizeof(Segment) + job_capacity_ * sizeof(ClipJob));
+  for (const char* s : staging_)
+    if (s != nullptr) m.buffer_bytes_device += kStagingBytes;
+  m.buffer_bytes_host =
+      static_cast<int64_t>(sizeof(*nonfinite_host_) + segment_capacity_ * sizeof(Segment) +
+                           job_capacity_ * sizeof(ClipJob));
+  return m;
+}
+
 absl::Status CudaGroup::EnsureCapacity(size_t segments, size_t clip_jobs) {
   if (segments > segment_capacity_) {
     if (host_segments_) cudaFreeHost(host_segments_);
@@ -376,7 +396,8 @@ absl::Status CudaGroup::Finish() {
   OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(step)");
   OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(h2d_), "cudaStreamSynchronize(h2d)");
   OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(d2h_), "cudaStreamSynchronize(d2h)");
-  shared_->counters->nonfinite_gradient_elements += static_cast<int64_t>(*nonfinite_host_);
+  last_nonfinite_ = static_cast<int64_t>(*nonfinite_host_);
+  shared_->counters->nonfinite_gradient_elements += last_nonfinite_;
   return pages_->FinishStep();
 }
 

@@ -53,6 +53,8 @@ class CudaGroup final : public ParamGroup {
   absl::StatusOr<TensorState> ExportStateRange(int tensor, int64_t offset,
                                                int64_t count) const override;
   absl::Status ImportStateRange(int tensor, int64_t offset, const TensorState& state) override;
+  MemoryStats GetMemoryStats() const override;
+  int64_t LastNonfiniteGradientElements() const override { return last_nonfinite_; }
 
  private:
   // A piece of an update: one tensor range inside one page.
@@ -96,6 +98,7 @@ class CudaGroup final : public ParamGroup {
   int64_t reserved_ = 0;                   // bytes of the engine budget this group holds
   int64_t page_elems_ = 0;                 // 0: tensors are not split
   int64_t weight_bytes_ = 0;
+  int64_t last_nonfinite_ = 0;             // of the last Step or ApplyRange
 
   float* clip_ = nullptr;                  // device: gnorm_vec[T][100], (unused)[T], scale[T]
   float* partials_ = nullptr;              // device: sum(g^2) per block, when clipping
