@@ -21,10 +21,10 @@ absl::Status CudaGroup::WriteParam(int tensor, int64_t offset, ConstTensorView s
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
   const int64_t es = static_cast<int64_t>(DTypeSize(ts.dtype));
   OPTD_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(static_cast<char*>(params_[tensor]) + offset * es, src.data,
-                      src.numel * es, cudaMemcpyDefault, stream_),
+      cudaMemcpyAsync(params_[tensor].as<char>() + offset * es, src.data,
+                      src.numel * es, cudaMemcpyDefault, stream_.get()),
       "cudaMemcpyAsync(WriteParam)");
-  return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(WriteParam)");
+  return CudaStatus(cudaStreamSynchronize(stream_.get()), "cudaStreamSynchronize(WriteParam)");
 }
 
 absl::Status CudaGroup::ReadParam(int tensor, int64_t offset, TensorView dst) const {
@@ -35,15 +35,15 @@ absl::Status CudaGroup::ReadParam(int tensor, int64_t offset, TensorView dst) co
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
   const int64_t es = static_cast<int64_t>(DTypeSize(ts.dtype));
   OPTD_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(dst.data, static_cast<const char*>(params_[tensor]) + offset * es,
-                      dst.numel * es, cudaMemcpyDefault, stream_),
+      cudaMemcpyAsync(dst.data, params_[tensor].as<const char>() + offset * es,
+                      dst.numel * es, cudaMemcpyDefault, stream_.get()),
       "cudaMemcpyAsync(ReadParam)");
-  return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(ReadParam)");
+  return CudaStatus(cudaStreamSynchronize(stream_.get()), "cudaStreamSynchronize(ReadParam)");
 }
 
 TensorView CudaGroup::ParamStorage(int tensor) {
   if (tensor < 0 || tensor >= num_tensors()) return TensorView{};
-  return {params_[tensor], spec_.tensors[tensor].dtype, numel_[tensor], MemoryKind::kDevice};
+  return {params_[tensor].get(), spec_.tensors[tensor].dtype, numel_[tensor], MemoryKind::kDevice};
 }
 
 absl::Status CudaGroup::CopyState(int tensor, int64_t offset, int64_t count, TensorState* st,
@@ -71,26 +71,26 @@ absl::Status CudaGroup::CopyState(int tensor, int64_t offset, int64_t count, Ten
                 {l.state2 + rel * 4, st->state2_f32.data() + at, n * 4}};
     }
     for (const Piece& pc : pieces) {
-      OPTD_CUDA_RETURN_IF_NOT_OK(to_device
-                               ? self->pages_->Write(p, pc.page_off, pc.bytes, pc.host, stream_)
-                               : pages_->Read(p, pc.page_off, pc.bytes, pc.host, stream_));
+      OPTD_CUDA_RETURN_IF_NOT_OK(
+          to_device ? self->pages_->Write(p, pc.page_off, pc.bytes, pc.host, stream_.get())
+                    : pages_->Read(p, pc.page_off, pc.bytes, pc.host, stream_.get()));
     }
   }
   if (clipping()) {
     if (to_device) {
       OPTD_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(clip_ + static_cast<size_t>(tensor) * kGnormHistory,
+          cudaMemcpyAsync(clip_.gnorm_vec(tensor),
                           st->gnorm_vec.data(), kGnormHistory * sizeof(float),
-                          cudaMemcpyHostToDevice, stream_),
+                          cudaMemcpyHostToDevice, stream_.get()),
           "cudaMemcpyAsync(gnorm_vec)");
     } else {
       st->gnorm_vec.resize(kGnormHistory);
       OPTD_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(st->gnorm_vec.data(), clip_ + static_cast<size_t>(tensor) * kGnormHistory,
-                          kGnormHistory * sizeof(float), cudaMemcpyDeviceToHost, stream_),
+          cudaMemcpyAsync(st->gnorm_vec.data(), clip_.gnorm_vec(tensor),
+                          kGnormHistory * sizeof(float), cudaMemcpyDeviceToHost, stream_.get()),
           "cudaMemcpyAsync(gnorm_vec)");
     }
-    OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_.get()), "cudaStreamSynchronize");
   }
   return absl::OkStatus();
 }
