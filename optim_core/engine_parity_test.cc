@@ -208,7 +208,8 @@ struct Outcome {
 };
 
 Outcome RunCase(Engine& engine, const Case& c) {
-  absl::StatusOr<std::unique_ptr<ParamGroup>> g = engine.CreateGroup(TestSpec(c.percentile_clipping));
+  absl::StatusOr<std::unique_ptr<ParamGroup>> g =
+      engine.CreateGroup(TestSpec(c.percentile_clipping));
   if (!g.ok()) return {g.status(), {}};
   Buffers buffers;
   Outcome out;

@@ -30,7 +30,9 @@ class ClipBuffers {
 
   int num_tensors() const { return static_cast<int>(block_offset_.size()) - 1; }
   int64_t num_blocks(int t) const { return block_offset_[t + 1] - block_offset_[t]; }
-  float* gnorm_vec(int t) const { return clip_.as<float>() + static_cast<size_t>(t) * kGnormHistory; }
+  float* gnorm_vec(int t) const {
+    return clip_.as<float>() + static_cast<size_t>(t) * kGnormHistory;
+  }
   float* scale(int t) const {
     return clip_.as<float>() + static_cast<size_t>(num_tensors()) * (kGnormHistory + 1) + t;
   }
