@@ -2,6 +2,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "optd/core/options.h"
+#include "optd/core/state_layout.h"
 
 namespace optd::core {
 namespace {
@@ -21,7 +22,7 @@ absl::Status ValidateTensorState(const TensorState& state, int64_t numel, bool c
   if (state.step < 0) {
     return absl::InvalidArgumentError(absl::StrCat("step must be >= 0, got ", state.step));
   }
-  const int64_t blocks = (numel + kBlockSize - 1) / kBlockSize;
+  const int64_t blocks = NumBlocks(numel);
   absl::Status s;
   if (state.eight_bit) {
     if (!(s = CheckSize("state1", state.state1.size(), numel)).ok()) return s;

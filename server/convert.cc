@@ -150,11 +150,6 @@ absl::Status ValidateRecord(const GroupRecord& record, const Limits& limits) {
   return absl::OkStatus();
 }
 
-int64_t StateBytes(const core::GroupSpec& spec) {
-  const std::optional<GroupBytes> bytes = CountGroupBytes(spec);
-  return bytes.has_value() ? bytes->states : INT64_MAX;
-}
-
 int64_t WeightBytes(const core::GroupSpec& spec) {
   const std::optional<GroupBytes> bytes = CountGroupBytes(spec);
   return bytes.has_value() ? bytes->weights : INT64_MAX;

@@ -53,9 +53,8 @@ absl::StatusOr<GroupRecord> RecordFromCreateRequest(const v1::CreateGroupRequest
 // InvalidArgument naming the field.
 [[nodiscard]] absl::Status ValidateRecord(const GroupRecord& record, const Limits& limits);
 
-// Bytes the group's states take: 8-bit codes + block scales, or fp32 m and v below
-// min_8bit_size, plus the clipping history (CountGroupBytes; INT64_MAX if that overflows).
-int64_t StateBytes(const core::GroupSpec& spec);
+// Bytes of the group's weights as they travel (numel x dtype size, summed; INT64_MAX if that
+// overflows): the size of a weight snapshot. What the engine holds is core::MemoryStats.
 int64_t WeightBytes(const core::GroupSpec& spec);
 
 }  // namespace optd::server

@@ -79,11 +79,10 @@ TEST(ConvertTest, MergeKeepsUnsetFields) {
   EXPECT_EQ(out.beta1(), 0.8f);
 }
 
-TEST(ConvertTest, StateBytesCountCodesScalesAndFp32Path) {
+TEST(ConvertTest, WeightBytesCountEveryDtype) {
   core::GroupSpec spec;
   spec.tensors.push_back({"big", core::DType::kFloat32, {5000}});   // 8-bit: 20 blocks
   spec.tensors.push_back({"small", core::DType::kFloat16, {100}});  // 32-bit path
-  EXPECT_EQ(StateBytes(spec), 2 * 5000 + 2 * 4 * 20 + 2 * 4 * 100);
   EXPECT_EQ(WeightBytes(spec), 5000 * 4 + 100 * 2);
 }
 

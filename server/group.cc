@@ -156,8 +156,9 @@ void Group::FillInfo(v1::GroupInfo* info) const {
   info->set_sync_timeout_ms(record_.sync_timeout_ms);
   info->set_max_staleness(record_.max_staleness);
   info->set_version(record_.version);
-  info->set_weight_bytes(WeightBytes(params_->spec()));
-  info->set_state_bytes(StateBytes(params_->spec()));
+  const core::MemoryStats memory = params_->GetMemoryStats();
+  info->set_weight_bytes(memory.weight_bytes_device + memory.weight_bytes_host);
+  info->set_state_bytes(memory.state_bytes_device + memory.state_bytes_host);
   info->set_weights_initialized(weights_initialized());
 }
 
@@ -221,17 +222,7 @@ void Group::Publish(std::shared_ptr<const WeightSnapshot> snapshot) {
   for (auto& s : subscribers_) s->Push(snapshot);
 }
 
-void Group::UpdateByteMetrics(core::Backend backend) {
-  const int64_t weights = WeightBytes(params_->spec());
-  const int64_t states = StateBytes(params_->spec());
-  // The engine reports placement only as totals over all groups; per group, a CUDA engine keeps
-  // weights and (within budget) states on the device.
-  if (backend == core::Backend::kCuda) {
-    metrics_->SetBytes(weights, 0, states, 0);
-  } else {
-    metrics_->SetBytes(0, weights, 0, states);
-  }
-}
+void Group::UpdateByteMetrics() { metrics_->SetMemory(params_->GetMemoryStats()); }
 
 absl::Status Group::AddSubscriber(std::shared_ptr<Subscriber> s, bool send_current) {
   absl::MutexLock lock(&mu_);

@@ -157,8 +157,8 @@ class Group {
   // The same with a snapshot of every tensor already made.
   void Publish(std::shared_ptr<const WeightSnapshot> snapshot) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
   bool has_subscribers() const ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_) { return !subscribers_.empty(); }
-  // Refreshes the per-group byte gauges.
-  void UpdateByteMetrics(core::Backend backend) ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
+  // Refreshes the per-group byte gauges from what the engine reports it holds for the group.
+  void UpdateByteMetrics() ABSL_EXCLUSIVE_LOCKS_REQUIRED(mu_);
 
   // Registers a subscriber; with send_current, the current version is queued first.
   absl::Status AddSubscriber(std::shared_ptr<Subscriber> s, bool send_current)

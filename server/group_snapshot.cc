@@ -54,4 +54,16 @@ core::TensorView GroupSnapshot::ParamStorage(int tensor) {
                           core::MemoryKind::kHost};
 }
 
+core::MemoryStats GroupSnapshot::GetMemoryStats() const {
+  core::MemoryStats m;
+  for (const WireBuffer& w : weights_) m.weight_bytes_host += static_cast<int64_t>(w.size());
+  for (const core::TensorState& st : states_) {
+    m.state_bytes_host += static_cast<int64_t>(
+        st.state1.size() + st.state2.size() +
+        sizeof(float) * (st.absmax1.size() + st.absmax2.size() + st.state1_f32.size() +
+                         st.state2_f32.size() + st.gnorm_vec.size()));
+  }
+  return m;
+}
+
 }  // namespace optd::server

@@ -41,6 +41,9 @@ class GroupSnapshot final : public core::ParamGroup {
   absl::Status ImportStateRange(int, int64_t, const core::TensorState&) override {
     return ReadOnly();
   }
+  // The host copies this snapshot holds (weights and states).
+  core::MemoryStats GetMemoryStats() const override;
+  int64_t LastNonfiniteGradientElements() const override { return 0; }
 
  private:
   static absl::Status ReadOnly() {

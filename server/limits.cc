@@ -6,6 +6,7 @@
 #include "absl/strings/str_cat.h"
 #include "optd/core/dtype.h"
 #include "optd/core/options.h"
+#include "optd/core/state_layout.h"
 
 namespace optd::server {
 namespace {
@@ -92,10 +93,11 @@ std::optional<GroupBytes> CountGroupBytes(const core::GroupSpec& spec) {
       return std::nullopt;
     }
     int64_t states = 0;
-    if (n >= spec.options.min_8bit_size) {
+    if (core::UsesEightBitStates(n, spec.options)) {
       // Two 1-byte codes per element and two fp32 scales per block of 256.
-      const int64_t blocks = n / core::kBlockSize + (n % core::kBlockSize != 0 ? 1 : 0);
-      if (!Mul(n, 2, &states) || !Add(states, 8 * blocks, &states)) return std::nullopt;
+      if (!Mul(n, 2, &states) || !Add(states, 8 * core::NumBlocks(n), &states)) {
+        return std::nullopt;
+      }
     } else if (!Mul(n, 8, &states)) {  // fp32 m and v
       return std::nullopt;
     }

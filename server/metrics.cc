@@ -120,6 +120,9 @@ struct GroupMetrics::Series {
   prometheus::Gauge* weight_host = nullptr;
   prometheus::Gauge* state_device = nullptr;
   prometheus::Gauge* state_host = nullptr;
+  prometheus::Gauge* buffer_device = nullptr;
+  prometheus::Gauge* buffer_host = nullptr;
+  prometheus::Gauge* paged_out = nullptr;
   prometheus::Gauge* accumulation = nullptr;
 
   ~Series() {
@@ -134,6 +137,9 @@ struct GroupMetrics::Series {
     m.group_weight_bytes_->Remove(weight_host);
     m.group_state_bytes_->Remove(state_device);
     m.group_state_bytes_->Remove(state_host);
+    m.group_buffer_bytes_->Remove(buffer_device);
+    m.group_buffer_bytes_->Remove(buffer_host);
+    m.group_paged_out_bytes_->Remove(paged_out);
     m.accumulation_->Remove(accumulation);
   }
 };
@@ -201,6 +207,10 @@ absl::Status Metrics::Init(const MetricsOptions& options) {
   workers_pending_ = &gauge("optd_workers_pending", "Workers a sync step is still waiting for.");
   group_weight_bytes_ = &gauge("optd_weight_bytes", "Weight bytes of a group by location.");
   group_state_bytes_ = &gauge("optd_state_bytes", "Optimizer state bytes of a group by location.");
+  group_buffer_bytes_ = &gauge("optd_buffer_bytes",
+                               "Step working buffers the engine holds for a group by location.");
+  group_paged_out_bytes_ = &gauge("optd_paged_out_bytes",
+                                  "State bytes of a group kept on the host and paged in by steps.");
   accumulation_ = &gauge("optd_accumulation_bytes",
                          "Gradient accumulation buffers of a group (sync mode, clipping).");
 
@@ -290,6 +300,9 @@ std::shared_ptr<GroupMetrics::Series> Metrics::NewGroupSeries(const std::string&
   series->weight_host = &group_weight_bytes_->Add(at("host"));
   series->state_device = &group_state_bytes_->Add(at("device"));
   series->state_host = &group_state_bytes_->Add(at("host"));
+  series->buffer_device = &group_buffer_bytes_->Add(at("device"));
+  series->buffer_host = &group_buffer_bytes_->Add(at("host"));
+  series->paged_out = &group_paged_out_bytes_->Add(labels);
   series->accumulation = &accumulation_->Add(labels);
   return series;
 }
@@ -379,13 +392,17 @@ GroupMetrics::GroupMetrics(Metrics* metrics, std::shared_ptr<Series> series, boo
   weight_host_.gauge = series_->weight_host;
   state_device_.gauge = series_->state_device;
   state_host_.gauge = series_->state_host;
+  buffer_device_.gauge = series_->buffer_device;
+  buffer_host_.gauge = series_->buffer_host;
+  paged_out_.gauge = series_->paged_out;
   accumulation_.gauge = series_->accumulation;
 }
 
 GroupMetrics::~GroupMetrics() {
   // Take this group's share out of gauges that other groups under "_other" keep.
   for (GaugeShare* share : {&workers_pending_, &weight_device_, &weight_host_, &state_device_,
-                            &state_host_, &accumulation_}) {
+                            &state_host_, &buffer_device_, &buffer_host_, &paged_out_,
+                            &accumulation_}) {
     share->Set(0);
   }
   Metrics& m = *metrics_;
@@ -418,12 +435,14 @@ void GroupMetrics::AddNonfiniteGradientElements(int64_t n) {
   series_->nonfinite->Increment(static_cast<double>(n));
 }
 void GroupMetrics::SetWorkersPending(int n) { workers_pending_.Set(n); }
-void GroupMetrics::SetBytes(int64_t weight_device, int64_t weight_host, int64_t state_device,
-                            int64_t state_host) {
-  weight_device_.Set(weight_device);
-  weight_host_.Set(weight_host);
-  state_device_.Set(state_device);
-  state_host_.Set(state_host);
+void GroupMetrics::SetMemory(const core::MemoryStats& memory) {
+  weight_device_.Set(memory.weight_bytes_device);
+  weight_host_.Set(memory.weight_bytes_host);
+  state_device_.Set(memory.state_bytes_device);
+  state_host_.Set(memory.state_bytes_host);
+  buffer_device_.Set(memory.buffer_bytes_device);
+  buffer_host_.Set(memory.buffer_bytes_host);
+  paged_out_.Set(memory.paged_out_bytes);
 }
 void GroupMetrics::SetAccumulationBytes(int64_t n) { accumulation_.Set(n); }
 

@@ -14,7 +14,10 @@
 //   optd_gradient_bytes_received_total{group}, optd_weight_bytes_sent_total{group}
 //   optd_nonfinite_gradient_elements_total{group}
 //   optd_workers_pending{group}                          workers a sync step still waits for
-//   optd_weight_bytes{group,location}, optd_state_bytes{group,location}
+//   optd_weight_bytes{group,location}, optd_state_bytes{group,location},
+//   optd_buffer_bytes{group,location}                   what the engine holds for the group
+//                                                        (core::MemoryStats), not its declared size
+//   optd_paged_out_bytes{group}                          state bytes kept on the host and paged
 //   optd_accumulation_bytes{group}                       sync/clipping accumulation buffers
 //   optd_rpcs_total{method,code}                         code: gRPC status name, e.g. "OK"
 //   optd_auth_failures_total{reason}                     missing_token|unknown_token|wrong_role|
@@ -106,8 +109,8 @@ class GroupMetrics {
   void AddWeightBytesSent(int64_t n);
   void AddNonfiniteGradientElements(int64_t n);
   void SetWorkersPending(int n);
-  void SetBytes(int64_t weight_device, int64_t weight_host, int64_t state_device,
-                int64_t state_host);
+  // What the engine reports it holds for the group.
+  void SetMemory(const core::MemoryStats& memory);
   void SetAccumulationBytes(int64_t n);
 
   // The value of this group's `group` label: its name, or "_other".
@@ -129,7 +132,7 @@ class GroupMetrics {
   std::shared_ptr<Series> series_;  // reset under Metrics::groups_mu_ in the destructor
   const bool own_;  // series_ holds this group's name, not "_other"
   GaugeShare workers_pending_, weight_device_, weight_host_, state_device_, state_host_,
-      accumulation_;
+      buffer_device_, buffer_host_, paged_out_, accumulation_;
 };
 
 // Owns the registry, the metric families and the HTTP exposer. Besides the families above,
@@ -224,6 +227,8 @@ class Metrics {
   prometheus::Family<prometheus::Gauge>* workers_pending_ = nullptr;
   prometheus::Family<prometheus::Gauge>* group_weight_bytes_ = nullptr;
   prometheus::Family<prometheus::Gauge>* group_state_bytes_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* group_buffer_bytes_ = nullptr;
+  prometheus::Family<prometheus::Gauge>* group_paged_out_bytes_ = nullptr;
   prometheus::Family<prometheus::Gauge>* accumulation_ = nullptr;
 
   prometheus::Family<prometheus::Counter>* rpcs_family_ = nullptr;

@@ -268,7 +268,15 @@ TEST(MetricsTest, GroupSeriesMoveAndDisappear) {
   g->AddWeightBytesSent(4096);
   g->AddNonfiniteGradientElements(3);
   g->SetWorkersPending(2);
-  g->SetBytes(100, 200, 300, 400);
+  core::MemoryStats memory;
+  memory.weight_bytes_device = 100;
+  memory.weight_bytes_host = 200;
+  memory.state_bytes_device = 300;
+  memory.state_bytes_host = 400;
+  memory.buffer_bytes_device = 500;
+  memory.buffer_bytes_host = 600;
+  memory.paged_out_bytes = 400;
+  g->SetMemory(memory);
   g->SetAccumulationBytes(1 << 20);
   auto samples = Parse(HttpScrape(metrics->port()));
   const std::map<std::string, std::string> llama = {{"group", "llama"}};
@@ -290,6 +298,9 @@ TEST(MetricsTest, GroupSeriesMoveAndDisappear) {
   EXPECT_EQ(Find(samples, "optd_weight_bytes", {{"group", "llama"}, {"location", "host"}}), 200.0);
   EXPECT_EQ(Find(samples, "optd_state_bytes", {{"group", "llama"}, {"location", "device"}}), 300.0);
   EXPECT_EQ(Find(samples, "optd_state_bytes", {{"group", "llama"}, {"location", "host"}}), 400.0);
+  EXPECT_EQ(Find(samples, "optd_buffer_bytes", {{"group", "llama"}, {"location", "device"}}), 500.0);
+  EXPECT_EQ(Find(samples, "optd_buffer_bytes", {{"group", "llama"}, {"location", "host"}}), 600.0);
+  EXPECT_EQ(Find(samples, "optd_paged_out_bytes", llama), 400.0);
   EXPECT_EQ(Find(samples, "optd_accumulation_bytes", llama), 1048576.0);
   EXPECT_EQ(Find(samples, "optd_steps_total", {{"group", "other"}}), 0.0);
   EXPECT_GT(CountWithLabel(samples, "group", "llama"), 10);
@@ -436,9 +447,15 @@ TEST(MetricsTest, GroupsBeyondTheCapAreSummedUnderOther) {
   EXPECT_EQ(d->label(), "_other");
   c->ObserveStep(0.01);
   d->ObserveStep(0.02);
-  c->SetBytes(0, 100, 0, 10);
-  d->SetBytes(0, 200, 0, 20);
-  d->SetBytes(0, 250, 0, 20);  // a gauge holds the sum of the latest figures of c and d
+  auto host_bytes = [](int64_t weights, int64_t states) {
+    core::MemoryStats m;
+    m.weight_bytes_host = weights;
+    m.state_bytes_host = states;
+    return m;
+  };
+  c->SetMemory(host_bytes(100, 10));
+  d->SetMemory(host_bytes(200, 20));
+  d->SetMemory(host_bytes(250, 20));  // a gauge holds the sum of the latest figures of c and d
   c->SetWorkersPending(1);
   d->SetWorkersPending(2);
   auto samples = Parse(HttpScrape(metrics->port()));

@@ -52,7 +52,7 @@ absl::StatusOr<OptimizerCore::NewGroup> OptimizerCore::MakeGroup(GroupRecord rec
                                        weights_initialized, engine_);
   {
     absl::MutexLock lock(&made.group->mu());
-    made.group->UpdateByteMetrics(engine_->backend());
+    made.group->UpdateByteMetrics();
   }
   UpdateEngineMetrics();
   return made;

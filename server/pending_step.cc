@@ -82,19 +82,9 @@ absl::StatusOr<void*> PendingStep::Reserve(const Group& group, const CheckedChun
   return gradient_->Reserve(group, c, step_);
 }
 
-void PendingStep::AddNonfinite(int64_t n) {
-  absl::MutexLock lock(&mu_);
-  nonfinite_ += n;
-}
-
 v1::WeightsReturn PendingStep::weights_wanted() const {
   absl::MutexLock lock(&mu_);
   return weights_wanted_;
-}
-
-int64_t PendingStep::nonfinite() const {
-  absl::MutexLock lock(&mu_);
-  return nonfinite_;
 }
 
 absl::StatusOr<bool> PendingStep::Commit(int index) {

@@ -30,7 +30,7 @@ namespace optd::server {
 // What every stream of a step reports.
 struct StepOutcome {
   int64_t version = 0;
-  int64_t nonfinite = 0;
+  int64_t nonfinite = 0;   // NaN/Inf gradient elements of the update, as the engine counted them
   bool duplicate = false;  // a retry of a step already applied: nothing was applied again
   // The weights to return (touched tensors, or all); null when none are asked for.
   std::shared_ptr<const WeightSnapshot> weights;
@@ -54,7 +54,6 @@ class PendingStep {
   // Accepts chunk `c`: returns where its bytes go (write them without holding anything). Fails
   // with the step's failure once it failed.
   absl::StatusOr<void*> Reserve(const Group& group, const CheckedChunk& c);
-  void AddNonfinite(int64_t n);
 
   // Stream `index` committed. True when every stream has: the caller then calls Complete() and
   // Resolve(). The step's failure once it failed.
@@ -63,7 +62,6 @@ class PendingStep {
   absl::Status CheckComplete(const Group& group);
   // The gathered gradient; valid after the last commit, until Resolve.
   const GradientSet& gradient() const { return *gradient_; }
-  int64_t nonfinite() const;
   // What the step's streams asked back, together: ALL if any stream asked for ALL, else UPDATED
   // if any asked for UPDATED, else NONE. Each stream then sends what it asked for itself.
   v1::WeightsReturn weights_wanted() const;
@@ -93,7 +91,6 @@ class PendingStep {
   int joins_ ABSL_GUARDED_BY(mu_) = 0;
   v1::WeightsReturn weights_wanted_ ABSL_GUARDED_BY(mu_) = v1::NONE;
   int commits_ ABSL_GUARDED_BY(mu_) = 0;
-  int64_t nonfinite_ ABSL_GUARDED_BY(mu_) = 0;
   bool resolved_ ABSL_GUARDED_BY(mu_) = false;
   absl::StatusOr<StepOutcome> outcome_ ABSL_GUARDED_BY(mu_);
 };

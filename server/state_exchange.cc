@@ -11,6 +11,7 @@
 #include "absl/strings/str_cat.h"
 #include "absl/strings/str_replace.h"
 #include "optd/core/quant_maps.h"
+#include "optd/core/state_layout.h"
 #include "server/checkpoint_dir.h"
 #include "server/checkpoint_file.h"
 #include "server/convert.h"
@@ -108,7 +109,7 @@ absl::Status CheckArrayHeader(const v1::StateChunk& c, int64_t numel, int64_t* c
     want_n = 256;
   } else if (key == "absmax1" || key == "absmax2") {
     want = v1::STATE_ELEMENT_TYPE_FLOAT32;
-    want_n = (numel + core::kBlockSize - 1) / core::kBlockSize;
+    want_n = core::NumBlocks(numel);
   } else if (key == "gnorm_vec") {
     want = v1::STATE_ELEMENT_TYPE_FLOAT32;
     want_n = core::kGnormHistory;

@@ -27,8 +27,8 @@ absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan, Pendi
   const std::vector<int> returned = ReturnedTensors(group, pending.weights_wanted(), touched);
   StepOutcome outcome;
   if (context.sync) {
-    auto result = JoinSyncRound(group, plan, gradient, pending.nonfinite(), context.timeout_ms,
-                                *context.stopping, context.backend);
+    auto result = JoinSyncRound(group, plan, gradient, context.timeout_ms,
+                                *context.stopping);
     if (!result.ok()) return result.status();
     outcome.version = result->version;
     outcome.nonfinite = result->nonfinite;
@@ -56,9 +56,9 @@ absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan, Pendi
   record.version += 1;
   last = plan.step;
   outcome.version = record.version;
-  outcome.nonfinite = pending.nonfinite();
+  outcome.nonfinite = group.params().LastNonfiniteGradientElements();
   group.metrics().AddNonfiniteGradientElements(outcome.nonfinite);
-  group.UpdateByteMetrics(context.backend);
+  group.UpdateByteMetrics();
   // One copy serves both the subscribers (every tensor) and the streams (what they asked for).
   const bool publish = group.has_subscribers();
   std::shared_ptr<WeightSnapshot> snap;

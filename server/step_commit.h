@@ -18,7 +18,6 @@ struct CommitContext {
   bool sync = false;          // N > 1 workers in SYNC mode
   int64_t timeout_ms = 0;     // the group's sync_timeout_ms
   const std::atomic<bool>* stopping = nullptr;
-  core::Backend backend = core::Backend::kCpu;
 };
 
 // REQUIRES: every stream of `pending` committed and its gradient is complete. Holds the group's

@@ -118,21 +118,6 @@ absl::Status Drain(const Group& group, int64_t step, StepStream* stream) {
   }
 }
 
-// The one copy of a gradient chunk's bytes, from the receive buffers into the step's gradient
-// buffer, in windows small enough to stay in cache for the NaN/Inf count that follows each.
-int64_t CopyAndCountNonFinite(const Payload& payload, core::DType dtype, void* dst) {
-  constexpr size_t kWindowBytes = 256 << 10;  // a multiple of every element size
-  const size_t esize = core::DTypeSize(dtype);
-  auto* out = static_cast<uint8_t*>(dst);
-  int64_t nonfinite = 0;
-  for (size_t off = 0; off < payload.size(); off += kWindowBytes) {
-    const size_t n = std::min(kWindowBytes, payload.size() - off);
-    payload.CopyRange(off, n, out + off);
-    nonfinite += CountNonFinite(dtype, out + off, static_cast<int64_t>(n / esize));
-  }
-  return nonfinite;
-}
-
 // Reads this stream's chunks of the step into `pending`, up to the commit.
 absl::Status Gather(Group& group, const StepPlan& plan, StepStream* stream, PendingStep& pending,
                     std::vector<Range>* ranges) {
@@ -150,7 +135,7 @@ absl::Status Gather(Group& group, const StepPlan& plan, StepStream* stream, Pend
     if (!c.ok()) return c.status();
     auto dst = pending.Reserve(group, *c);
     if (!dst.ok()) return dst.status();
-    pending.AddNonfinite(CopyAndCountNonFinite(request.gradient.data, c->dtype, *dst));
+    request.gradient.data.CopyTo(*dst);
     group.metrics().AddGradientBytesReceived(static_cast<int64_t>(request.gradient.data.size()));
     ranges->push_back(Range{c->tensor, c->offset, c->n});
   }
@@ -244,7 +229,6 @@ absl::Status OptimizerCore::Step(StepStream* stream) {
 
     CommitContext context;
     context.stopping = &shutting_down_;
-    context.backend = engine_->backend();
     int num_workers = 0;
     int64_t version = 0;
     int64_t last = 0;

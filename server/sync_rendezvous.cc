@@ -15,12 +15,10 @@ namespace optd::server {
 namespace {
 
 // This worker's gradient widened to fp32 (averaging sums in fp32).
-WorkerGradients Widen(const Group& group, const StepPlan& plan, const GradientSet& gradient,
-                      int64_t nonfinite) {
+WorkerGradients Widen(const Group& group, const StepPlan& plan, const GradientSet& gradient) {
   WorkerGradients mine;
   mine.tensors = gradient.Touched();
   mine.lr = plan.args.lr;
-  mine.nonfinite = nonfinite;
   for (int t : mine.tensors) {
     std::vector<float> g(static_cast<size_t>(group.tensor(t).numel()));
     WidenToFloat(gradient.dtype(t), gradient.data(t), group.tensor(t).numel(), g.data());
@@ -41,14 +39,13 @@ void EndRound(Group& group, const std::shared_ptr<SyncRound>& round)
 }  // namespace
 
 absl::StatusOr<SyncResult> JoinSyncRound(Group& group, const StepPlan& plan,
-                                         const GradientSet& gradient, int64_t nonfinite,
-                                         int64_t timeout_ms, const std::atomic<bool>& stopping,
-                                         core::Backend backend) {
+                                         const GradientSet& gradient, int64_t timeout_ms,
+                                         const std::atomic<bool>& stopping) {
   const int num_workers = [&] {
     absl::MutexLock lock(&group.mu());
     return group.record().num_workers;
   }();
-  WorkerGradients mine = Widen(group, plan, gradient, nonfinite);
+  WorkerGradients mine = Widen(group, plan, gradient);
   std::shared_ptr<SyncRound> round;
   bool apply = false;
   {
@@ -116,8 +113,7 @@ absl::StatusOr<SyncResult> JoinSyncRound(Group& group, const StepPlan& plan,
     WorkerGradients* avg = nullptr;
     absl::Status result = AverageInto(round.get(), &avg);
     int64_t version = 0;
-    int64_t total_nonfinite = 0;
-    for (const auto& w : round->workers) total_nonfinite += w->nonfinite;
+    int64_t nonfinite = 0;
     if (result.ok()) {
       std::vector<core::TensorGradient> grads;
       for (size_t i = 0; i < avg->tensors.size(); ++i) {
@@ -136,15 +132,16 @@ absl::StatusOr<SyncResult> JoinSyncRound(Group& group, const StepPlan& plan,
         record.version += 1;
         for (auto& s : record.worker_steps) s = plan.step;
         version = record.version;
-        group.metrics().AddNonfiniteGradientElements(total_nonfinite);
-        group.UpdateByteMetrics(backend);
+        nonfinite = group.params().LastNonfiniteGradientElements();
+        group.metrics().AddNonfiniteGradientElements(nonfinite);
+        group.UpdateByteMetrics();
         group.Publish();
       }
     }
     absl::MutexLock lock(&group.sync_mu());
     round->result = result;
     round->version_after = version;
-    round->nonfinite = total_nonfinite;
+    round->nonfinite = nonfinite;
     EndRound(group, round);
   }
   absl::MutexLock lock(&group.sync_mu());

@@ -17,16 +17,14 @@ namespace optd::server {
 
 struct SyncResult {
   int64_t version = 0;    // the group's version after the update
-  int64_t nonfinite = 0;  // over all workers
+  int64_t nonfinite = 0;  // NaN/Inf elements of the averaged gradient, as the engine counted them
 };
 
-// Joins this worker's gradient (complete, with `nonfinite` NaN/Inf elements) to the round of
-// plan.step and returns once the round was applied or failed. Holds the group's mutex only to
-// apply. FailedPrecondition when the group is collecting another step or this worker already
+// Joins this worker's gradient (complete) to the round of plan.step and returns once the round
+// was applied or failed. Holds the group's mutex only to apply. FailedPrecondition when the group is collecting another step or this worker already
 // pushed this one.
 absl::StatusOr<SyncResult> JoinSyncRound(Group& group, const StepPlan& plan,
-                                         const GradientSet& gradient, int64_t nonfinite,
-                                         int64_t timeout_ms, const std::atomic<bool>& stopping,
-                                         core::Backend backend);
+                                         const GradientSet& gradient, int64_t timeout_ms,
+                                         const std::atomic<bool>& stopping);
 
 }  // namespace optd::server

@@ -16,7 +16,6 @@ struct WorkerGradients {
   std::vector<int> tensors;               // tensor indices, ascending
   std::vector<std::vector<float>> grads;  // grads[i] is tensor tensors[i]'s gradient
   std::optional<float> lr;
-  int64_t nonfinite = 0;
   int64_t bytes() const;
 };
 
@@ -33,7 +32,7 @@ struct SyncRound {
   bool done = false;          // applied or failed; result says which
   absl::Status result;
   int64_t version_after = 0;  // the group's version after the update, when result is OK
-  int64_t nonfinite = 0;
+  int64_t nonfinite = 0;      // NaN/Inf elements of the averaged gradient (the engine's count)
 
   int64_t accumulated_bytes() const;
 };

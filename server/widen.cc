@@ -108,19 +108,4 @@ void NarrowFromFloat(const float* src, int64_t n, core::DType dtype, void* dst) 
   }
 }
 
-int64_t CountNonFinite(core::DType dtype, const void* src, int64_t n) {
-  int64_t count = 0;
-  if (dtype == core::DType::kFloat32) {
-    const auto* s = static_cast<const uint32_t*>(src);
-    for (int64_t i = 0; i < n; ++i) count += (s[i] & 0x7f800000u) == 0x7f800000u;
-  } else if (dtype == core::DType::kFloat16) {
-    const auto* s = static_cast<const uint16_t*>(src);
-    for (int64_t i = 0; i < n; ++i) count += (s[i] & 0x7c00) == 0x7c00;
-  } else {
-    const auto* s = static_cast<const uint16_t*>(src);
-    for (int64_t i = 0; i < n; ++i) count += (s[i] & 0x7f80) == 0x7f80;
-  }
-  return count;
-}
-
 }  // namespace optd::server

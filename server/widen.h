@@ -18,7 +18,4 @@ void WidenToFloat(core::DType dtype, const void* src, int64_t n, float* dst);
 // Writes n floats into `dst` as `dtype` (rounding to nearest even).
 void NarrowFromFloat(const float* src, int64_t n, core::DType dtype, void* dst);
 
-// Number of NaN or infinite elements among n elements of `dtype`.
-int64_t CountNonFinite(core::DType dtype, const void* src, int64_t n);
-
 }  // namespace optd::server

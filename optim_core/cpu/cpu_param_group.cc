@@ -7,6 +7,7 @@
 #include "absl/strings/str_cat.h"
 #include "cpu/percentile_clipping.h"
 #include "internal/request_checks.h"
+#include "optd/core/state_layout.h"
 
 namespace optd::core::cpu {
 namespace {
@@ -18,8 +19,6 @@ constexpr int64_t kBlocksPerTask = 64;
 constexpr int64_t kElementsPerTask = kBlocksPerTask * kBlockSize;
 // Below this many elements a step runs on the calling thread: waking workers costs more.
 constexpr int64_t kParallelThreshold = 4 * kElementsPerTask;
-
-int64_t NumBlocks(int64_t numel) { return (numel + kBlockSize - 1) / kBlockSize; }
 
 }  // namespace
 
@@ -57,7 +56,7 @@ CpuParamGroup::~CpuParamGroup() {
 absl::StatusOr<CpuParamGroup::States> CpuParamGroup::NewStates(int64_t numel,
                                                                const AdamWOptions& options) {
   States s;
-  s.eight_bit = internal::UsesEightBit(numel, options);
+  s.eight_bit = UsesEightBitStates(numel, options);
   const int64_t blocks = NumBlocks(numel);
   absl::StatusOr<HostBuffer> b1 = s.eight_bit ? HostBuffer::Allocate(numel, 1, "state1")
                                               : HostBuffer::Allocate(numel, 4, "state1");
@@ -91,26 +90,30 @@ void CpuParamGroup::UpdateStateBytes() {
   state_bytes_ = total;
 }
 
+MemoryStats CpuParamGroup::GetMemoryStats() const {
+  MemoryStats m;
+  m.weight_bytes_host = weight_bytes_;
+  m.state_bytes_host = state_bytes_;
+  auto bytes = [](const auto& v) {
+    return static_cast<int64_t>(v.capacity() * sizeof(v[0]));
+  };
+  m.buffer_bytes_host = bytes(seen_scratch_) + bytes(works_) + bytes(tasks_) +
+                        bytes(partial_sums_) + bytes(work_sums_) + bytes(task_nonfinite_);
+  return m;
+}
+
 absl::Status CpuParamGroup::SetOptions(const AdamWOptions& options) {
-  if (absl::Status s = ValidateOptions(options); !s.ok()) return s;
+  if (absl::Status s = internal::CheckSetOptions(
+          spec_, options, [this](int t) { return tensors_[t].step; });
+      !s.ok()) {
+    return s;
+  }
   const bool new_clipping = options.percentile_clipping < 100;
   std::vector<int> rebuild;
   for (size_t i = 0; i < tensors_.size(); ++i) {
     const Tensor& t = tensors_[i];
-    const bool layout_changes = internal::UsesEightBit(t.numel, options) != t.states.eight_bit;
+    const bool layout_changes = UsesEightBitStates(t.numel, options) != t.states.eight_bit;
     const bool clipping_changes = new_clipping != clipping();
-    if (t.step > 0 && layout_changes) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "min_8bit_size: changing it from ", spec_.options.min_8bit_size, " to ",
-          options.min_8bit_size, " would change the state layout of tensor \"",
-          spec_.tensors[i].name, "\" after its first step"));
-    }
-    if (t.step > 0 && clipping_changes) {
-      return absl::FailedPreconditionError(absl::StrCat(
-          "percentile_clipping: changing it from ", spec_.options.percentile_clipping, " to ",
-          options.percentile_clipping, " would add or drop the clipping history of tensor \"",
-          spec_.tensors[i].name, "\" after its first step"));
-    }
     if (layout_changes || clipping_changes) rebuild.push_back(static_cast<int>(i));
   }
   // Allocate everything first, so a failure leaves the group as it was.
@@ -136,19 +139,13 @@ absl::Status CpuParamGroup::SetOptions(const AdamWOptions& options) {
 }
 
 absl::Status CpuParamGroup::WriteParam(int tensor, int64_t offset, ConstTensorView src) {
-  if (absl::Status s = internal::CheckTensorIndex("tensor", tensor, num_tensors()); !s.ok()) {
+  if (absl::Status s =
+          internal::CheckParamCopy(spec_, "src", tensor, offset, src, Placement::kHostOnly);
+      !s.ok()) {
     return s;
   }
   const TensorSpec& ts = spec_.tensors[tensor];
   Tensor& t = tensors_[tensor];
-  if (absl::Status s = internal::CheckView("src", src, &ts.dtype, src.numel, Placement::kHostOnly);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = internal::CheckElementRange("offset", offset, src.numel, t.numel);
-      !s.ok()) {
-    return s;
-  }
   if (src.numel > 0) {
     const size_t esize = DTypeSize(ts.dtype);
     std::memcpy(t.param.as<char>() + offset * esize, src.data, src.numel * esize);
@@ -157,20 +154,13 @@ absl::Status CpuParamGroup::WriteParam(int tensor, int64_t offset, ConstTensorVi
 }
 
 absl::Status CpuParamGroup::ReadParam(int tensor, int64_t offset, TensorView dst) const {
-  if (absl::Status s = internal::CheckTensorIndex("tensor", tensor, num_tensors()); !s.ok()) {
+  if (absl::Status s = internal::CheckParamCopy(spec_, "dst", tensor, offset, dst.AsConst(),
+                                                Placement::kHostOnly);
+      !s.ok()) {
     return s;
   }
   const TensorSpec& ts = spec_.tensors[tensor];
   const Tensor& t = tensors_[tensor];
-  if (absl::Status s = internal::CheckView("dst", dst.AsConst(), &ts.dtype, dst.numel,
-                                           Placement::kHostOnly);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = internal::CheckElementRange("offset", offset, dst.numel, t.numel);
-      !s.ok()) {
-    return s;
-  }
   if (dst.numel > 0) {
     const size_t esize = DTypeSize(ts.dtype);
     std::memcpy(dst.data, t.param.as<char>() + offset * esize, dst.numel * esize);
@@ -249,6 +239,7 @@ void CpuParamGroup::RunWorks() {
   }
   int64_t nonfinite = 0;
   for (int64_t n : task_nonfinite_) nonfinite += n;
+  last_nonfinite_ = nonfinite;
   if (nonfinite > 0) {
     shared_->nonfinite_gradient_elements.fetch_add(nonfinite, std::memory_order_relaxed);
   }
@@ -256,13 +247,10 @@ void CpuParamGroup::RunWorks() {
 
 absl::Status CpuParamGroup::Step(absl::Span<const TensorGradient> grads, const StepArgs& args) {
   // Everything is validated before anything changes (all or nothing).
-  absl::StatusOr<float> lr = internal::StepLearningRate(args, spec_.options);
+  absl::StatusOr<float> lr =
+      internal::CheckStep(spec_, grads, args, [this](int t) { return tensors_[t].step; },
+                          Placement::kHostOnly, seen_scratch_);
   if (!lr.ok()) return lr.status();
-  if (absl::Status s =
-          internal::CheckStepGradients(spec_, grads, Placement::kHostOnly, seen_scratch_);
-      !s.ok()) {
-    return s;
-  }
   works_.clear();
   for (const TensorGradient& g : grads) {
     Work w;
@@ -296,29 +284,10 @@ absl::Status CpuParamGroup::Step(absl::Span<const TensorGradient> grads, const S
 
 absl::Status CpuParamGroup::ApplyRange(const RangeGradient& range, int64_t step,
                                        const StepArgs& args) {
-  if (absl::Status s = internal::CheckTensorIndex("range.tensor", range.tensor, num_tensors());
-      !s.ok()) {
-    return s;
-  }
-  if (clipping()) {
-    return absl::FailedPreconditionError(
-        "ApplyRange: percentile_clipping is on and needs the whole gradient; use Step");
-  }
-  if (step < 1) {
-    return absl::InvalidArgumentError(absl::StrCat("step must be >= 1, got ", step));
-  }
-  absl::StatusOr<float> lr = internal::StepLearningRate(args, spec_.options);
+  absl::StatusOr<float> lr =
+      internal::CheckApplyRange(spec_, range, step, args, Placement::kHostOnly);
   if (!lr.ok()) return lr.status();
   const Tensor& t = tensors_[range.tensor];
-  if (absl::Status s = internal::CheckBlockRange("range", range.offset, range.grad.numel, t.numel);
-      !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = internal::CheckView("range.grad", range.grad, nullptr, range.grad.numel,
-                                           Placement::kHostOnly);
-      !s.ok()) {
-    return s;
-  }
   works_.clear();
   Work w;
   w.tensor = range.tensor;

@@ -38,6 +38,8 @@ class CpuParamGroup final : public ParamGroup {
   absl::StatusOr<TensorState> ExportStateRange(int tensor, int64_t offset,
                                                int64_t count) const override;
   absl::Status ImportStateRange(int tensor, int64_t offset, const TensorState& state) override;
+  MemoryStats GetMemoryStats() const override;
+  int64_t LastNonfiniteGradientElements() const override { return last_nonfinite_; }
 
  private:
   struct States {
@@ -90,6 +92,7 @@ class CpuParamGroup final : public ParamGroup {
   std::vector<Tensor> tensors_;
   int64_t weight_bytes_ = 0;  // what this group adds to the engine's counters
   int64_t state_bytes_ = 0;
+  int64_t last_nonfinite_ = 0;  // of the last Step or ApplyRange
 
   // Scratch reused across steps so a step does not allocate once the group has warmed up.
   std::vector<uint8_t> seen_scratch_;

@@ -4,13 +4,9 @@
 #include "absl/strings/str_cat.h"
 #include "cpu/cpu_param_group.h"
 #include "internal/request_checks.h"
+#include "optd/core/state_layout.h"
 
 namespace optd::core::cpu {
-namespace {
-
-int64_t NumBlocks(int64_t numel) { return (numel + kBlockSize - 1) / kBlockSize; }
-
-}  // namespace
 
 int64_t CpuParamGroup::GetStep(int tensor) const {
   if (tensor < 0 || tensor >= num_tensors()) return -1;
@@ -18,10 +14,7 @@ int64_t CpuParamGroup::GetStep(int tensor) const {
 }
 
 absl::Status CpuParamGroup::SetStep(int tensor, int64_t step) {
-  if (absl::Status s = internal::CheckTensorIndex("tensor", tensor, num_tensors()); !s.ok()) {
-    return s;
-  }
-  if (step < 0) return absl::InvalidArgumentError(absl::StrCat("step must be >= 0, got ", step));
+  if (absl::Status s = internal::CheckSetStep(spec_, tensor, step); !s.ok()) return s;
   tensors_[tensor].step = step;
   return absl::OkStatus();
 }
@@ -34,24 +27,16 @@ absl::StatusOr<TensorState> CpuParamGroup::ExportState(int tensor) const {
 }
 
 absl::Status CpuParamGroup::ImportState(int tensor, const TensorState& state) {
-  if (absl::Status s = internal::CheckTensorIndex("tensor", tensor, num_tensors()); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = ValidateTensorState(state, tensors_[tensor].numel, clipping()); !s.ok()) {
-    return s;
-  }
+  if (absl::Status s = internal::CheckImportState(spec_, tensor, state); !s.ok()) return s;
   return ImportStateRange(tensor, 0, state);
 }
 
 absl::StatusOr<TensorState> CpuParamGroup::ExportStateRange(int tensor, int64_t offset,
                                                             int64_t count) const {
-  if (absl::Status s = internal::CheckTensorIndex("tensor", tensor, num_tensors()); !s.ok()) {
+  if (absl::Status s = internal::CheckExportStateRange(spec_, tensor, offset, count); !s.ok()) {
     return s;
   }
   const Tensor& t = tensors_[tensor];
-  if (absl::Status s = internal::CheckBlockRange("range", offset, count, t.numel); !s.ok()) {
-    return s;
-  }
   TensorState out;
   out.step = t.step;
   out.eight_bit = t.states.eight_bit;
@@ -78,23 +63,12 @@ absl::StatusOr<TensorState> CpuParamGroup::ExportStateRange(int tensor, int64_t 
 
 absl::Status CpuParamGroup::ImportStateRange(int tensor, int64_t offset,
                                              const TensorState& state) {
-  if (absl::Status s = internal::CheckTensorIndex("tensor", tensor, num_tensors()); !s.ok()) {
+  if (absl::Status s = internal::CheckImportStateRange(spec_, tensor, offset, state); !s.ok()) {
     return s;
   }
   Tensor& t = tensors_[tensor];
-  if (state.eight_bit != t.states.eight_bit) {
-    return absl::InvalidArgumentError(absl::StrCat(
-        "eight_bit is ", state.eight_bit ? "true" : "false", " but tensor \"",
-        spec_.tensors[tensor].name, "\" (", t.numel, " elements, min_8bit_size ",
-        spec_.options.min_8bit_size, ") keeps ", t.states.eight_bit ? "8-bit" : "32-bit",
-        " states"));
-  }
   const int64_t count = static_cast<int64_t>(state.eight_bit ? state.state1.size()
                                                              : state.state1_f32.size());
-  if (absl::Status s = internal::CheckBlockRange("range", offset, count, t.numel); !s.ok()) {
-    return s;
-  }
-  if (absl::Status s = ValidateTensorState(state, count, clipping()); !s.ok()) return s;
   if (count > 0) {
     if (state.eight_bit) {
       std::memcpy(t.states.state1.as<uint8_t>() + offset, state.state1.data(), count);

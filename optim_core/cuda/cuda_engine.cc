@@ -1,12 +1,14 @@
 // The CUDA engine: device selection, the state budget, and the factory hook that engine.cc calls.
 #include <cuda_runtime.h>
 
+#include <algorithm>
 #include <memory>
 #include <vector>
 #include <utility>
 
 #include "absl/strings/str_cat.h"
 #include "cuda/cuda_group.h"
+#include "cuda/cuda_resources.h"
 #include "cuda/cuda_status.h"
 #include "cuda/quant_buckets.h"
 #include "internal/cuda_engine_factory.h"
@@ -25,7 +27,7 @@ using cuda::kSignedBuckets;
 using cuda::kUnsignedBuckets;
 using cuda::EngineShared;
 
-// Thread safety: thread-safe (groups are independent; the budget is guarded by shared_->mu).
+// Thread safety: thread-safe (groups are independent; the budget is thread-safe).
 class CudaEngine final : public Engine {
  public:
   explicit CudaEngine(std::shared_ptr<EngineShared> shared) : shared_(std::move(shared)) {}
@@ -50,7 +52,7 @@ class CudaEngine final : public Engine {
     } else {
       cudaGetLastError();
     }
-    s.device_budget_bytes = shared_->budget_bytes;
+    s.device_budget_bytes = shared_->budget.budget_bytes();
     const cuda::EngineCounters& c = *shared_->counters;
     s.weight_bytes_device = c.weight_bytes_device.load();
     s.weight_bytes_host = 0;
@@ -108,17 +110,21 @@ absl::StatusOr<std::unique_ptr<Engine>> CreateCudaEngine(const EngineOptions& op
       "cudaDeviceGetAttribute");
   size_t free_b = 0, total_b = 0;
   OPTD_CUDA_RETURN_IF_ERROR(cudaMemGetInfo(&free_b, &total_b), "cudaMemGetInfo");
-  shared->budget_bytes =
+  shared->budget.SetBudget(
       options.device_budget_bytes > 0
           ? options.device_budget_bytes
-          : std::max<int64_t>(0, static_cast<int64_t>(free_b) - options.device_reserve_bytes);
+          : std::max<int64_t>(0, static_cast<int64_t>(free_b) - options.device_reserve_bytes));
   std::vector<uint8_t> buckets(kSignedBuckets + kUnsignedBuckets);
   if (BuildBuckets(kSignedQuantMap, true, buckets.data()) > kSignedBucketSteps ||
       BuildBuckets(kUnsignedQuantMap, false, buckets.data() + kSignedBuckets) >
           kUnsignedBucketSteps)
     return absl::InternalError("quantization tables too dense for the search buckets");
-  OPTD_CUDA_RETURN_IF_ERROR(cudaMalloc(&shared->qmaps, 512 * sizeof(float) + buckets.size()),
-                            "cudaMalloc(qmaps)");
+  OPTD_CUDA_ASSIGN_OR_RETURN(
+      shared->tables,
+      cuda::DeviceBuffer::Allocate(static_cast<int64_t>(512 * sizeof(float) + buckets.size()),
+                                   "out of device memory for the quantization tables",
+                                   "cudaMalloc(qmaps)"));
+  shared->qmaps = shared->tables.as<float>();
   shared->buckets = reinterpret_cast<uint8_t*>(shared->qmaps + 512);
   OPTD_CUDA_RETURN_IF_ERROR(cudaMemcpy(shared->buckets, buckets.data(), buckets.size(),
                                        cudaMemcpyHostToDevice),

@@ -1,69 +1,49 @@
 // The CUDA group's host<->device copies: weights in and out, and optimizer state export/import
 // (whole tensors and block-aligned ranges) through the page manager.
 #include <algorithm>
-#include <limits>
 #include <string>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
 #include "cuda/cuda_group.h"
 #include "cuda/cuda_status.h"
+#include "internal/request_checks.h"
+#include "optd/core/state_layout.h"
 #include "optd/core/tensor_state.h"
 
 namespace optd::core::internal::cuda {
-namespace {
-
-int64_t CeilDiv(int64_t a, int64_t b) { return (a + b - 1) / b; }
-bool EightBit(int64_t numel, const AdamWOptions& o) { return numel >= o.min_8bit_size; }
-
-}  // namespace
 
 absl::Status CudaGroup::WriteParam(int tensor, int64_t offset, ConstTensorView src) {
-  OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(tensor));
+  OPTD_CUDA_RETURN_IF_NOT_OK(
+      CheckParamCopy(spec_, "src", tensor, offset, src, Placement::kHostOrDevice));
   const TensorSpec& ts = spec_.tensors[tensor];
-  if (src.dtype != ts.dtype)
-    return absl::InvalidArgumentError(absl::StrCat("src.dtype is ", std::string(DTypeName(src.dtype)),
-                                                   ", tensor ", ts.name, " is ",
-                                                   std::string(DTypeName(ts.dtype))));
-  if (offset < 0 || src.numel < 0 || offset + src.numel > numel_[tensor])
-    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " + src.numel ", src.numel,
-                                                   " out of range for tensor ", ts.name, " of ",
-                                                   numel_[tensor], " elements"));
   if (src.numel == 0) return absl::OkStatus();
-  if (src.data == nullptr) return absl::InvalidArgumentError("src.data is null");
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
   const int64_t es = static_cast<int64_t>(DTypeSize(ts.dtype));
   OPTD_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(static_cast<char*>(params_[tensor]) + offset * es, src.data,
-                      src.numel * es, cudaMemcpyDefault, stream_),
+      cudaMemcpyAsync(params_[tensor].as<char>() + offset * es, src.data,
+                      src.numel * es, cudaMemcpyDefault, stream_.get()),
       "cudaMemcpyAsync(WriteParam)");
-  return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(WriteParam)");
+  return CudaStatus(cudaStreamSynchronize(stream_.get()), "cudaStreamSynchronize(WriteParam)");
 }
 
 absl::Status CudaGroup::ReadParam(int tensor, int64_t offset, TensorView dst) const {
-  OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(tensor));
+  OPTD_CUDA_RETURN_IF_NOT_OK(
+      CheckParamCopy(spec_, "dst", tensor, offset, dst.AsConst(), Placement::kHostOrDevice));
   const TensorSpec& ts = spec_.tensors[tensor];
-  if (dst.dtype != ts.dtype)
-    return absl::InvalidArgumentError(absl::StrCat("dst.dtype is ", std::string(DTypeName(dst.dtype)),
-                                                   ", tensor ", ts.name, " is ",
-                                                   std::string(DTypeName(ts.dtype))));
-  if (offset < 0 || dst.numel < 0 || offset + dst.numel > numel_[tensor])
-    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " + dst.numel ", dst.numel,
-                                                   " out of range for tensor ", ts.name, " of ",
-                                                   numel_[tensor], " elements"));
   if (dst.numel == 0) return absl::OkStatus();
-  if (dst.data == nullptr) return absl::InvalidArgumentError("dst.data is null");
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
   const int64_t es = static_cast<int64_t>(DTypeSize(ts.dtype));
   OPTD_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(dst.data, static_cast<const char*>(params_[tensor]) + offset * es,
-                      dst.numel * es, cudaMemcpyDefault, stream_),
+      cudaMemcpyAsync(dst.data, params_[tensor].as<const char>() + offset * es,
+                      dst.numel * es, cudaMemcpyDefault, stream_.get()),
       "cudaMemcpyAsync(ReadParam)");
-  return CudaStatus(cudaStreamSynchronize(stream_), "cudaStreamSynchronize(ReadParam)");
+  return CudaStatus(cudaStreamSynchronize(stream_.get()), "cudaStreamSynchronize(ReadParam)");
 }
 
 TensorView CudaGroup::ParamStorage(int tensor) {
-  return {params_[tensor], spec_.tensors[tensor].dtype, numel_[tensor], MemoryKind::kDevice};
+  if (tensor < 0 || tensor >= num_tensors()) return TensorView{};
+  return {params_[tensor].get(), spec_.tensors[tensor].dtype, numel_[tensor], MemoryKind::kDevice};
 }
 
 absl::Status CudaGroup::CopyState(int tensor, int64_t offset, int64_t count, TensorState* st,
@@ -91,47 +71,40 @@ absl::Status CudaGroup::CopyState(int tensor, int64_t offset, int64_t count, Ten
                 {l.state2 + rel * 4, st->state2_f32.data() + at, n * 4}};
     }
     for (const Piece& pc : pieces) {
-      OPTD_CUDA_RETURN_IF_NOT_OK(to_device
-                               ? self->pages_->Write(p, pc.page_off, pc.bytes, pc.host, stream_)
-                               : pages_->Read(p, pc.page_off, pc.bytes, pc.host, stream_));
+      OPTD_CUDA_RETURN_IF_NOT_OK(
+          to_device ? self->pages_->Write(p, pc.page_off, pc.bytes, pc.host, stream_.get())
+                    : pages_->Read(p, pc.page_off, pc.bytes, pc.host, stream_.get()));
     }
   }
   if (clipping()) {
     if (to_device) {
       OPTD_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(clip_ + static_cast<size_t>(tensor) * kGnormHistory,
+          cudaMemcpyAsync(clip_.gnorm_vec(tensor),
                           st->gnorm_vec.data(), kGnormHistory * sizeof(float),
-                          cudaMemcpyHostToDevice, stream_),
+                          cudaMemcpyHostToDevice, stream_.get()),
           "cudaMemcpyAsync(gnorm_vec)");
     } else {
       st->gnorm_vec.resize(kGnormHistory);
       OPTD_CUDA_RETURN_IF_ERROR(
-          cudaMemcpyAsync(st->gnorm_vec.data(), clip_ + static_cast<size_t>(tensor) * kGnormHistory,
-                          kGnormHistory * sizeof(float), cudaMemcpyDeviceToHost, stream_),
+          cudaMemcpyAsync(st->gnorm_vec.data(), clip_.gnorm_vec(tensor),
+                          kGnormHistory * sizeof(float), cudaMemcpyDeviceToHost, stream_.get()),
           "cudaMemcpyAsync(gnorm_vec)");
     }
-    OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_), "cudaStreamSynchronize");
+    OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream_.get()), "cudaStreamSynchronize");
   }
   return absl::OkStatus();
 }
 
 absl::StatusOr<TensorState> CudaGroup::ExportStateRange(int tensor, int64_t offset,
                                                         int64_t count) const {
-  OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(tensor));
+  OPTD_CUDA_RETURN_IF_NOT_OK(CheckExportStateRange(spec_, tensor, offset, count));
   const int64_t n = numel_[tensor];
-  if (offset < 0 || offset % kBlockSize != 0 || offset > n)
-    return absl::InvalidArgumentError(absl::StrCat("offset ", offset, " must be a multiple of ",
-                                                   kBlockSize, " in [0, ", n, "]"));
-  if (count < 0 || offset + count > n || (count % kBlockSize != 0 && offset + count != n))
-    return absl::InvalidArgumentError(absl::StrCat("count ", count, " at offset ", offset,
-                                                   " must be a multiple of ", kBlockSize,
-                                                   " or reach the tensor's end ", n));
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
   TensorState st;
   st.step = steps_[tensor];
   st.eight_bit = pages_->num_pages() > 0 && first_page_[tensor] < first_page_[tensor + 1]
                      ? pages_->page(first_page_[tensor]).eight_bit
-                     : EightBit(n, spec_.options);
+                     : UsesEightBitStates(n, spec_.options);
   if (st.eight_bit) {
     st.state1.resize(count);
     st.state2.resize(count);
@@ -146,20 +119,12 @@ absl::StatusOr<TensorState> CudaGroup::ExportStateRange(int tensor, int64_t offs
 }
 
 absl::StatusOr<TensorState> CudaGroup::ExportState(int tensor) const {
-  OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(tensor));
+  OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensorIndex("tensor", tensor, num_tensors()));
   return ExportStateRange(tensor, 0, numel_[tensor]);
 }
 
 absl::Status CudaGroup::ImportState(int tensor, const TensorState& state) {
-  OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(tensor));
-  OPTD_CUDA_RETURN_IF_NOT_OK(ValidateTensorState(state, numel_[tensor], clipping()));
-  if (state.eight_bit != EightBit(numel_[tensor], spec_.options))
-    return absl::InvalidArgumentError(absl::StrCat(
-        "state.eight_bit is ", state.eight_bit ? "true" : "false", " but tensor ",
-        spec_.tensors[tensor].name, " of ", numel_[tensor], " elements uses ",
-        EightBit(numel_[tensor], spec_.options) ? "8-bit" : "32-bit", " states"));
-  if (state.step < 0 || state.step > std::numeric_limits<int32_t>::max())
-    return absl::InvalidArgumentError(absl::StrCat("state.step out of range: ", state.step));
+  OPTD_CUDA_RETURN_IF_NOT_OK(CheckImportState(spec_, tensor, state));
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
   TensorState copy = state;
   OPTD_CUDA_RETURN_IF_NOT_OK(CopyState(tensor, 0, numel_[tensor], &copy, /*to_device=*/true));
@@ -168,28 +133,9 @@ absl::Status CudaGroup::ImportState(int tensor, const TensorState& state) {
 }
 
 absl::Status CudaGroup::ImportStateRange(int tensor, int64_t offset, const TensorState& state) {
-  OPTD_CUDA_RETURN_IF_NOT_OK(CheckTensor(tensor));
-  const int64_t n = numel_[tensor];
-  const bool eight = EightBit(n, spec_.options);
-  if (state.eight_bit != eight)
-    return absl::InvalidArgumentError(absl::StrCat("state.eight_bit does not match tensor ",
-                                                   spec_.tensors[tensor].name));
-  const int64_t count = static_cast<int64_t>(eight ? state.state1.size() : state.state1_f32.size());
-  if (offset < 0 || offset % kBlockSize != 0 || offset + count > n ||
-      (count % kBlockSize != 0 && offset + count != n))
-    return absl::InvalidArgumentError(absl::StrCat("range [", offset, ", ", offset + count,
-                                                   ") is not block-aligned inside [0, ", n, ")"));
-  const size_t nb = static_cast<size_t>(CeilDiv(count, kBlockSize));
-  if (eight && (state.state2.size() != static_cast<size_t>(count) || state.absmax1.size() != nb ||
-                state.absmax2.size() != nb))
-    return absl::InvalidArgumentError(absl::StrCat("state2/absmax1/absmax2 sizes do not match ",
-                                                   count, " elements (", nb, " blocks)"));
-  if (!eight && state.state2_f32.size() != static_cast<size_t>(count))
-    return absl::InvalidArgumentError(absl::StrCat("state2_f32 has ", state.state2_f32.size(),
-                                                   " entries, expected ", count));
-  if (clipping() && state.gnorm_vec.size() != static_cast<size_t>(kGnormHistory))
-    return absl::InvalidArgumentError(absl::StrCat("gnorm_vec has ", state.gnorm_vec.size(),
-                                                   " entries, expected ", kGnormHistory));
+  OPTD_CUDA_RETURN_IF_NOT_OK(CheckImportStateRange(spec_, tensor, offset, state));
+  const int64_t count =
+      static_cast<int64_t>(state.eight_bit ? state.state1.size() : state.state1_f32.size());
   OPTD_CUDA_RETURN_IF_ERROR(cudaSetDevice(shared_->device), "cudaSetDevice");
   TensorState copy = state;
   OPTD_CUDA_RETURN_IF_NOT_OK(CopyState(tensor, offset, count, &copy, /*to_device=*/true));

@@ -6,11 +6,11 @@
 
 #include "absl/strings/str_cat.h"
 #include "cuda/cuda_status.h"
+#include "optd/core/state_layout.h"
 
 namespace optd::core::internal::cuda {
 namespace {
 
-constexpr int64_t kQuantBlock = 256;
 int64_t Align16(int64_t x) { return (x + 15) / 16 * 16; }
 
 }  // namespace
@@ -18,7 +18,7 @@ int64_t Align16(int64_t x) { return (x + 15) / 16 * 16; }
 PageLayout LayoutOf(int64_t count, bool eight_bit) {
   PageLayout l;
   if (eight_bit) {
-    const int64_t blocks = (count + kQuantBlock - 1) / kQuantBlock;
+    const int64_t blocks = NumBlocks(count);
     l.state1 = 0;
     l.state2 = Align16(count);
     l.absmax1 = 2 * Align16(count);
@@ -50,82 +50,62 @@ absl::StatusOr<std::unique_ptr<PageManager>> PageManager::Create(
     const int64_t bytes = p.layout.bytes;
     if (bytes == 0) continue;
     if (bytes <= resident_left) {
-      void* d = nullptr;
-      const cudaError_t err = cudaMalloc(&d, bytes);
-      if (err == cudaErrorMemoryAllocation) {
-        cudaGetLastError();
-        return absl::ResourceExhaustedError(
-            absl::StrCat("out of device memory allocating ", bytes, " bytes of optimizer state"));
-      }
-      OPTD_CUDA_RETURN_IF_ERROR(err, "cudaMalloc(state page)");
-      p.device = static_cast<char*>(d);
-      OPTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(d, 0, bytes, stream), "cudaMemsetAsync(state)");
+      OPTD_CUDA_ASSIGN_OR_RETURN(
+          p.device, DeviceBuffer::Allocate(bytes,
+                                           absl::StrCat("out of device memory allocating ", bytes,
+                                                        " bytes of optimizer state"),
+                                           "cudaMalloc(state page)"));
+      OPTD_CUDA_RETURN_IF_ERROR(cudaMemsetAsync(p.device.get(), 0, bytes, stream),
+                                "cudaMemsetAsync(state)");
       resident_left -= bytes;
       pm->device_bytes_ += bytes;
     } else {
-      void* h = nullptr;
-      const cudaError_t err = cudaMallocHost(&h, bytes);
-      if (err == cudaErrorMemoryAllocation) {
-        cudaGetLastError();
-        return absl::ResourceExhaustedError(
-            absl::StrCat("out of pinned host memory allocating ", bytes, " bytes of state"));
-      }
-      OPTD_CUDA_RETURN_IF_ERROR(err, "cudaMallocHost(state page)");
-      p.host = static_cast<char*>(h);
-      std::memset(h, 0, bytes);
+      OPTD_CUDA_ASSIGN_OR_RETURN(
+          p.host, PinnedBuffer::Allocate(bytes,
+                                         absl::StrCat("out of pinned host memory allocating ",
+                                                      bytes, " bytes of state"),
+                                         "cudaMallocHost(state page)"));
+      std::memset(p.host.get(), 0, bytes);
       pm->host_bytes_ += bytes;
-      OPTD_CUDA_RETURN_IF_ERROR(cudaEventCreate(&p.compute_ready), "cudaEventCreate");
-      OPTD_CUDA_RETURN_IF_ERROR(cudaEventCreate(&p.loaded), "cudaEventCreate");
+      OPTD_CUDA_ASSIGN_OR_RETURN(p.compute_ready, Event::Create(cudaEventDefault));
+      OPTD_CUDA_ASSIGN_OR_RETURN(p.loaded, Event::Create(cudaEventDefault));
     }
   }
   if (pm->host_bytes_ > 0) {
     pm->slots_.resize(kSlots);
     for (Slot& s : pm->slots_) {
-      void* d = nullptr;
-      const cudaError_t err = cudaMalloc(&d, largest);
-      if (err == cudaErrorMemoryAllocation) {
-        cudaGetLastError();
-        return absl::ResourceExhaustedError("out of device memory allocating page slots");
-      }
-      OPTD_CUDA_RETURN_IF_ERROR(err, "cudaMalloc(page slot)");
-      s.device = static_cast<char*>(d);
+      OPTD_CUDA_ASSIGN_OR_RETURN(
+          s.device, DeviceBuffer::Allocate(largest, "out of device memory allocating page slots",
+                                           "cudaMalloc(page slot)"));
       pm->device_bytes_ += largest;
-      OPTD_CUDA_RETURN_IF_ERROR(cudaEventCreateWithFlags(&s.free, cudaEventDisableTiming),
-                                "cudaEventCreate");
+      OPTD_CUDA_ASSIGN_OR_RETURN(s.free, Event::Create(cudaEventDisableTiming));
     }
   }
   pm->counters_->state_bytes_device += pm->device_bytes_;
   pm->counters_->state_bytes_host += pm->host_bytes_;
+  pm->counted_ = true;
   OPTD_CUDA_RETURN_IF_ERROR(cudaStreamSynchronize(stream), "cudaStreamSynchronize(init)");
   return pm;
 }
 
 PageManager::~PageManager() {
-  // Frees everything this manager allocated (the reference never frees its paged states).
-  for (Page& p : pages_) {
-    if (p.device) cudaFree(p.device);
-    if (p.host) cudaFreeHost(p.host);
-    if (p.compute_ready) cudaEventDestroy(p.compute_ready);
-    if (p.loaded) cudaEventDestroy(p.loaded);
-  }
-  for (Slot& s : slots_) {
-    if (s.device) cudaFree(s.device);
-    if (s.free) cudaEventDestroy(s.free);
-  }
+  // The buffers and events free themselves (the reference never frees its paged states).
+  if (!counted_) return;  // Create failed before adding to the counters
   counters_->state_bytes_device -= device_bytes_;
   counters_->state_bytes_host -= host_bytes_;
 }
 
 absl::StatusOr<char*> PageManager::Acquire(int i, cudaStream_t compute) {
   Page& p = pages_[i];
-  if (p.device != nullptr) return p.device;
+  if (p.device) return p.device.as<char>();
   ++clock_;
   if (p.slot >= 0) {  // hit: a clean copy is still in its slot
     Slot& s = slots_[p.slot];
     s.last_use = clock_;
     // The previous write-behind reads the slot: the update must not overwrite it before.
-    OPTD_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(compute, s.free, 0), "cudaStreamWaitEvent");
-    return s.device;
+    OPTD_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(compute, s.free.get(), 0),
+                              "cudaStreamWaitEvent");
+    return s.device.as<char>();
   }
   int victim = 0;
   for (int k = 1; k < kSlots; ++k)
@@ -139,28 +119,29 @@ absl::StatusOr<char*> PageManager::Acquire(int i, cudaStream_t compute) {
   s.last_use = clock_;
   p.slot = victim;
   // The slot's previous page must be written back (and its update finished) before the copy.
-  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(h2d_, s.free, 0), "cudaStreamWaitEvent");
-  OPTD_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(s.device, p.host, p.layout.bytes, cudaMemcpyHostToDevice, h2d_),
-      "cudaMemcpyAsync(page in)");
-  OPTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(p.loaded, h2d_), "cudaEventRecord");
-  OPTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(p.compute_ready, compute), "cudaEventRecord");
-  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(compute, p.loaded, 0), "cudaStreamWaitEvent");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(h2d_, s.free.get(), 0), "cudaStreamWaitEvent");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(s.device.get(), p.host.get(), p.layout.bytes,
+                                            cudaMemcpyHostToDevice, h2d_),
+                            "cudaMemcpyAsync(page in)");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(p.loaded.get(), h2d_), "cudaEventRecord");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(p.compute_ready.get(), compute), "cudaEventRecord");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(compute, p.loaded.get(), 0),
+                            "cudaStreamWaitEvent");
   p.loaded_this_step = true;
   counters_->paged_bytes_to_device += p.layout.bytes;
-  return s.device;
+  return s.device.as<char>();
 }
 
 absl::Status PageManager::Release(int i, cudaStream_t compute) {
   Page& p = pages_[i];
-  if (p.device != nullptr) return absl::OkStatus();
+  if (p.device) return absl::OkStatus();
   Slot& s = slots_[p.slot];
-  OPTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.free, compute), "cudaEventRecord");
-  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(d2h_, s.free, 0), "cudaStreamWaitEvent");
-  OPTD_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(p.host, s.device, p.layout.bytes, cudaMemcpyDeviceToHost, d2h_),
-      "cudaMemcpyAsync(page out)");
-  OPTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.free, d2h_), "cudaEventRecord");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.free.get(), compute), "cudaEventRecord");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaStreamWaitEvent(d2h_, s.free.get(), 0), "cudaStreamWaitEvent");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaMemcpyAsync(p.host.get(), s.device.get(), p.layout.bytes,
+                                            cudaMemcpyDeviceToHost, d2h_),
+                            "cudaMemcpyAsync(page out)");
+  OPTD_CUDA_RETURN_IF_ERROR(cudaEventRecord(s.free.get(), d2h_), "cudaEventRecord");
   counters_->paged_bytes_to_host += p.layout.bytes;
   return absl::OkStatus();
 }
@@ -171,7 +152,7 @@ absl::Status PageManager::FinishStep() {
     if (!p.loaded_this_step) continue;
     p.loaded_this_step = false;
     float ms = 0;
-    OPTD_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, p.compute_ready, p.loaded),
+    OPTD_CUDA_RETURN_IF_ERROR(cudaEventElapsedTime(&ms, p.compute_ready.get(), p.loaded.get()),
                               "cudaEventElapsedTime");
     if (ms > 0) wait_ns += static_cast<int64_t>(ms * 1e6);
   }
@@ -183,12 +164,13 @@ absl::Status PageManager::Read(int i, int64_t offset, int64_t bytes, void* dst,
                                cudaStream_t stream) const {
   const Page& p = pages_[i];
   if (bytes == 0) return absl::OkStatus();
-  if (p.device == nullptr) {
-    std::memcpy(dst, p.host + offset, bytes);
+  if (!p.device) {
+    std::memcpy(dst, p.host.as<const char>() + offset, bytes);
     return absl::OkStatus();
   }
   OPTD_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(dst, p.device + offset, bytes, cudaMemcpyDeviceToHost, stream),
+      cudaMemcpyAsync(dst, p.device.as<const char>() + offset, bytes, cudaMemcpyDeviceToHost,
+                      stream),
       "cudaMemcpyAsync(read state)");
   return CudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize(read state)");
 }
@@ -197,8 +179,8 @@ absl::Status PageManager::Write(int i, int64_t offset, int64_t bytes, const void
                                 cudaStream_t stream) {
   Page& p = pages_[i];
   if (bytes == 0) return absl::OkStatus();
-  if (p.device == nullptr) {
-    std::memcpy(p.host + offset, src, bytes);
+  if (!p.device) {
+    std::memcpy(p.host.as<char>() + offset, src, bytes);
     if (p.slot >= 0) {  // the slot's copy is stale now
       slots_[p.slot].page = -1;
       slots_[p.slot].last_use = 0;
@@ -207,7 +189,7 @@ absl::Status PageManager::Write(int i, int64_t offset, int64_t bytes, const void
     return absl::OkStatus();
   }
   OPTD_CUDA_RETURN_IF_ERROR(
-      cudaMemcpyAsync(p.device + offset, src, bytes, cudaMemcpyHostToDevice, stream),
+      cudaMemcpyAsync(p.device.as<char>() + offset, src, bytes, cudaMemcpyHostToDevice, stream),
       "cudaMemcpyAsync(write state)");
   return CudaStatus(cudaStreamSynchronize(stream), "cudaStreamSynchronize(write state)");
 }

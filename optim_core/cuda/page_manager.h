@@ -1,7 +1,9 @@
 // The page manager: where each page (a block-aligned range of one tensor's optimizer states)
 // lives, and the moves that bring it to the device ahead of its update.
 //
-// Note [Paging policy]: pages that fit the device budget are resident for the group's lifetime.
+// Note [Paging policy]: pages that fit the device budget are resident for the manager's lifetime
+// (a group replaces its manager when it is placed anew: Note [Placement when a step needs it] in
+// state_budget.h).
 // The others live in pinned host memory ("home") and pass through a ring of kSlots device slots:
 // Acquire copies a page home->slot on the h2d stream (the slot chosen is the least recently used
 // one; a slot still holding a clean copy of the page is a hit and moves nothing), and the
@@ -24,6 +26,7 @@
 
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "cuda/cuda_resources.h"
 #include "cuda/engine_counters.h"
 
 namespace optd::core::internal::cuda {
@@ -63,7 +66,7 @@ class PageManager {
   int num_pages() const { return static_cast<int>(pages_.size()); }
   const PageSpec& page(int i) const { return pages_[i].spec; }
   const PageLayout& layout(int i) const { return pages_[i].layout; }
-  bool resident(int i) const { return pages_[i].device != nullptr; }
+  bool resident(int i) const { return static_cast<bool>(pages_[i].device); }
   bool paging() const { return !slots_.empty(); }
   int64_t device_bytes() const { return device_bytes_; }
   int64_t host_bytes() const { return host_bytes_; }
@@ -84,18 +87,18 @@ class PageManager {
   struct Page {
     PageSpec spec;
     PageLayout layout;
-    char* device = nullptr;   // resident pages
-    char* host = nullptr;     // streamed pages: pinned home
-    int slot = -1;            // streamed pages: slot holding a valid copy, or -1
-    cudaEvent_t compute_ready = nullptr;  // compute stream reached the page's wait
-    cudaEvent_t loaded = nullptr;         // copy home->slot finished
+    DeviceBuffer device;       // resident pages
+    PinnedBuffer host;         // streamed pages: pinned home
+    int slot = -1;             // streamed pages: slot holding a valid copy, or -1
+    Event compute_ready;       // compute stream reached the page's wait
+    Event loaded;              // copy home->slot finished
     bool loaded_this_step = false;
   };
   struct Slot {
-    char* device = nullptr;
+    DeviceBuffer device;
     int page = -1;
     int64_t last_use = 0;
-    cudaEvent_t free = nullptr;  // all reads and writes of the slot's current page done
+    Event free;  // all reads and writes of the slot's current page done
   };
 
   PageManager(std::shared_ptr<EngineCounters> counters, cudaStream_t h2d, cudaStream_t d2h)
@@ -109,6 +112,7 @@ class PageManager {
   int64_t clock_ = 0;
   int64_t device_bytes_ = 0;
   int64_t host_bytes_ = 0;
+  bool counted_ = false;  // device_bytes_ and host_bytes_ are in the counters
 };
 
 }  // namespace optd::core::internal::cuda

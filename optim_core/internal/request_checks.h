@@ -1,21 +1,33 @@
-// Validation of engine requests shared by the CPU and CUDA engines, so both report the same
-// InvalidArgument/FailedPrecondition messages naming the offending field.
+// Validation of engine requests, shared by the CPU and CUDA engines: each ParamGroup method of
+// both engines runs its request through one function here before touching anything, so both
+// backends accept the same requests and reject the others with the same code and message, naming
+// the offending field (engine_parity_test.cc runs the same bad inputs through both).
 #pragma once
 
 #include <cstdint>
-#include "absl/strings/string_view.h"
+#include <limits>
 #include <vector>
 
+#include "absl/functional/function_ref.h"
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
+#include "absl/strings/string_view.h"
 #include "absl/types/span.h"
 #include "optd/core/engine.h"
 #include "optd/core/group_spec.h"
+#include "optd/core/tensor_state.h"
 
 namespace optd::core::internal {
 
 // Whether a view may point to device memory (the CUDA engine) or only host memory (the CPU).
 enum class Placement : uint8_t { kHostOnly, kHostOrDevice };
+
+// The largest step counter a tensor may reach. The CUDA kernels take the counter as int32 (as
+// the reference's do); the CPU engine keeps the same bound so both accept the same requests.
+inline constexpr int64_t kMaxStep = std::numeric_limits<int32_t>::max();
+
+// The step counter of tensor t (a group's own bookkeeping, read by the checks below).
+using StepOf = absl::FunctionRef<int64_t(int tensor)>;
 
 // InvalidArgument unless 0 <= tensor < num_tensors.
 absl::Status CheckTensorIndex(absl::string_view field, int tensor, int num_tensors);
@@ -43,9 +55,41 @@ absl::Status CheckElementRange(absl::string_view field, int64_t offset, int64_t 
 absl::Status CheckBlockRange(absl::string_view field, int64_t offset, int64_t count,
                              int64_t numel);
 
-// Whether a tensor of `numel` elements keeps 8-bit states under `options`.
-inline bool UsesEightBit(int64_t numel, const AdamWOptions& options) {
-  return numel >= options.min_8bit_size;
-}
+// ---- One check per ParamGroup method. ----
+
+// SetOptions: valid options that change no tensor's state layout (8-bit or 32-bit, clipping
+// history or not) after its first step (FailedPrecondition naming the option).
+absl::Status CheckSetOptions(const GroupSpec& spec, const AdamWOptions& options, StepOf step_of);
+
+// WriteParam ("src") and ReadParam ("dst"): the tensor, the view (the tensor's dtype), and the
+// element range [offset, offset + view.numel).
+absl::Status CheckParamCopy(const GroupSpec& spec, absl::string_view field, int tensor,
+                            int64_t offset, const ConstTensorView& view, Placement placement);
+
+// Step: the learning rate (returned), the gradients, and room in each stepped tensor's counter.
+absl::StatusOr<float> CheckStep(const GroupSpec& spec, absl::Span<const TensorGradient> grads,
+                                const StepArgs& args, StepOf step_of, Placement placement,
+                                std::vector<uint8_t>& scratch);
+
+// ApplyRange: the tensor, no clipping (FailedPrecondition), step in [1, kMaxStep], the learning
+// rate (returned), the block range and the gradient view.
+absl::StatusOr<float> CheckApplyRange(const GroupSpec& spec, const RangeGradient& range,
+                                      int64_t step, const StepArgs& args, Placement placement);
+
+// SetStep: the tensor and step in [0, kMaxStep].
+absl::Status CheckSetStep(const GroupSpec& spec, int tensor, int64_t step);
+
+// ExportStateRange: the tensor and the block range.
+absl::Status CheckExportStateRange(const GroupSpec& spec, int tensor, int64_t offset,
+                                   int64_t count);
+
+// ImportState: the tensor, the state's shapes (ValidateTensorState), its layout (8-bit or
+// 32-bit, as the tensor keeps) and step <= kMaxStep.
+absl::Status CheckImportState(const GroupSpec& spec, int tensor, const TensorState& state);
+
+// ImportStateRange: the tensor, the layout, the block range the state covers from `offset`,
+// the state's shapes for that range and step <= kMaxStep.
+absl::Status CheckImportStateRange(const GroupSpec& spec, int tensor, int64_t offset,
+                                   const TensorState& state);
 
 }  // namespace optd::core::internal

@@ -4,6 +4,7 @@
 #include <vector>
 
 #include "gtest/gtest.h"
+#include "optd/core/state_layout.h"
 
 namespace optd::core::internal {
 namespace {
@@ -62,8 +63,33 @@ TEST(RequestChecksTest, LearningRateOverride) {
 
 TEST(RequestChecksTest, EightBitLayoutIsStrictlyBelowMin8BitSize) {
   AdamWOptions o;  // min_8bit_size 4096
-  EXPECT_TRUE(UsesEightBit(4096, o));
-  EXPECT_FALSE(UsesEightBit(4095, o));
+  EXPECT_TRUE(UsesEightBitStates(4096, o));
+  EXPECT_FALSE(UsesEightBitStates(4095, o));
+}
+
+TEST(RequestChecksTest, CeilDivIsExactNearInt64Max) {
+  EXPECT_EQ(NumBlocks(0), 0);
+  EXPECT_EQ(NumBlocks(1), 1);
+  EXPECT_EQ(NumBlocks(256), 1);
+  EXPECT_EQ(NumBlocks(257), 2);
+  EXPECT_EQ(CeilDiv(INT64_MAX, 256), INT64_MAX / 256 + 1);
+}
+
+TEST(RequestChecksTest, StepCountersStopAtInt32Max) {
+  GroupSpec spec;
+  spec.tensors.push_back({"w", DType::kFloat32, {300}});
+  EXPECT_TRUE(CheckSetStep(spec, 0, kMaxStep).ok());
+  ExpectInvalid(CheckSetStep(spec, 0, kMaxStep + 1), "step must be <= 2147483647");
+  ExpectInvalid(CheckSetStep(spec, 0, -1), "step must be >= 0, got -1");
+  std::vector<float> g(300);
+  const TensorGradient grad{0, {g.data(), DType::kFloat32, 300, MemoryKind::kHost}};
+  std::vector<uint8_t> scratch;
+  const absl::StatusOr<float> lr = CheckStep(
+      spec, {&grad, 1}, {}, [](int) { return kMaxStep; }, Placement::kHostOnly, scratch);
+  EXPECT_EQ(lr.status().code(), absl::StatusCode::kFailedPrecondition) << lr.status();
+  EXPECT_TRUE(CheckStep(spec, {&grad, 1}, {}, [](int) { return kMaxStep - 1; },
+                        Placement::kHostOnly, scratch)
+                  .ok());
 }
 
 }  // namespace

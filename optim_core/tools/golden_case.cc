@@ -6,6 +6,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "internal/float_convert.h"
+#include "optd/core/state_layout.h"
 #include "tools/json.h"
 #include "tools/npy.h"
 
@@ -59,7 +60,7 @@ absl::StatusOr<CaseData> LoadAllArrays(const GoldenCase& c) {
   CaseData d;
   int64_t numel = 1;
   for (int64_t s : c.shape) numel *= s;
-  d.eight_bit = numel >= c.options.min_8bit_size;
+  d.eight_bit = core::UsesEightBitStates(numel, c.options);
   d.clipping = c.options.percentile_clipping < 100;
   const bool half = c.dtype != DType::kFloat32;
   // Step 0: the initial parameter and the initial (zero) state.
@@ -68,7 +69,7 @@ absl::StatusOr<CaseData> LoadAllArrays(const GoldenCase& c) {
   d.grad.emplace_back();
   d.state1.emplace_back(d.eight_bit ? numel : 0, 0);
   d.state2.emplace_back(d.eight_bit ? numel : 0, 0);
-  const int64_t blocks = d.eight_bit ? (numel + core::kBlockSize - 1) / core::kBlockSize : 0;
+  const int64_t blocks = d.eight_bit ? core::NumBlocks(numel) : 0;
   d.absmax1.emplace_back(blocks, 0.0f);
   d.absmax2.emplace_back(blocks, 0.0f);
   d.state1_f32.emplace_back(d.eight_bit ? 0 : numel, 0.0f);

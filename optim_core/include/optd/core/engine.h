@@ -66,6 +66,30 @@ struct EngineStats {
   int64_t nonfinite_gradient_elements = 0;
 };
 
+// What one group holds, as allocated by the engine (not as its spec declares), by where it
+// lives. The CPU engine's buffers come from calloc: the kernel commits their pages as they are
+// first touched, so these are the bytes the engine asked for, an upper bound of its resident set.
+struct MemoryStats {
+  int64_t weight_bytes_device = 0;
+  int64_t weight_bytes_host = 0;
+  // States: resident pages and the slots that paged states pass through (device); the states'
+  // host homes (CUDA: pinned memory of paged states; CPU: all states, with the clipping history).
+  int64_t state_bytes_device = 0;
+  int64_t state_bytes_host = 0;
+  // Working buffers of the steps: gradient staging, launch descriptors, clipping history and
+  // gradient-norm partials, the non-finite counter.
+  int64_t buffer_bytes_device = 0;
+  int64_t buffer_bytes_host = 0;
+  // State bytes whose home is host memory and which a step pages in and out (0 when every state
+  // is resident, and on the CPU backend, where host memory is where states are used).
+  int64_t paged_out_bytes = 0;
+
+  int64_t device_bytes() const {
+    return weight_bytes_device + state_bytes_device + buffer_bytes_device;
+  }
+  int64_t host_bytes() const { return weight_bytes_host + state_bytes_host + buffer_bytes_host; }
+};
+
 // Thread safety: a ParamGroup is not thread-safe; the caller serializes calls on one group.
 // Distinct groups of one engine may be used from different threads at the same time.
 class ParamGroup {
@@ -116,6 +140,13 @@ class ParamGroup {
                                                                      int64_t count) const = 0;
   [[nodiscard]] virtual absl::Status ImportStateRange(int tensor, int64_t offset,
                                                       const TensorState& state) = 0;
+
+  // What the group holds now (see MemoryStats).
+  virtual MemoryStats GetMemoryStats() const = 0;
+  // NaN/Inf gradient elements the last successful Step or ApplyRange found (as the update
+  // kernels counted them: those elements' weights were left unchanged on the 8-bit path). 0
+  // before the first.
+  virtual int64_t LastNonfiniteGradientElements() const = 0;
 };
 
 // Thread safety: thread-safe.
