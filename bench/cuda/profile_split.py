@@ -18,7 +18,8 @@ import csv
 import re
 import sys
 
-# Line ranges of adamw_kernels.cu (version 11) and the phase each belongs to.
+# Line ranges of adamw_kernels.cu as of version 11 (the recorded split) and the phase of each;
+# update them with the file.
 PHASES = [
     ((50, 300), "loads, stores, staging, byte (un)packing"),
     ((301, 361), "block addresses, staged/global choice"),

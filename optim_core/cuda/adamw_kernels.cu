@@ -174,6 +174,28 @@ __device__ __forceinline__ void LoadCodes(const uint8_t* base, int lane, int val
   }
 }
 
+// LoadCodes' codes packed four to a word: element j in byte j % 4 of word j / 4 (both layouts),
+// so that a table lookup takes its index straight from the word (LaneTable::AtByte).
+template <bool kContiguous>
+__device__ __forceinline__ void LoadCodeWords(const uint8_t* base, int lane, int valid, uint8_t fill,
+                                              uint32_t* words) {
+  if (valid == kQuantBlock) {
+    if constexpr (kContiguous) {
+      const uint2 v = *reinterpret_cast<const uint2*>(base + lane * 8);
+      words[0] = v.x;
+      words[1] = v.y;
+    } else {
+      words[0] = *reinterpret_cast<const uint32_t*>(base + lane * 4);
+      words[1] = *reinterpret_cast<const uint32_t*>(base + kHalf + lane * 4);
+    }
+    return;
+  }
+  uint8_t codes[kPerThread];
+  LoadCodes<kContiguous>(base, lane, valid, fill, codes);
+  words[0] = Pack<uint32_t, uint8_t, 4>(codes);
+  words[1] = Pack<uint32_t, uint8_t, 4>(codes + 4);
+}
+
 template <bool kContiguous>
 __device__ __forceinline__ void StoreCodes(uint8_t* base, int lane, int valid, const uint8_t* in) {
   if (valid == kQuantBlock) {
@@ -334,19 +356,20 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
 
   G g_vals[kPerThread];
   P p_vals[kPerThread];
-  uint8_t c1s[kPerThread], c2s[kPerThread];
+  uint8_t c1s[kPerThread], c2s[kPerThread];  // the new codes
+  uint32_t w1[2], w2[2];                      // the old ones, packed (LoadCodeWords)
   if (staged) {
     CopyAsyncWait();
     LoadLane<kContiguous>(reinterpret_cast<const G*>(stage), lane, kQuantBlock, true,
                           FromFloat<G>(0.0f), g_vals);
-    LoadCodes<kContiguous>(stage + kStageCodes1, lane, kQuantBlock, 128, c1s);
-    LoadCodes<kContiguous>(stage + kStageCodes2, lane, kQuantBlock, 0, c2s);
+    LoadCodeWords<kContiguous>(stage + kStageCodes1, lane, kQuantBlock, 128, w1);
+    LoadCodeWords<kContiguous>(stage + kStageCodes2, lane, kQuantBlock, 0, w2);
     LoadLane<kContiguous>(reinterpret_cast<const P*>(stage + kStageParam), lane, kQuantBlock, true,
                           FromFloat<P>(0.0f), p_vals);
   } else {
     LoadLane<kContiguous>(g, lane, valid, grad_vector, FromFloat<G>(0.0f), g_vals);
-    LoadCodes<kContiguous>(state1, lane, valid, 128, c1s);
-    LoadCodes<kContiguous>(state2, lane, valid, 0, c2s);
+    LoadCodeWords<kContiguous>(state1, lane, valid, 128, w1);
+    LoadCodeWords<kContiguous>(state2, lane, valid, 0, w2);
     LoadLane<kContiguous>(p, lane, valid, param_vector, FromFloat<P>(0.0f), p_vals);
   }
   const float absmax1 = *absmax1_out;
@@ -364,11 +387,11 @@ __device__ __forceinline__ void Update8bitBlock(const Segment& s, int64_t blk, i
     const float gf = ToFloat(g_vals[j]);
     finite[j] = !isnan(gf) && !isinf(gf);
     nonfinite_count += finite[j] ? 0u : 1u;
-    float s2 = q2[c2s[j]] * absmax2;
+    float s2 = q2.AtByte(w2[j / 4], j % 4) * absmax2;
     float g_val = gf;
     g_val *= gnorm_scale;
     s2 = (s2 * beta2) + (((1.0f - beta2) * g_val * g_val));
-    float s1 = q1[c1s[j]] * absmax1;
+    float s1 = q1.AtByte(w1[j / 4], j % 4) * absmax1;
     s1 = (s1 * beta1) + (((1.0f - beta1) * g_val));
     s1_vals[j] = finite[j] ? s1 : 0.0f;
     s2_vals[j] = finite[j] ? s2 : 0.0f;
@@ -549,8 +572,11 @@ __global__ void __launch_bounds__(kUpdateWarps * kWarpSize, 1)
   const int warp = threadIdx.x / kWarpSize;
   const int lane = threadIdx.x % kWarpSize;
   uint8_t* stage = reinterpret_cast<uint8_t*>(tables) + kTableSmemBytes + warp * kStageBytes;
-  const Tables tab{LaneTable{q1 + lane}, LaneTable{q2 + lane}, LaneTable{t1 + lane},
-                   LaneTable{t2 + lane}, buckets, buckets + kSignedBuckets, negative_codes};
+  const uint32_t lane_offset = static_cast<uint32_t>(lane) * sizeof(float);
+  auto bytes = [](const float* t) { return reinterpret_cast<const char*>(t); };
+  const Tables tab{LaneTable{bytes(q1), lane_offset}, LaneTable{bytes(q2), lane_offset},
+                   LaneTable{bytes(t1), lane_offset}, LaneTable{bytes(t2), lane_offset},
+                   buckets, buckets + kSignedBuckets, negative_codes};
   const int64_t warps = static_cast<int64_t>(gridDim.x) * kUpdateWarps;
   const int64_t per_warp = (params.total_blocks + warps - 1) / warps;
   const int64_t begin = (static_cast<int64_t>(blockIdx.x) * kUpdateWarps + warp) * per_warp;

@@ -64,7 +64,7 @@ int BuildBuckets(const float* table, bool is_signed, uint8_t* out) {
       // Negative side: x in (-hi, -lo].
       const int neg_lo = wanted(-top);
       const int neg_hi = wanted(-lo);
-      out[kMagnitudeBuckets - 1 - m] = static_cast<uint8_t>(neg_lo);
+      out[m] = static_cast<uint8_t>(neg_lo);
       widest = std::max({widest, pos_hi - pos_lo, neg_hi - neg_lo});
     } else {
       // Bucket 0 also takes every negative x, whose code is 0.

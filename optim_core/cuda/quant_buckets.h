@@ -29,6 +29,7 @@
 // Used on the host (to build and test) and on the device.
 #pragma once
 
+#include <cmath>
 #include <cstdint>
 #include <cstring>
 
@@ -109,12 +110,27 @@ OPTD_HOST_DEVICE inline int MagnitudeBucket(uint32_t abs_bits) {
   return static_cast<int>((c - kLow) >> (23 - kBucketMantissaBits));
 }
 
-// Monotone in x (negatives mirrored below the positives; -0 in the lowest non-negative-side
-// bucket of the negatives, which is fine: it only bounds the code).
+// The signed table's buckets: the negatives' by magnitude first (-0 in the first), then the
+// positives' (+0 in the first).
 OPTD_HOST_DEVICE inline int SignedBucket(float x) {
   const uint32_t u = FloatToBits(x);
   const int mag = MagnitudeBucket(u & 0x7fffffffu);
-  return (u >> 31) ? kMagnitudeBuckets - 1 - mag : kMagnitudeBuckets + mag;
+  return (u >> 31) ? mag : kMagnitudeBuckets + mag;
+}
+
+// MagnitudeBucket for |x| < 4 (the values of a common block, Note [Requantizing the common
+// block] in adamw_kernels.cu): the lower clamp as a float maximum (|x| and the clamp in one
+// instruction), no upper clamp.
+OPTD_HOST_DEVICE inline int SmallMagnitudeBucket(float magnitude) {
+  constexpr float kLowValue = 1.0f / (1 << 22);  // 2^-22, whose bits are kLow
+  const float clamped = magnitude > kLowValue ? magnitude : kLowValue;
+  return static_cast<int>((FloatToBits(clamped) >> (23 - kBucketMantissaBits)) -
+                          (((127u - 22u) << 23) >> (23 - kBucketMantissaBits)));
+}
+OPTD_HOST_DEVICE inline int SmallSignedBucket(float x) {
+  const uint32_t u = FloatToBits(x);
+  const int mag = SmallMagnitudeBucket(std::fabs(x));
+  return mag + static_cast<int>(~(static_cast<int32_t>(u) >> 31) & kMagnitudeBuckets);
 }
 
 // Second-moment values are >= 0; a negative (or -0) x goes to bucket 0, whose bound is 0.
@@ -124,18 +140,22 @@ OPTD_HOST_DEVICE inline int UnsignedBucket(float x) {
 }
 
 // The code of x by the bucketed threshold search; `threshold(i)` reads threshold i (for the
-// signed table, SignedSearchThreshold's). kAnyX: x may be NaN (code 0) and, for the unsigned
-// table, negative (code 0). Without it x must be neither (the kernels' common case, where every
-// value of the block is finite and its scale finite and positive): two instructions fewer.
+// signed table, SignedSearchThreshold's). kAnyX: x may be any float (NaN: code 0; the unsigned
+// table's negatives: code 0). Without it |x| < 4, x is not NaN and, for the unsigned table, not
+// negative or -0 (the kernels' common case, where every value of the block is finite, at most
+// its scale in magnitude, and the scale finite and positive): no NaN or sign test, no upper
+// clamp, and the lower clamp as one float maximum.
 template <bool kSigned, bool kAnyX = true, typename ThresholdFn>
 OPTD_HOST_DEVICE inline int BucketedCode(const uint8_t* buckets, ThresholdFn threshold, float x) {
   int c;
-  if constexpr (kSigned) {
+  if constexpr (kSigned && kAnyX) {
     c = buckets[SignedBucket(x)];
+  } else if constexpr (kSigned) {
+    c = buckets[SmallSignedBucket(x)];
   } else if constexpr (kAnyX) {
     c = buckets[UnsignedBucket(x)];
   } else {
-    c = buckets[MagnitudeBucket(FloatToBits(x))];
+    c = buckets[SmallMagnitudeBucket(x)];
   }
   if constexpr (kAnyX) c = x != x ? 0 : c;
   if constexpr (kSigned ? kSignedBucketSteps == 2 : kUnsignedBucketSteps == 2)

@@ -32,11 +32,23 @@ __device__ __forceinline__ __nv_bfloat16 FromFloat<__nv_bfloat16>(float x) {
 }
 
 // A table replicated once per lane, entry-major ([entries][32]), so that lane l always reads
-// bank l: the data-dependent lookups of a warp never conflict.
+// bank l: the data-dependent lookups of a warp never conflict. Entry i of lane l is at byte
+// i * 128 + 4 l from the table's start: one multiply-add forms the offset, and the table's start
+// (shared memory, the same for every lane) folds into the load.
 inline constexpr int kTableCopies = 32;
 struct LaneTable {
-  const float* lane_base;  // &table[0][lane]
-  __device__ __forceinline__ float operator[](int i) const { return lane_base[i * kTableCopies]; }
+  const char* table;      // &table[0][0], shared memory
+  uint32_t lane_offset;   // 4 * lane
+  __device__ __forceinline__ float operator[](int i) const {
+    return *reinterpret_cast<const float*>(
+        table + (static_cast<uint32_t>(i) * (kTableCopies * sizeof(float)) + lane_offset));
+  }
+  // The entry indexed by byte b (0..3, a constant after unrolling) of `word`: the byte scaled
+  // to the entry stride (128 = 2^7) by one shift and mask, without extracting it first.
+  __device__ __forceinline__ float AtByte(uint32_t word, int b) const {
+    const uint32_t offset = (b == 0 ? word << 7 : word >> (8 * b - 7)) & 0x7f80u;
+    return *reinterpret_cast<const float*>(table + (offset | lane_offset));
+  }
 };
 
 // The reference's requantization search (a 7-step binary search from index 127, then a
