@@ -111,6 +111,12 @@ absl::Status ServeColocate(OptimizerCore& core, MessageStream* stream,
   }
   core.regions().Insert(region);
   region.reset();  // the registry's reference is the lease's
+  v1::ColocateResponse ready;
+  ready.mutable_ready();
+  if (!stream->Write(EncodeMessage(ready))) {
+    core.regions().Remove(*id);
+    return absl::OkStatus();  // the client left
+  }
   // The lease: wait for its end.
   auto more = ReadLease(core, stream, absl::InfiniteFuture(), &request);
   core.regions().Remove(*id);

@@ -2,8 +2,9 @@
 //
 // Note [The lease]
 // open -> the server admits (region_registry.h) and creates the region, answers opened{region,
-// shm_name} -> the client maps it and sends mapped -> the server removes the shm name and makes
-// the region findable by its steps. The region then lives until the stream ends: a client that
+// shm_name} -> the client maps it and sends mapped -> the server removes the shm name, makes
+// the region findable by its steps and answers ready (a step sent before ready could reach the
+// server, on another connection, before the region is findable). The region then lives until the stream ends: a client that
 // closes it, exits or is killed ends it (gRPC cancels the call when the connection goes), and the
 // region is released once no step uses it (Note [Region lifetime] in colocated_region.h).
 // A client that does not confirm within the map timeout loses the region (the name is removed
