@@ -10,6 +10,7 @@
 
 #include <cstring>
 #include <fstream>
+#include <limits>
 #include <memory>
 #include <random>
 #include <string>
@@ -22,7 +23,9 @@
 #include "absl/strings/str_split.h"
 #include "absl/time/clock.h"
 #include "gtest/gtest.h"
+#include "grpcpp/grpcpp.h"
 #include "optd/client/client.h"
+#include "optd/v1/optd.grpc.pb.h"
 #include "server/metrics_http_get.h"
 #include "tests/client/server_process.h"
 
@@ -329,6 +332,98 @@ TEST_F(ColocatedTest, RegionOfAnotherGroupIsRefused) {
   EXPECT_EQ(step.status().code(), absl::StatusCode::kInvalidArgument) << step.status();
   EXPECT_TRUE(absl::StrContains(step.status().message(), "belongs to group 'a'"))
       << step.status();
+}
+
+// A step over a region whose ranges break a rule fails with INVALID_ARGUMENT naming the field.
+TEST_F(ColocatedTest, BadRangesAreRefusedNamingTheField) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  CreateAndUpload(*c, "g", 1);
+  constexpr int64_t kBytes = 1 << 16;
+  auto region = c->OpenSharedMemoryRegion("g", kBytes);
+  ASSERT_TRUE(region.ok()) << region.status();
+  struct Case {
+    const char* what;
+    RegionRange range;
+    WeightsReturn weights;
+    const char* message;
+  };
+  const int64_t kMax = std::numeric_limits<int64_t>::max();
+  const Case cases[] = {
+      {"out of bounds", {"big", 0, 10007, DType::kFloat32, 0, kBytes - 4, std::nullopt, 0},
+       WeightsReturn::kUpdated, "region_gradient.buffer_offset"},
+      {"overflow", {"big", 0, 10007, DType::kFloat32, 0, kMax - 3, std::nullopt, 0},
+       WeightsReturn::kUpdated, "is outside buffer 0"},
+      {"negative offset", {"tiny", 0, 5, DType::kFloat32, 0, -4, std::nullopt, 0},
+       WeightsReturn::kUpdated, "region_gradient.buffer_offset -4 must be >= 0"},
+      {"bad buffer", {"tiny", 0, 5, DType::kFloat32, 1, 0, std::nullopt, 0},
+       WeightsReturn::kUpdated, "region_gradient.buffer 1 is outside [0, 1)"},
+      {"misaligned", {"tiny", 0, 5, DType::kFloat32, 0, 2, std::nullopt, 0},
+       WeightsReturn::kUpdated, "multiple of 4"},
+      {"weights out of bounds", {"tiny", 0, 5, DType::kFloat32, 0, 0, kBytes - 8, 0},
+       WeightsReturn::kUpdated, "region_gradient.weights_buffer_offset"},
+      {"weights overflow", {"tiny", 0, 5, DType::kFloat32, 0, 0, kMax - 3, 0},
+       WeightsReturn::kUpdated, "region_gradient.weights_buffer_offset"},
+      {"weights bad buffer", {"tiny", 0, 5, DType::kFloat32, 0, 0, 64, -1},
+       WeightsReturn::kUpdated, "region_gradient.weights_buffer -1"},
+      {"count past the tensor", {"tiny", 0, 6, DType::kFloat32, 0, 0, std::nullopt, 0},
+       WeightsReturn::kUpdated, "is outside tensor 'tiny'"},
+      {"misaligned tensor offset", {"big", 100, 256, DType::kFloat32, 0, 0, std::nullopt, 0},
+       WeightsReturn::kUpdated, "region_gradient.offset 100"},
+      {"weights ALL", {"tiny", 0, 5, DType::kFloat32, 0, 0, std::nullopt, 0}, WeightsReturn::kAll,
+       "begin.weights ALL cannot be used with begin.region"},
+  };
+  int64_t step = 1;
+  for (const Case& k : cases) {
+    StepOptions options;
+    options.weights = k.weights;
+    auto r = c->StepInRegion("g", step, **region, {&k.range, 1}, options);
+    EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << k.what << ": " << r.status();
+    EXPECT_TRUE(absl::StrContains(r.status().message(), k.message)) << k.what << ": " << r.status();
+  }
+  // Two ranges whose weights would land on the same bytes.
+  const RegionRange overlapping[] = {
+      {"tiny", 0, 5, DType::kFloat32, 0, 0, 1024, 0},
+      {"odd", 0, 37 * 29, DType::kFloat32, 0, 64, 1024 + 16, 0}};
+  auto r = c->StepInRegion("g", step, **region, overlapping);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kInvalidArgument) << r.status();
+  EXPECT_TRUE(absl::StrContains(r.status().message(), "overlaps the weights destination"))
+      << r.status();
+  // Nothing was applied: the next good step is still step 1.
+  const RegionRange good{"tiny", 0, 5, DType::kFloat32, 0, 0, 1024, 0};
+  auto ok = c->StepInRegion("g", 1, **region, {&good, 1});
+  ASSERT_TRUE(ok.ok()) << ok.status();
+  EXPECT_EQ(ok->version, 1);
+}
+
+// Raw Step streams for what the client API cannot express: a region id that no lease holds.
+TEST_F(ColocatedTest, UnknownRegionIdIsNotFound) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  CreateAndUpload(*c, "g", 1);
+  auto stub = v1::Optimizer::NewStub(
+      grpc::CreateChannel(server_->target(), grpc::InsecureChannelCredentials()));
+  for (const std::string& id : {std::string(32, 'a'), std::string("not-hex")}) {
+    grpc::ClientContext context;
+    auto stream = stub->Step(&context);
+    v1::StepRequest begin;
+    begin.mutable_begin()->set_group("g");
+    begin.mutable_begin()->set_step(1);
+    begin.mutable_begin()->set_region(id);
+    stream->Write(begin);
+    v1::StepRequest commit;
+    commit.mutable_commit();
+    stream->Write(commit);
+    stream->WritesDone();
+    v1::StepResponse response;
+    while (stream->Read(&response)) {
+    }
+    const grpc::Status st = stream->Finish();
+    const auto want = id.size() == 32 ? grpc::StatusCode::NOT_FOUND
+                                      : grpc::StatusCode::INVALID_ARGUMENT;
+    EXPECT_EQ(st.error_code(), want) << st.error_message();
+    EXPECT_TRUE(absl::StrContains(st.error_message(), "begin.region")) << st.error_message();
+  }
 }
 
 TEST_F(ColocatedTest, UnknownGroupAndLimits) {
