@@ -218,7 +218,7 @@ absl::Status Metrics::Init(const MetricsOptions& options) {
 
   auto& transport_bytes = counter("optd_transport_bytes_total",
                                   "Gradient and weight payload bytes steps moved, by transport.");
-  auto& transfer = prometheus::BuildHistogram()
+  transfer_family_ = &prometheus::BuildHistogram()
                        .Name("optd_step_transfer_seconds")
                        .Help("Per step stream: time its gradient reads and weight returns took, "
                              "by transport.")
@@ -227,7 +227,6 @@ absl::Status Metrics::Init(const MetricsOptions& options) {
   for (int t = 0; t < kNumTransports; ++t) {
     const std::string name(TransportName(static_cast<Transport>(t)));
     transport_bytes_[static_cast<size_t>(t)] = &transport_bytes.Add({{"transport", name}});
-    transfer_seconds_[static_cast<size_t>(t)] = &transfer.Add({{"transport", name}}, StepBuckets());
   }
   colocated_regions_ =
       &gauge("optd_colocated_regions", "Colocated regions held (leases open, or in use by a step).")
@@ -369,7 +368,18 @@ void Metrics::AddTransportBytes(Transport transport, int64_t n) {
 }
 
 void Metrics::ObserveTransfer(Transport transport, double seconds) {
-  transfer_seconds_[static_cast<size_t>(transport)]->Observe(seconds);
+  std::atomic<Histogram*>& slot = transfer_seconds_[static_cast<size_t>(transport)];
+  Histogram* h = slot.load(std::memory_order_acquire);
+  if (h == nullptr) {
+    std::lock_guard<std::mutex> lock(transfer_mu_);
+    h = slot.load(std::memory_order_relaxed);
+    if (h == nullptr) {
+      h = &transfer_family_->Add({{"transport", std::string(TransportName(transport))}},
+                                 StepBuckets());
+      slot.store(h, std::memory_order_release);
+    }
+  }
+  h->Observe(seconds);
 }
 
 void Metrics::SetColocatedRegions(int n) { colocated_regions_->Set(static_cast<double>(n)); }

@@ -23,7 +23,8 @@
 //   optd_transport_bytes_total{transport}               gradient + weight payload bytes a step
 //                                                        moved; transport: grpc|shm|cuda_ipc
 //   optd_step_transfer_seconds{transport}               histogram: per step stream, the time its
-//                                                        gradient reads and weight returns took
+//                                                        gradient reads and weight returns took;
+//                                                        a transport's series from its first step
 //   optd_colocated_regions                               colocated regions held (docs/colocated.md)
 //   process_{cpu_seconds_total,resident_memory_bytes,virtual_memory_bytes,open_fds,max_fds,
 //            start_time_seconds}                         (server/process_metrics.h)
@@ -251,7 +252,11 @@ class Metrics {
       rpcs_{};
   prometheus::Family<prometheus::Gauge>* checkpoint_saved_ = nullptr;
   std::array<prometheus::Counter*, kNumTransports> transport_bytes_{};
-  std::array<prometheus::Histogram*, kNumTransports> transfer_seconds_{};
+  // Children created at a transport's first step (Note [Bounded label sets]: a histogram is
+  // some twenty series).
+  prometheus::Family<prometheus::Histogram>* transfer_family_ = nullptr;
+  std::mutex transfer_mu_;
+  std::array<std::atomic<prometheus::Histogram*>, kNumTransports> transfer_seconds_{};
   prometheus::Gauge* colocated_regions_ = nullptr;
 
   int max_groups_ = 0;
