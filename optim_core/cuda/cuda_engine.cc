@@ -80,7 +80,7 @@ class CudaEngine final : public Engine {
 
   absl::StatusOr<std::unique_ptr<HostRegistration>> RegisterHostMemory(void* data,
                                                                        int64_t bytes) override {
-    return cuda::RegisterHost(shared_->device, data, bytes);
+    return ::optd::core::cuda::RegisterHost(shared_->device, data, bytes);
   }
 
  private:
