@@ -297,6 +297,7 @@ class PagedAdamW8bit(torch.optim.Optimizer):
             raise ValueError("transport='shm' needs one server (target is a list)")
         self.transport = transport
         self._shm = {}  # param_group index -> _ShmGroup (transport shm)
+        self._shm_failed = set()  # param_group indices whose last shm step failed (a retry)
         self.group_name = group or f"torch-{uuid.uuid4().hex[:12]}"
         self.num_workers, self.worker, self.mode = num_workers, worker, mode
         self.sync_timeout_ms = sync_timeout_ms
@@ -357,6 +358,8 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         """True when backward has begun sending a step of param_groups[gi] that step() has
         not finished yet (or a failed step that step() may retry)."""
         with self._lock:
+            if gi in self._shm_failed:
+                return True
             plan = self._plans.get(gi)
             return plan is not None and plan.active
 
@@ -703,12 +706,19 @@ class PagedAdamW8bit(torch.optim.Optimizer):
             if grad.dtype != p.dtype:
                 grad = grad.to(p.dtype)
             shm.slot(shm.layout.grad[i], p).copy_(grad)
+            if self.offload_gradients:
+                p.grad = None  # the region holds it now
             ranges.append(RegionRange(self._tensor_name(i), 0, p.numel(), _DTYPES[p.dtype],
                                       shm.layout.grad[i], shm.layout.weight[i]))
             with_grad.append((i, p))
         step = self._steps[gi] + 1
-        done = sg.clients[0].step_region(self.server_group(gi), step, shm.region, ranges,
-                                         worker=self.worker, lr=g["lr"])
+        try:
+            done = sg.clients[0].step_region(self.server_group(gi), step, shm.region, ranges,
+                                             worker=self.worker, lr=g["lr"])
+        except OptdError:
+            self._shm_failed.add(gi)  # step() may be called again with the same gradients
+            raise
+        self._shm_failed.discard(gi)
         if done.duplicate:
             warnings.warn(f"optd: step {done.step} of {self.server_group(gi)} was applied before "
                           f"(a retry): not applied again; its weights were pulled",
