@@ -1,6 +1,7 @@
 // The public headers carry no gRPC or protobuf type: including all of them must not pull in
 // either library (a trainer's build sees only Abseil and the client's own structs).
 #include "optd/client/client.h"
+#include "optd/client/colocated.h"
 #include "optd/client/sharded_client.h"
 #include "optd/client/sharding.h"
 #include "optd/client/types.h"

@@ -28,6 +28,11 @@ void Engine::FreeHost(void* p) {
   if (p != nullptr) ::operator delete(p, std::align_val_t{64});
 }
 
+absl::StatusOr<std::unique_ptr<HostRegistration>> Engine::RegisterHostMemory(void*, int64_t) {
+  // Ordinary memory needs no registration for the CPU engine's copies.
+  return std::make_unique<HostRegistration>();
+}
+
 bool CudaEngineCompiled() {
 #ifdef OPTD_WITH_CUDA
   return true;

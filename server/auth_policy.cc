@@ -49,6 +49,7 @@ absl::string_view ActionName(Action action) {
     case Action::kSaveCheckpoint: return "SaveCheckpoint";
     case Action::kRestoreCheckpoint: return "RestoreCheckpoint";
     case Action::kImportState: return "ImportState";
+    case Action::kColocate: return "Colocate";
   }
   return "unknown";
 }
@@ -61,6 +62,7 @@ Role RequiredRole(Action action) {
     case Action::kGetGroup:
     case Action::kListGroups:
     case Action::kExportState:
+    case Action::kColocate:
       return Role::kTrain;
     default:
       return Role::kAdmin;

@@ -5,7 +5,7 @@
 //
 // Note [Roles]
 // train: Step, PullWeights, Subscribe, GetGroup, ListGroups (only groups in scope),
-//        ExportState. These read a group or advance it by the optimizer's own rule; ExportState
+//        ExportState, Colocate (a region for the steps of a group; docs/colocated.md). These read a group or advance it by the optimizer's own rule; ExportState
 //        is a read like PullWeights (a trainer saving its own state_dict needs it).
 // admin: everything train may, plus CreateGroup, DeleteGroup, UploadWeights (it overwrites the
 //        weights, as ImportState overwrites the state), UpdateHyperparameters, SaveCheckpoint,
@@ -50,6 +50,7 @@ enum class Action {
   kSaveCheckpoint,
   kRestoreCheckpoint,
   kImportState,
+  kColocate,
 };
 absl::string_view ActionName(Action action);  // the RPC's name, e.g. "DeleteGroup"
 Role RequiredRole(Action action);

@@ -4,6 +4,7 @@
 #pragma once
 
 #include <cstdint>
+#include <string>
 
 #include "absl/status/statusor.h"
 #include "optd/core/dtype.h"
@@ -25,6 +26,13 @@ struct CheckedChunk {
 // A gradient chunk: known tensor, dtype no wider than the tensor's, whole elements, a non-empty
 // block-aligned range that is a multiple of 256 elements or reaches the tensor's end.
 absl::StatusOr<CheckedChunk> CheckGradientChunk(const Group& group, const ChunkRef& chunk);
+
+// The same rules for a gradient range that lies in a colocated region (RegionChunk's tensor,
+// offset, count and dtype; the region side is checked by region_chunk_checks.h). Messages name
+// the region_gradient fields.
+absl::StatusOr<CheckedChunk> CheckRegionGradientRange(const Group& group,
+                                                      const std::string& tensor, int64_t offset,
+                                                      int64_t count, v1::DType dtype);
 
 // An upload chunk: known tensor, the tensor's own dtype, whole elements, inside the tensor.
 absl::StatusOr<CheckedChunk> CheckUploadChunk(const Group& group, const ChunkRef& chunk);

@@ -23,6 +23,7 @@ constexpr int kChunkData = 15;
 constexpr int kStepBegin = 1;
 constexpr int kStepGradient = 2;
 constexpr int kStepCommit = 3;
+constexpr int kStepRegionGradient = 4;
 // UploadWeightsRequest fields.
 constexpr int kUploadGroup = 1;
 constexpr int kUploadChunk = 2;
@@ -280,7 +281,7 @@ absl::Status DecodeStepRequest(const grpc::ByteBuffer& message, StepRequestRef* 
     int wire = 0;
     if (absl::Status s = r.ReadTag(&field, &wire); !s.ok()) return s;
     if (wire != kWireLength || (field != kStepBegin && field != kStepGradient &&
-                                field != kStepCommit)) {
+                                field != kStepCommit && field != kStepRegionGradient)) {
       if (absl::Status s = r.Skip(wire); !s.ok()) return s;
       continue;
     }
@@ -292,6 +293,14 @@ absl::Status DecodeStepRequest(const grpc::ByteBuffer& message, StepRequestRef* 
       out->begin.Clear();
       if (!out->begin.ParseFromString(bytes)) return Malformed("StepRequest.begin");
       out->kind = StepRequestRef::Kind::kBegin;
+    } else if (field == kStepRegionGradient) {
+      std::string bytes;
+      if (absl::Status s = r.ReadString(n, &bytes); !s.ok()) return s;
+      out->region_gradient.Clear();
+      if (!out->region_gradient.ParseFromString(bytes)) {
+        return Malformed("StepRequest.region_gradient");
+      }
+      out->kind = StepRequestRef::Kind::kRegionGradient;
     } else if (field == kStepGradient) {
       if (absl::Status s = ReadChunk(r, n, &out->gradient); !s.ok()) return s;
       out->kind = StepRequestRef::Kind::kGradient;

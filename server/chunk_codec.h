@@ -59,10 +59,11 @@ struct ChunkRef {
 
 // One decoded StepRequest.
 struct StepRequestRef {
-  enum class Kind { kNone, kBegin, kGradient, kCommit };
+  enum class Kind { kNone, kBegin, kGradient, kCommit, kRegionGradient };
   Kind kind = Kind::kNone;
   v1::StepBegin begin;
   ChunkRef gradient;
+  v1::RegionChunk region_gradient;  // a range in the step's colocated region
 };
 
 // DataLoss for malformed bytes (the message names what was wrong).

@@ -120,12 +120,17 @@ absl::Status ValidateLimits(const Limits& l) {
         positive(l.max_name_bytes, "max_name_bytes"), positive(l.max_workers, "max_workers"),
         positive(l.default_list_page_size, "default_list_page_size"),
         positive(l.max_list_page_size, "max_list_page_size"),
-        positive(l.max_streams, "max_streams")}) {
+        positive(l.max_streams, "max_streams"),
+        positive(l.max_regions_per_client, "max_regions_per_client"),
+        positive(l.max_region_bytes, "max_region_bytes"),
+        positive(l.max_region_total_bytes, "max_region_total_bytes")}) {
     if (!s.ok()) return s;
   }
-  if (l.max_group_bytes < 0 || l.memory_reserve_bytes < 0 || l.max_streams_per_peer < 0) {
+  if (l.max_group_bytes < 0 || l.memory_reserve_bytes < 0 || l.max_streams_per_peer < 0 ||
+      l.max_regions < 0) {
     return absl::InvalidArgumentError(
-        "--max_group_bytes, --memory_reserve_bytes and --max_streams_per_peer must be >= 0");
+        "--max_group_bytes, --memory_reserve_bytes, --max_streams_per_peer and --max_regions "
+        "must be >= 0");
   }
   if (!(l.max_lr > 0.0f) || !std::isfinite(l.max_lr)) {
     return absl::InvalidArgumentError(

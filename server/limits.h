@@ -55,6 +55,15 @@ struct Limits {
   // every client may share one address). See limits_streams.h.
   int max_streams = 1024;
   int max_streams_per_peer = 0;
+  // Colocated regions (docs/colocated.md, region_registry.h): open at once (--max_regions; 0 =
+  // the colocated data path is off) and per client (--max_regions_per_client: a client is a
+  // bearer token and an address); bytes of one region (--max_region_bytes) and of all of them
+  // together (--max_region_total_bytes). Each region is memory (host shared memory for SHM)
+  // held for as long as its lease is open, and a thread that waits on the lease.
+  int max_regions = 64;
+  int max_regions_per_client = 8;
+  int64_t max_region_bytes = int64_t{64} << 30;
+  int64_t max_region_total_bytes = int64_t{128} << 30;
 };
 
 // OK, or InvalidArgument naming the first field that is out of range (every count >= 1, the

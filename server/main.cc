@@ -71,6 +71,14 @@ ABSL_FLAG(int, max_streams, optd::server::Limits().max_streams,
           "ImportState) running at once");
 ABSL_FLAG(int, max_streams_per_peer, optd::server::Limits().max_streams_per_peer,
           "data-path calls at once per client address; 0 = no per-address bound");
+ABSL_FLAG(int, max_regions, optd::server::Limits().max_regions,
+          "colocated regions (docs/colocated.md) open at once; 0 = the colocated data path is off");
+ABSL_FLAG(int, max_regions_per_client, optd::server::Limits().max_regions_per_client,
+          "colocated regions open at once per client (bearer token and address)");
+ABSL_FLAG(int64_t, max_region_bytes, optd::server::Limits().max_region_bytes,
+          "bytes of one colocated region");
+ABSL_FLAG(int64_t, max_region_total_bytes, optd::server::Limits().max_region_total_bytes,
+          "bytes of all colocated regions together");
 
 // Recovery (server/checkpoint_scheduler.h).
 ABSL_FLAG(std::string, restore, "",
@@ -176,6 +184,10 @@ int main(int argc, char** argv) {
   limits.max_list_page_size = absl::GetFlag(FLAGS_max_list_page_size);
   limits.max_streams = absl::GetFlag(FLAGS_max_streams);
   limits.max_streams_per_peer = absl::GetFlag(FLAGS_max_streams_per_peer);
+  limits.max_regions = absl::GetFlag(FLAGS_max_regions);
+  limits.max_regions_per_client = absl::GetFlag(FLAGS_max_regions_per_client);
+  limits.max_region_bytes = absl::GetFlag(FLAGS_max_region_bytes);
+  limits.max_region_total_bytes = absl::GetFlag(FLAGS_max_region_total_bytes);
   options.restore = absl::GetFlag(FLAGS_restore);
   options.checkpoint_every_steps = absl::GetFlag(FLAGS_checkpoint_every_steps);
   options.checkpoint_every_seconds = absl::GetFlag(FLAGS_checkpoint_every_seconds);

@@ -17,6 +17,12 @@ void StreamBridge::Start(StreamHandler handler) {
 }
 
 bool StreamBridge::Read(grpc::ByteBuffer* message) {
+  bool timed_out = false;
+  return ReadUntil(message, absl::InfiniteFuture(), &timed_out);
+}
+
+bool StreamBridge::ReadUntil(grpc::ByteBuffer* message, absl::Time deadline, bool* timed_out) {
+  *timed_out = false;
   if (!reads_) return false;
   bool restart = false;
   {
@@ -24,7 +30,10 @@ bool StreamBridge::Read(grpc::ByteBuffer* message) {
     auto ready = [this]() ABSL_SHARED_LOCKS_REQUIRED(mu_) {
       return !read_queue_.empty() || read_done_ || cancelled_;
     };
-    mu_.Await(absl::Condition(&ready));
+    if (!mu_.AwaitWithDeadline(absl::Condition(&ready), deadline)) {
+      *timed_out = true;
+      return false;
+    }
     if (read_queue_.empty() || cancelled_) return false;
     *message = std::move(read_queue_.front());
     read_queue_.pop_front();

@@ -19,6 +19,7 @@
 
 #include "absl/base/thread_annotations.h"
 #include "absl/synchronization/mutex.h"
+#include "absl/time/time.h"
 #include "grpcpp/server_context.h"
 #include "grpcpp/support/byte_buffer.h"
 #include "grpcpp/support/server_callback.h"
@@ -32,6 +33,8 @@ class MessageStream {
   virtual ~MessageStream() = default;
   // The next message; false at the end of the client's stream or once the call is cancelled.
   virtual bool Read(grpc::ByteBuffer* message) = 0;
+  // Read that gives up at `deadline`: then false with *timed_out set (the stream goes on).
+  virtual bool ReadUntil(grpc::ByteBuffer* message, absl::Time deadline, bool* timed_out) = 0;
   // Queues a message for sending; blocks while the write queue is full. False once the call is
   // broken (the client went away or cancelled); nothing more will be sent.
   virtual bool Write(grpc::ByteBuffer message) = 0;
@@ -49,6 +52,7 @@ class StreamBridge : public MessageStream {
   static constexpr size_t kMaxQueuedWrites = 4;
 
   bool Read(grpc::ByteBuffer* message) override;
+  bool ReadUntil(grpc::ByteBuffer* message, absl::Time deadline, bool* timed_out) override;
   bool Write(grpc::ByteBuffer message) override;
   bool cancelled() const override;
 

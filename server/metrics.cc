@@ -226,6 +226,22 @@ absl::Status Metrics::Init(const MetricsOptions& options) {
     auth_failures_[r] = &auth.Add({{"reason", kAuthReasons[r]}});
   }
 
+  auto& transport_bytes = counter("optd_transport_bytes_total",
+                                  "Gradient and weight payload bytes steps moved, by transport.");
+  transfer_family_ = &prometheus::BuildHistogram()
+                       .Name("optd_step_transfer_seconds")
+                       .Help("Per step stream: time its gradient reads and weight returns took, "
+                             "by transport.")
+                       .Labels(constant)
+                       .Register(*registry_);
+  for (int t = 0; t < kNumTransports; ++t) {
+    const std::string name(TransportName(static_cast<Transport>(t)));
+    transport_bytes_[static_cast<size_t>(t)] = &transport_bytes.Add({{"transport", name}});
+  }
+  colocated_regions_ =
+      &gauge("optd_colocated_regions", "Colocated regions held (leases open, or in use by a step).")
+           .Add({});
+
   collector_ = std::make_shared<Collector>(registry_, constant);
   if (options.listen_address.empty()) return absl::OkStatus();
   return StartHttp(options);
@@ -348,6 +364,39 @@ void Metrics::RecordRpc(std::string_view method, int grpc_code) {
 void Metrics::RecordAuthFailure(AuthFailure reason) {
   auth_failures_[static_cast<size_t>(reason)]->Increment();
 }
+std::string_view TransportName(Transport transport) {
+  switch (transport) {
+    case Transport::kGrpc:
+      return "grpc";
+    case Transport::kShm:
+      return "shm";
+    case Transport::kCudaIpc:
+      return "cuda_ipc";
+  }
+  return "grpc";
+}
+
+void Metrics::AddTransportBytes(Transport transport, int64_t n) {
+  transport_bytes_[static_cast<size_t>(transport)]->Increment(static_cast<double>(n));
+}
+
+void Metrics::ObserveTransfer(Transport transport, double seconds) {
+  std::atomic<Histogram*>& slot = transfer_seconds_[static_cast<size_t>(transport)];
+  Histogram* h = slot.load(std::memory_order_acquire);
+  if (h == nullptr) {
+    std::lock_guard<std::mutex> lock(transfer_mu_);
+    h = slot.load(std::memory_order_relaxed);
+    if (h == nullptr) {
+      h = &transfer_family_->Add({{"transport", std::string(TransportName(transport))}},
+                                 StepBuckets());
+      slot.store(h, std::memory_order_release);
+    }
+  }
+  h->Observe(seconds);
+}
+
+void Metrics::SetColocatedRegions(int n) { colocated_regions_->Set(static_cast<double>(n)); }
+
 void Metrics::RecordCheckpointSaved() { checkpoint_saved_->Add({}).SetToCurrentTime(); }
 
 void Metrics::UpdateEngine(const core::EngineStats& stats) {

@@ -23,6 +23,12 @@
 //   optd_auth_failures_total{reason}                     missing_token|unknown_token|wrong_role|
 //                                                        out_of_scope (docs/security.md)
 //   optd_checkpoint_last_success_timestamp_seconds      once a checkpoint was saved
+//   optd_transport_bytes_total{transport}               gradient + weight payload bytes a step
+//                                                        moved; transport: grpc|shm|cuda_ipc
+//   optd_step_transfer_seconds{transport}               histogram: per step stream, the time its
+//                                                        gradient reads and weight returns took;
+//                                                        a transport's series from its first step
+//   optd_colocated_regions                               colocated regions held (docs/colocated.md)
 //   process_{cpu_seconds_total,resident_memory_bytes,virtual_memory_bytes,open_fds,max_fds,
 //            start_time_seconds}                         (server/process_metrics.h)
 // See Note [Bounded label sets] for which series exist when.
@@ -89,6 +95,12 @@ struct MetricsOptions {
 
 class Metrics;
 
+// How a step's bytes travel (optd_transport_bytes_total's `transport`).
+enum class Transport : int { kGrpc = 0, kShm = 1, kCudaIpc = 2 };
+inline constexpr int kNumTransports = 3;
+// "grpc", "shm" or "cuda_ipc".
+std::string_view TransportName(Transport transport);
+
 // Why a call was refused (optd_auth_failures_total's `reason`): the first two are
 // UNAUTHENTICATED, the others PERMISSION_DENIED.
 enum class AuthFailure : int { kMissingToken, kUnknownToken, kWrongRole, kOutOfScope };
@@ -144,11 +156,11 @@ class Metrics {
  public:
   // The methods of optd.v1.Optimizer, in the order of the service; RecordRpc counts any other
   // name as "other".
-  static constexpr std::array<std::string_view, 13> kRpcMethods = {
+  static constexpr std::array<std::string_view, 14> kRpcMethods = {
       "CreateGroup",    "UploadWeights", "GetGroup",       "ListGroups",
       "DeleteGroup",    "UpdateHyperparameters",           "Step",
       "Subscribe",      "PullWeights",   "SaveCheckpoint", "RestoreCheckpoint",
-      "ExportState",    "ImportState"};
+      "ExportState",    "ImportState",   "Colocate"};
   static constexpr int kNumStatusCodes = 17;  // gRPC codes 0 (OK) .. 16 (UNAUTHENTICATED)
 
   // Unavailable naming the address when the HTTP endpoint cannot bind; InvalidArgument for a
@@ -178,6 +190,13 @@ class Metrics {
   // Records a checkpoint written completely (optd_checkpoint_last_success_timestamp_seconds:
   // now).
   void RecordCheckpointSaved();
+
+  // The data path by transport: payload bytes a step stream moved (gradients in, weights out),
+  // and the time its transfers took.
+  void AddTransportBytes(Transport transport, int64_t n);
+  void ObserveTransfer(Transport transport, double seconds);
+  // Colocated regions held now.
+  void SetColocatedRegions(int n);
 
   // Publishes the engine's figures. Its traffic figures are monotonic totals; the exported
   // counters grow by the difference since the last call (a total that went down counts as a
@@ -237,6 +256,13 @@ class Metrics {
              kRpcMethods.size() + 1>
       rpcs_{};
   prometheus::Family<prometheus::Gauge>* checkpoint_saved_ = nullptr;
+  std::array<prometheus::Counter*, kNumTransports> transport_bytes_{};
+  // Children created at a transport's first step (Note [Bounded label sets]: a histogram is
+  // some twenty series).
+  prometheus::Family<prometheus::Histogram>* transfer_family_ = nullptr;
+  std::mutex transfer_mu_;
+  std::array<std::atomic<prometheus::Histogram*>, kNumTransports> transfer_seconds_{};
+  prometheus::Gauge* colocated_regions_ = nullptr;
 
   int max_groups_ = 0;
   std::mutex groups_mu_;

@@ -36,7 +36,8 @@ OptimizerCore::OptimizerCore(core::Engine* engine, Metrics* metrics, CoreOptions
       options_(Normalized(std::move(options))),
       admission_(engine, options_.limits,
                  [this] { return static_cast<int>(registry_.List().size()); }),
-      streams_(options_.limits.max_streams, options_.limits.max_streams_per_peer) {}
+      streams_(options_.limits.max_streams, options_.limits.max_streams_per_peer),
+      regions_(options_.limits, metrics) {}
 
 absl::StatusOr<OptimizerCore::NewGroup> OptimizerCore::MakeGroup(GroupRecord record,
                                                                  bool weights_initialized,

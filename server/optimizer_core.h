@@ -21,6 +21,7 @@
 #include "server/limits_memory.h"
 #include "server/limits_streams.h"
 #include "server/metrics.h"
+#include "server/region_registry.h"
 
 namespace optd::server {
 
@@ -63,8 +64,9 @@ class OptimizerCore {
   absl::Status UpdateHyperparameters(const v1::UpdateHyperparametersRequest& request,
                                      v1::GroupInfo* info);
 
-  // See step_runner.cc.
-  absl::Status Step(StepStream* stream);
+  // See step_runner.cc. `principal` identifies the caller for the regions its steps may name
+  // (region_registry.h): "" without authentication.
+  absl::Status Step(StepStream* stream, const std::string& principal = {});
 
   absl::Status Subscribe(const v1::SubscribeRequest& request, WeightsSink* sink);
   absl::Status PullWeights(const v1::PullWeightsRequest& request, WeightsSink* sink);
@@ -92,6 +94,8 @@ class OptimizerCore {
 
   // Data-path calls take a place here before they start (service.cc); see limits_streams.h.
   StreamGate& streams() { return streams_; }
+  // Colocated regions (docs/colocated.md).
+  RegionRegistry& regions() { return regions_; }
 
   CoreProgress Progress() const;
 
@@ -135,6 +139,7 @@ class OptimizerCore {
   GroupRegistry registry_;
   GroupAdmission admission_;
   StreamGate streams_;
+  RegionRegistry regions_;
   std::atomic<int64_t> changes_{0};
   std::atomic<bool> shutting_down_{false};
 };

@@ -82,6 +82,16 @@ absl::StatusOr<void*> PendingStep::Reserve(const Group& group, const CheckedChun
   return gradient_->Reserve(group, c, step_);
 }
 
+absl::Status PendingStep::ReserveWeightsDestination(int buffer, int64_t offset, int64_t bytes) {
+  absl::MutexLock lock(&mu_);
+  if (!weights_destinations_[buffer].InsertDisjoint(offset, offset + bytes)) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "region_gradient.weights_buffer_offset ", offset, " (", bytes, " bytes in buffer ", buffer,
+        ") overlaps the weights destination of another range of step ", step_));
+  }
+  return absl::OkStatus();
+}
+
 v1::WeightsReturn PendingStep::weights_wanted() const {
   absl::MutexLock lock(&mu_);
   return weights_wanted_;

@@ -14,6 +14,7 @@
 
 #include <atomic>
 #include <cstdint>
+#include <map>
 #include <memory>
 #include <vector>
 
@@ -24,6 +25,7 @@
 #include "server/chunk_checks.h"
 #include "server/gradient_set.h"
 #include "server/group.h"
+#include "server/interval_set.h"
 
 namespace optd::server {
 
@@ -54,6 +56,10 @@ class PendingStep {
   // Accepts chunk `c`: returns where its bytes go (write them without holding anything). Fails
   // with the step's failure once it failed.
   absl::StatusOr<void*> Reserve(const Group& group, const CheckedChunk& c);
+  // A colocated step's range will have its new weights written at bytes [offset, offset + bytes)
+  // of region buffer `buffer`: InvalidArgument when that overlaps another range's destination
+  // in this step (on any of its streams), so that no two writes race on the same bytes.
+  absl::Status ReserveWeightsDestination(int buffer, int64_t offset, int64_t bytes);
 
   // Stream `index` committed. True when every stream has: the caller then calls Complete() and
   // Resolve(). The step's failure once it failed.
@@ -91,6 +97,7 @@ class PendingStep {
   int joins_ ABSL_GUARDED_BY(mu_) = 0;
   v1::WeightsReturn weights_wanted_ ABSL_GUARDED_BY(mu_) = v1::NONE;
   int commits_ ABSL_GUARDED_BY(mu_) = 0;
+  std::map<int, IntervalSet> weights_destinations_ ABSL_GUARDED_BY(mu_);  // by region buffer
   bool resolved_ ABSL_GUARDED_BY(mu_) = false;
   absl::StatusOr<StepOutcome> outcome_ ABSL_GUARDED_BY(mu_);
 };

@@ -7,8 +7,11 @@
 
 #include "server/auth_streams.h"
 #include "server/chunk_codec.h"
+#include "server/colocate_service.h"
 #include "server/grpc_data_streams.h"
+#include "absl/strings/str_cat.h"
 #include "server/limits.h"
+#include "server/limits_streams.h"
 #include "server/message_stream.h"
 #include "server/status_conversion.h"
 
@@ -49,6 +52,15 @@ absl::StatusOr<Caller> OptimizerService::CallerOf(const grpc::ServerContextBase&
     authorization = absl::string_view(it->second.data(), it->second.size());
   }
   return authorizer_->Authenticate(authorization);
+}
+
+std::string OptimizerService::PrincipalOf(const grpc::ServerContextBase& context) const {
+  std::optional<absl::string_view> authorization;
+  const auto& metadata = context.client_metadata();
+  if (auto it = metadata.find("authorization"); it != metadata.end()) {
+    authorization = absl::string_view(it->second.data(), it->second.size());
+  }
+  return server::PrincipalOf(authorizer_->enabled(), authorization);
 }
 
 absl::Status OptimizerService::Authorize(const grpc::ServerContextBase& context, Action action,
@@ -123,11 +135,12 @@ grpc::Status OptimizerService::UpdateHyperparameters(
 
 grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OptimizerService::Step(
     grpc::CallbackServerContext* context) {
-  StreamHandler handler = [this, caller = CallerOf(*context)](MessageStream* stream) {
+  StreamHandler handler = [this, caller = CallerOf(*context),
+                           principal = PrincipalOf(*context)](MessageStream* stream) {
     if (!caller.ok()) return Finish("Step", caller.status());
     GrpcStepStream step(stream);
     AuthorizedStepStream authorized(&step, authorizer_, *caller);
-    return Finish("Step", core_->Step(&authorized));
+    return Finish("Step", core_->Step(&authorized, principal));
   };
   return new BidiStreamCall(Admitted(context, "Step", std::move(handler)));
 }
@@ -232,6 +245,25 @@ grpc::ServerReadReactor<grpc::ByteBuffer>* OptimizerService::ImportState(
     return Finish("ImportState", s);
   };
   return new ReadStreamCall(Admitted(context, "ImportState", std::move(handler)));
+}
+
+grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* OptimizerService::Colocate(
+    grpc::CallbackServerContext* context) {
+  auto caller = CallerOf(*context);
+  ColocateCaller lease;
+  lease.principal = PrincipalOf(*context);
+  lease.client = absl::StrCat(lease.principal, "@", PeerAddress(context->peer()));
+  if (caller.ok()) {
+    lease.authorize = [this, grant = *caller](const std::string& group) {
+      return authorizer_->Check(grant, Action::kColocate, group);
+    };
+  }
+  StreamHandler handler = [this, caller_status = caller.status(),
+                           lease = std::move(lease)](MessageStream* stream) {
+    if (!caller_status.ok()) return Finish("Colocate", caller_status);
+    return Finish("Colocate", ServeColocate(*core_, stream, lease));
+  };
+  return new BidiStreamCall(std::move(handler));
 }
 
 }  // namespace optd::server

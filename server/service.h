@@ -25,13 +25,14 @@
 namespace optd::server {
 
 // The generated service with the data-path methods in their raw callback form.
-using OptimizerServiceBase = v1::Optimizer::WithRawCallbackMethod_Step<
+using OptimizerServiceBase = v1::Optimizer::WithRawCallbackMethod_Colocate<
+    v1::Optimizer::WithRawCallbackMethod_Step<
     v1::Optimizer::WithRawCallbackMethod_UploadWeights<
         v1::Optimizer::WithRawCallbackMethod_PullWeights<
             v1::Optimizer::WithRawCallbackMethod_Subscribe<
                 v1::Optimizer::WithRawCallbackMethod_ExportState<
                     v1::Optimizer::WithRawCallbackMethod_ImportState<
-                        v1::Optimizer::Service>>>>>>;
+                        v1::Optimizer::Service>>>>>>>;
 
 // Thread safety: thread-safe (gRPC calls it from many threads).
 class OptimizerService final : public OptimizerServiceBase {
@@ -76,12 +77,18 @@ class OptimizerService final : public OptimizerServiceBase {
                                                          const grpc::ByteBuffer* request) override;
   grpc::ServerReadReactor<grpc::ByteBuffer>* ImportState(grpc::CallbackServerContext* context,
                                                          grpc::ByteBuffer* response) override;
+  // The lease of a colocated region (colocate_service.h). Not behind the stream limits: the
+  // region limits bound it (--max_regions).
+  grpc::ServerBidiReactor<grpc::ByteBuffer, grpc::ByteBuffer>* Colocate(
+      grpc::CallbackServerContext* context) override;
 
  private:
   // Records the RPC's outcome, logs a failure with its reason, converts the status.
   grpc::Status Finish(std::string_view method, const absl::Status& status);
   // The caller of `context`'s call, from its `authorization` metadata.
   absl::StatusOr<Caller> CallerOf(const grpc::ServerContextBase& context) const;
+  // The principal of `context`'s call for the regions (colocate_service.h).
+  std::string PrincipalOf(const grpc::ServerContextBase& context) const;
   // CallerOf, then Authorizer::Check of `action` on `group`.
   absl::Status Authorize(const grpc::ServerContextBase& context, Action action,
                          absl::string_view group) const;

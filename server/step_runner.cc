@@ -11,6 +11,16 @@
 // the weights to return; each stream then sends the weights of the ranges it carried.
 // Percentile clipping needs nothing special: the whole gradient is there before the update.
 //
+// Note [A colocated step]
+// A step whose begin names a region (docs/colocated.md) takes the same road: each
+// region_gradient range is checked against the group and the region (region_chunk_checks.h) and
+// copied once, from the region into the step's gradient buffer, exactly where a wire chunk's
+// bytes would have gone; so K streams, sync rounds and async workers need nothing new. After the
+// commit, instead of sending weight messages, the stream writes each range's new weights from the
+// snapshot into the region at the range's weights destination, then sends StepDone: when the
+// trainer sees StepDone its weights are in the region. The step holds a reference to the region
+// until then (Note [Region lifetime] in colocated_region.h).
+//
 // Note [No I/O under a group's mutex]
 // A group's mutex is held for engine work and memory copies only: the begin's checks, the
 // update, the snapshot of the new weights. Reading chunks, waiting for a step's other streams or
@@ -30,6 +40,7 @@
 #include "server/chunk_checks.h"
 #include "server/optimizer_core.h"
 #include "server/pending_step.h"
+#include "server/region_chunk_checks.h"
 #include "server/step_commit.h"
 #include "server/step_plan.h"
 #include "server/convert.h"
@@ -118,33 +129,103 @@ absl::Status Drain(const Group& group, int64_t step, StepStream* stream) {
   }
 }
 
-// Reads this stream's chunks of the step into `pending`, up to the commit.
-absl::Status Gather(Group& group, const StepPlan& plan, StepStream* stream, PendingStep& pending,
-                    std::vector<Range>* ranges) {
+// Copies a region range into the step's gradient buffer `dst` (the engine counts its NaN/Inf
+// when it applies the step).
+absl::Status CopyRegionRange(const ColocatedRegion& region, const CheckedRegionRange& r,
+                             void* dst) {
+  return region.ReadRange(r.buffer, r.buffer_offset, r.bytes, dst);
+}
+
+// What one stream of a step carried.
+struct Carried {
+  std::vector<Range> ranges;               // wire chunks: their weights go back on the wire
+  std::vector<CheckedRegionRange> region;  // region ranges: their weights go into the region
+  int64_t bytes = 0;                       // gradient payload bytes
+};
+
+// Reads this stream's chunks of the step into `pending`, up to the commit. `region`: the
+// step's region, or null for a wire step.
+absl::Status Gather(Group& group, const StepPlan& plan, const ColocatedRegion* region,
+                    StepStream* stream, PendingStep& pending, Carried* carried) {
   StepRequestRef request;
   while (true) {
     auto more = stream->Read(&request);
     if (!more.ok()) return more.status();
     if (!*more) return ClientGone(group, plan.step);
     if (request.kind == StepRequestRef::Kind::kCommit) return absl::OkStatus();
+    if (request.kind == StepRequestRef::Kind::kRegionGradient) {
+      if (region == nullptr) {
+        return absl::InvalidArgumentError(
+            "region_gradient needs a begin.region (a region from Colocate); send gradient "
+            "chunks otherwise");
+      }
+      auto r = CheckRegionChunk(group, *region, request.region_gradient);
+      if (!r.ok()) return r.status();
+      if (r->writes_weights && plan.weights == v1::UPDATED) {
+        absl::Status s =
+            pending.ReserveWeightsDestination(r->weights_buffer, r->weights_offset, r->weights_bytes);
+        if (!s.ok()) return s;
+      }
+      auto dst = pending.Reserve(group, r->chunk);
+      if (!dst.ok()) return dst.status();
+      if (absl::Status s = CopyRegionRange(*region, *r, *dst); !s.ok()) return s;
+      group.metrics().AddGradientBytesReceived(r->bytes);
+      carried->bytes += r->bytes;
+      carried->region.push_back(*r);
+      continue;
+    }
     if (request.kind != StepRequestRef::Kind::kGradient) {
       return absl::InvalidArgumentError(
           absl::StrCat("begin received before the commit of step ", plan.step));
+    }
+    if (region != nullptr) {
+      return absl::InvalidArgumentError(
+          "gradient: a step with begin.region carries its gradients as region_gradient ranges");
     }
     auto c = CheckGradientChunk(group, request.gradient);
     if (!c.ok()) return c.status();
     auto dst = pending.Reserve(group, *c);
     if (!dst.ok()) return dst.status();
     request.gradient.data.CopyTo(*dst);
-    group.metrics().AddGradientBytesReceived(static_cast<int64_t>(request.gradient.data.size()));
-    ranges->push_back(Range{c->tensor, c->offset, c->n});
+    const auto bytes = static_cast<int64_t>(request.gradient.data.size());
+    group.metrics().AddGradientBytesReceived(bytes);
+    carried->bytes += bytes;
+    carried->ranges.push_back(Range{c->tensor, c->offset, c->n});
   }
 }
 
-// Sends the new weights of `ranges` from the snapshot, at most chunk_bytes per message.
-absl::Status SendRanges(Group& group, const StepPlan& plan, const StepOutcome& outcome,
+// Writes the new weights of the region ranges that name a destination, from the snapshot into
+// the region. Returns the bytes written.
+absl::StatusOr<int64_t> WriteRegionWeights(Group& group, const StepOutcome& outcome,
+                                           const std::vector<CheckedRegionRange>& ranges,
+                                           const ColocatedRegion& region) {
+  const WeightSnapshot& snap = *outcome.weights;
+  int64_t written = 0;
+  for (const CheckedRegionRange& r : ranges) {
+    if (!r.writes_weights) continue;
+    const int slot = snap.SlotOf(r.chunk.tensor);
+    if (slot < 0) continue;
+    if (absl::Status s = snap.AwaitFilled(slot); !s.ok()) return s;
+    const int64_t esize =
+        static_cast<int64_t>(core::DTypeSize(group.tensor(r.chunk.tensor).dtype));
+    const uint8_t* src = snap.data[static_cast<size_t>(slot)].data() + r.chunk.offset * esize;
+    if (absl::Status s = region.WriteRange(r.weights_buffer, r.weights_offset, src,
+                                           r.weights_bytes);
+        !s.ok()) {
+      return s;
+    }
+    group.metrics().AddWeightBytesSent(r.weights_bytes);
+    written += r.weights_bytes;
+  }
+  return written;
+}
+
+// Sends the new weights of `ranges` from the snapshot, at most chunk_bytes per message. Returns
+// the payload bytes sent.
+absl::StatusOr<int64_t> SendRanges(Group& group, const StepPlan& plan, const StepOutcome& outcome,
                         const std::vector<Range>& ranges, StepStream* stream) {
   const WeightSnapshot& snap = *outcome.weights;
+  int64_t sent = 0;
   for (const Range& r : ranges) {
     const int slot = snap.SlotOf(r.tensor);
     if (slot < 0) continue;
@@ -164,9 +245,10 @@ absl::Status SendRanges(Group& group, const StepPlan& plan, const StepOutcome& o
       out.keepalive = outcome.weights;
       if (!stream->SendWeights(out)) return WeightsClientGone(group);
       group.metrics().AddWeightBytesSent(static_cast<int64_t>(out.bytes));
+      sent += static_cast<int64_t>(out.bytes);
     }
   }
-  return absl::OkStatus();
+  return sent;
 }
 
 // The ranges this stream returns: what it carried, merged per tensor into whole ranges where
@@ -199,7 +281,7 @@ std::vector<Range> ReturnRanges(const Group& group, const StepPlan& plan,
 
 }  // namespace
 
-absl::Status OptimizerCore::Step(StepStream* stream) {
+absl::Status OptimizerCore::Step(StepStream* stream, const std::string& principal) {
   StepRequestRef request;
   while (true) {
     auto more = stream->Read(&request);
@@ -226,6 +308,19 @@ absl::Status OptimizerCore::Step(StepStream* stream) {
       }
     }
     const StepPlan plan = *planned;
+    std::shared_ptr<ColocatedRegion> region;  // held until this step's weights are written
+    if (!begin.region().empty()) {
+      auto r = regions_.Find(begin.region(), group.name(), principal, "begin.region");
+      if (!r.ok()) return r.status();
+      region = *std::move(r);
+      if (plan.weights == v1::ALL) {
+        return absl::InvalidArgumentError(
+            "begin.weights ALL cannot be used with begin.region: the new weights are written "
+            "at each region_gradient's weights destination, and a tensor without a gradient "
+            "range has none; use UPDATED (or NONE and PullWeights)");
+      }
+    }
+    const Transport transport = region != nullptr ? region->transport() : Transport::kGrpc;
 
     CommitContext context;
     context.stopping = &shutting_down_;
@@ -287,11 +382,14 @@ absl::Status OptimizerCore::Step(StepStream* stream) {
                                     plan.stream_index, timeout, plan.weights);
     if (!joined.ok()) return joined.status();
     std::shared_ptr<PendingStep> pending = *std::move(joined);
-    std::vector<Range> carried;
-    if (absl::Status s = Gather(group, plan, stream, *pending, &carried); !s.ok()) {
+    Carried carried;
+    const absl::Time gather_start = absl::Now();
+    if (absl::Status s = Gather(group, plan, region.get(), stream, *pending, &carried); !s.ok()) {
       pending->Fail(group, s);
       return s;
     }
+    absl::Duration transfer = absl::Now() - gather_start;
+    int64_t moved = carried.bytes;
     auto last_commit = pending->Commit(plan.stream_index);
     if (!last_commit.ok()) return last_commit.status();
     absl::StatusOr<StepOutcome> outcome;
@@ -309,10 +407,22 @@ absl::Status OptimizerCore::Step(StepStream* stream) {
       outcome = pending->Await(group, shutting_down_);
     }
     if (!outcome.ok()) return outcome.status();
-    if (outcome->weights != nullptr && !outcome->duplicate) {
-      const std::vector<Range> ranges = ReturnRanges(group, plan, std::move(carried), *pending);
-      if (absl::Status s = SendRanges(group, plan, *outcome, ranges, stream); !s.ok()) return s;
+    const absl::Time return_start = absl::Now();
+    if (outcome->weights != nullptr && !outcome->duplicate && region != nullptr &&
+        plan.weights == v1::UPDATED) {
+      auto written = WriteRegionWeights(group, *outcome, carried.region, *region);
+      if (!written.ok()) return written.status();
+      moved += *written;
+    } else if (outcome->weights != nullptr && !outcome->duplicate && region == nullptr) {
+      const std::vector<Range> ranges =
+          ReturnRanges(group, plan, std::move(carried.ranges), *pending);
+      auto sent = SendRanges(group, plan, *outcome, ranges, stream);
+      if (!sent.ok()) return sent.status();
+      moved += *sent;
     }
+    transfer += absl::Now() - return_start;
+    metrics_->AddTransportBytes(transport, moved);
+    metrics_->ObserveTransfer(transport, absl::ToDoubleSeconds(transfer));
     pending.reset();
     v1::StepDone done;
     done.set_step(plan.step);

@@ -21,6 +21,10 @@ struct optd_client {
   std::unique_ptr<optd::client::Client> client;
 };
 
+struct optd_region {
+  std::unique_ptr<optd::client::ColocatedRegion> region;
+};
+
 namespace {
 
 using optd::client::Client;
@@ -294,6 +298,77 @@ int optd_client_delete_group(optd_client* client, const char* group) {
   return Guarded([&]() -> absl::Status {
     if (absl::Status s = CheckHandle(client, group); !s.ok()) return s;
     return client->client->DeleteGroup(group);
+  });
+}
+
+int optd_region_open_shm(optd_client* client, const char* group, int64_t bytes,
+                         optd_region** out, void** data, int64_t* size) {
+  return Guarded([&]() -> absl::Status {
+    if (absl::Status s = CheckHandle(client, group); !s.ok()) return s;
+    if (out == nullptr) return absl::InvalidArgumentError("out: NULL");
+    *out = nullptr;
+    auto region = client->client->OpenSharedMemoryRegion(group, bytes);
+    if (!region.ok()) return region.status();
+    if (data != nullptr) *data = (*region)->data();
+    if (size != nullptr) *size = (*region)->bytes();
+    *out = new optd_region{*std::move(region)};
+    return absl::OkStatus();
+  });
+}
+
+void optd_region_destroy(optd_region* region) {
+  Guarded([&]() -> absl::Status {
+    delete region;
+    return absl::OkStatus();
+  });
+}
+
+const char* optd_region_id(const optd_region* region) {
+  return region != nullptr && region->region != nullptr ? region->region->id().c_str() : "";
+}
+
+int optd_client_step_region(optd_client* client, const char* group, int64_t step,
+                            const optd_region* region, const optd_region_range* ranges,
+                            int64_t n_ranges, const optd_step_options* options,
+                            optd_step_result* result) {
+  return Guarded([&]() -> absl::Status {
+    if (absl::Status s = CheckHandle(client, group); !s.ok()) return s;
+    if (region == nullptr || region->region == nullptr) {
+      return absl::InvalidArgumentError("region: NULL");
+    }
+    if (absl::Status s = CheckArray("ranges", ranges, n_ranges); !s.ok()) return s;
+    std::vector<optd::client::RegionRange> rs;
+    rs.reserve(static_cast<size_t>(n_ranges));
+    for (int64_t i = 0; i < n_ranges; ++i) {
+      const optd_region_range& in = ranges[i];
+      if (in.tensor == nullptr) {
+        return absl::InvalidArgumentError(absl::StrCat("ranges[", i, "].tensor: NULL"));
+      }
+      optd::client::RegionRange r;
+      if (absl::Status s = ToDType("ranges", i, in.dtype, &r.dtype); !s.ok()) return s;
+      r.tensor = in.tensor;
+      r.offset = in.offset;
+      r.count = in.count;
+      r.buffer = in.buffer;
+      r.buffer_offset = in.buffer_offset;
+      if (in.has_weights) {
+        r.weights_buffer = in.weights_buffer;
+        r.weights_buffer_offset = in.weights_buffer_offset;
+      }
+      rs.push_back(std::move(r));
+    }
+    optd::client::StepOptions o;
+    if (absl::Status s = ToStepOptions(options, &o); !s.ok()) return s;
+    auto r = client->client->StepInRegion(group, step, *region->region, rs, o);
+    if (!r.ok()) return r.status();
+    if (result != nullptr) {
+      result->step = r->step;
+      result->version = r->version;
+      result->duplicate = r->duplicate ? 1 : 0;
+      result->nonfinite_gradient_elements = r->nonfinite_gradient_elements;
+      result->weight_elements_received = 0;
+    }
+    return absl::OkStatus();
   });
 }
 

@@ -164,6 +164,46 @@ int optd_client_create_group(optd_client* client, const char* group,
                              const optd_group_options* options);
 int optd_client_delete_group(optd_client* client, const char* group);
 
+/* Colocated data path (docs/colocated.md): a host shared-memory region both processes map; steps
+ * name ranges in it instead of sending bytes, and the server writes the new weights into it. */
+
+typedef struct optd_region optd_region;
+
+/* Leases a shared-memory region of `bytes` bytes for the steps of `group`. *data and *size (may
+ * be NULL) get the mapping in this process. Returns 9 (FAILED_PRECONDITION) with the reason in
+ * optd_last_error() when this process cannot map it (the server is on another host or does not
+ * share /dev/shm): the caller can fall back to optd_client_step. The region may outlive the
+ * client; destroy it to unmap it and end the lease. */
+int optd_region_open_shm(optd_client* client, const char* group, int64_t bytes,
+                         optd_region** out, void** data, int64_t* size);
+void optd_region_destroy(optd_region* region);
+/* The region's id (valid while the region lives). */
+const char* optd_region_id(const optd_region* region);
+
+/* One gradient range of a colocated step (optd::client::RegionRange): elements
+ * [offset, offset + count) of `tensor` in `dtype` at byte `buffer_offset` of buffer `buffer`;
+ * with has_weights, the range's new weights (in the tensor's dtype) are written at byte
+ * `weights_buffer_offset` of buffer `weights_buffer` after the step. */
+typedef struct {
+  const char* tensor;
+  int64_t offset;
+  int64_t count;
+  int32_t dtype;  /* OPTD_DTYPE_* */
+  int32_t buffer;
+  int64_t buffer_offset;
+  int32_t has_weights;
+  int32_t weights_buffer;
+  int64_t weights_buffer_offset;
+} optd_region_range;
+
+/* One step whose gradients are `ranges` of `region` (written there before the call). With
+ * weights UPDATED (the default) the new weights are in the region when this returns; NONE writes
+ * nothing; ALL is refused. options may be NULL; part_count must be 0. */
+int optd_client_step_region(optd_client* client, const char* group, int64_t step,
+                            const optd_region* region, const optd_region_range* ranges,
+                            int64_t n_ranges, const optd_step_options* options,
+                            optd_step_result* result);
+
 #ifdef __cplusplus
 }
 #endif

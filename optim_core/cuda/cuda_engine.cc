@@ -10,6 +10,7 @@
 #include "cuda/cuda_group.h"
 #include "cuda/cuda_resources.h"
 #include "cuda/cuda_status.h"
+#include "cuda/host_registration.h"
 #include "cuda/quant_buckets.h"
 #include "internal/cuda_engine_factory.h"
 #include "optd/core/engine.h"
@@ -78,6 +79,11 @@ class CudaEngine final : public Engine {
 
   void FreeHost(void* p) override {
     if (p != nullptr) cudaFreeHost(p);
+  }
+
+  absl::StatusOr<std::unique_ptr<HostRegistration>> RegisterHostMemory(void* data,
+                                                                       int64_t bytes) override {
+    return ::optd::core::cuda::RegisterHost(shared_->device, data, bytes);
   }
 
  private:

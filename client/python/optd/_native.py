@@ -31,6 +31,7 @@ DTYPE_FLOAT32 = 1
 DTYPE_FLOAT16 = 2
 DTYPE_BFLOAT16 = 3
 WEIGHTS = {"updated": 1, "all": 2, "none": 3}
+DTYPES = {"float32": DTYPE_FLOAT32, "float16": DTYPE_FLOAT16, "bfloat16": DTYPE_BFLOAT16}
 
 _NUMPY_DTYPES = {np.dtype(np.float32): DTYPE_FLOAT32, np.dtype(np.float16): DTYPE_FLOAT16,
                  np.dtype(np.uint16): DTYPE_BFLOAT16}
@@ -109,6 +110,33 @@ def _declare(lib):
     lib.optd_client_pull_weights.restype = ctypes.c_int
 
 
+class RegionRange(ctypes.Structure):
+    _fields_ = [("tensor", ctypes.c_char_p), ("offset", ctypes.c_int64),
+                ("count", ctypes.c_int64), ("dtype", ctypes.c_int32), ("buffer", ctypes.c_int32),
+                ("buffer_offset", ctypes.c_int64), ("has_weights", ctypes.c_int32),
+                ("weights_buffer", ctypes.c_int32), ("weights_buffer_offset", ctypes.c_int64)]
+
+
+def _declare_regions(lib):
+    """The colocated calls, where the library has them (False otherwise)."""
+    if not hasattr(lib, "optd_region_open_shm"):
+        return False
+    P = ctypes.POINTER
+    lib.optd_region_open_shm.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64,
+                                         P(ctypes.c_void_p), P(ctypes.c_void_p),
+                                         P(ctypes.c_int64)]
+    lib.optd_region_open_shm.restype = ctypes.c_int
+    lib.optd_region_destroy.argtypes = [ctypes.c_void_p]
+    lib.optd_region_destroy.restype = None
+    lib.optd_region_id.argtypes = [ctypes.c_void_p]
+    lib.optd_region_id.restype = ctypes.c_char_p
+    lib.optd_client_step_region.argtypes = [ctypes.c_void_p, ctypes.c_char_p, ctypes.c_int64,
+                                            ctypes.c_void_p, P(RegionRange), ctypes.c_int64,
+                                            P(StepOptions), P(StepResult)]
+    lib.optd_client_step_region.restype = ctypes.c_int
+    return True
+
+
 class Library:
     """The loaded liboptd_client_c. `path` is where it was found."""
 
@@ -116,6 +144,7 @@ class Library:
         self.cdll = cdll
         self.path = path
         self.supports_step_parts = True
+        self.supports_regions = _declare_regions(cdll)
         # The library reads ClientOptions' tls and token fields.
         self.supports_security = (hasattr(cdll, "optd_client_options_size") and
                                   cdll.optd_client_options_size() >= ctypes.sizeof(ClientOptions))
@@ -243,6 +272,7 @@ class NativeClient:
         self._handle = handle
         self._close_lock = threading.Lock()
         self.supports_step_parts = lib.supports_step_parts
+        self.supports_regions = lib.supports_regions
 
     def _check(self, rc):
         if rc != 0:
@@ -294,3 +324,42 @@ class NativeClient:
             self._handle, group.encode(), o, len(outs), ctypes.byref(version)))
         del names
         return version.value
+
+    def open_shm_region(self, group, nbytes):
+        """A colocated region through the C++ client: an optd.colocated.SharedMemoryRegion."""
+        from optd.colocated import SharedMemoryRegion  # noqa: PLC0415 (import cycle)
+        handle = ctypes.c_void_p()
+        data = ctypes.c_void_p()
+        size = ctypes.c_int64(0)
+        self._check(self._lib.cdll.optd_region_open_shm(
+            self._handle, group.encode(), nbytes, ctypes.byref(handle), ctypes.byref(data),
+            ctypes.byref(size)))
+        array = np.ctypeslib.as_array((ctypes.c_uint8 * size.value).from_address(data.value))
+        lib = self._lib
+
+        def close():
+            lib.cdll.optd_region_destroy(handle)
+
+        region = SharedMemoryRegion(lib.cdll.optd_region_id(handle).decode(), group, array, close)
+        region.native = True
+        region.handle = handle
+        return region
+
+    def step_region(self, group, step, region, ranges, worker=0, lr=None, weights="updated",
+                    base_version=None):
+        """ranges: [optd.colocated.RegionRange]. Returns the StepResult."""
+        names = [r.tensor.encode() for r in ranges]
+        arr = (RegionRange * max(1, len(ranges)))()
+        for i, r in enumerate(ranges):
+            arr[i] = RegionRange(names[i], r.offset, r.count, DTYPES[r.dtype], 0, r.buffer_offset,
+                                 r.weights_offset is not None, 0,
+                                 0 if r.weights_offset is None else r.weights_offset)
+        opts = StepOptions(struct_size=ctypes.sizeof(StepOptions), worker=worker,
+                           has_lr=lr is not None, lr=0.0 if lr is None else lr,
+                           weights=WEIGHTS[weights], has_base_version=base_version is not None,
+                           base_version=0 if base_version is None else base_version)
+        result = StepResult()
+        self._check(self._lib.cdll.optd_client_step_region(
+            self._handle, group.encode(), step, region.handle, arr, len(ranges),
+            ctypes.byref(opts), ctypes.byref(result)))
+        return result

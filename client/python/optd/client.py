@@ -28,7 +28,7 @@ from dataclasses import dataclass
 import grpc
 import numpy as np
 
-from optd import _native
+from optd import _native, colocated
 from optd.errors import InvalidArgumentError, OptdError, from_rpc_error, from_status
 from optd.v1 import optd_pb2 as pb
 from optd.v1 import optd_pb2_grpc as pb_grpc
@@ -560,6 +560,36 @@ class Client:
         if first_error is not None:
             raise first_error
         return merge_step_parts(results, self.target), out
+
+    # Colocated data path (optd.colocated, docs/colocated.md) ---------------------------------
+    def open_shm_region(self, group, nbytes):
+        """Leases a shared-memory region of `nbytes` bytes for the steps of `group` from a
+        server on this host: an optd.colocated.SharedMemoryRegion. FailedPreconditionError with
+        the reason when this process cannot map it (use step() then)."""
+        if self._native is not None and self._native.supports_regions:
+            return self._native.open_shm_region(group, nbytes)
+        return colocated.open_pure(self._stub, self._metadata, self.target, group, nbytes)
+
+    def step_region(self, group, step, region, ranges, worker=0, lr=None, weights="updated",
+                    base_version=None):
+        """One step whose gradients are `ranges` (optd.colocated.RegionRange) of `region`,
+        written there before the call. With weights "updated" each range's new weights are in
+        the region when this returns; "none" writes nothing ("all" is refused by the server).
+        Returns the StepDone."""
+        if weights not in _RETURNS:
+            raise InvalidArgumentError(f"weights: {weights!r} is not updated, all or none")
+        if self._native is not None and getattr(region, "native", False):
+            r = self._native.step_region(group, step, region, ranges, worker=worker, lr=lr,
+                                         weights=weights, base_version=base_version)
+            return pb.StepDone(step=r.step, version=r.version, duplicate=bool(r.duplicate),
+                               nonfinite_gradient_elements=r.nonfinite_gradient_elements)
+        begin = pb.StepBegin(group=group, worker=worker, step=step, weights=_RETURNS[weights])
+        if lr is not None:
+            begin.lr = lr
+        if base_version is not None:
+            begin.base_version = base_version
+        return colocated.step_pure(self._stub, self._metadata, self.timeout, self.target, group,
+                                   step, region, ranges, begin)
 
     def pull_weights(self, group, tensors=None, out=None):
         """Returns (version, {tensor: array}) of the current weights."""

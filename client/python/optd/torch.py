@@ -33,10 +33,23 @@ in sync across shards, so a retry is recognised by every shard. The count advanc
 the step succeeded on every shard; a failed step() can be called again (same gradients, same
 number): shards that had applied it answer `duplicate`, their weights are pulled instead, and
 last_step_duplicate / duplicate_steps report it.
+
+Note [Colocated transport]
+transport="shm" (docs/colocated.md) leases, per param_group, a shared-memory region from a server
+on this host: every parameter has a gradient slot and a weight slot in it. step() copies each
+.grad into its slot (a CUDA gradient by a device-to-host copy into the region, registered with
+cudaHostRegister so the copy is DMA), sends one step that names the ranges, and copies the new
+weights from the region back into the parameters. "auto" uses it when there is one server and
+its address is this host, and falls back to gRPC with the reason logged on
+logging.getLogger("optd"); "grpc" never tries it; "cuda_ipc" is not there yet.
+Over shm the hooks of Note [Overlap with backward] are off: the gradients are copied in step().
 """
 
 import contextlib
+import ipaddress
+import logging
 import os
+import socket
 import threading
 import uuid
 import warnings
@@ -46,6 +59,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
+from optd.colocated import RegionRange
 from optd.client import Client, Security, TensorSpec, default_streams, merge_step_parts
 from optd.errors import OptdError, shard_error
 from optd.sharded import ShardedGroup
@@ -55,6 +69,72 @@ _QUANT_STATE_KEY = "__bnb_optimizer_quant_state__"
 _STATE_KEYS = ("state1", "state2", "qmap1", "qmap2", "absmax1", "absmax2", "gnorm_vec")
 
 HAS_POST_ACCUMULATE_GRAD_HOOK = hasattr(torch.Tensor, "register_post_accumulate_grad_hook")
+_TRANSPORTS = ("auto", "grpc", "shm", "cuda_ipc")
+_log = logging.getLogger("optd")
+
+
+def _is_this_host(target):
+    """True when `target` ("host:port") names a loopback address or an address of this host."""
+    host = target.rsplit(":", 1)[0].strip("[]")
+    if host.startswith("ipv4:") or host.startswith("ipv6:"):
+        host = host.split(":", 1)[1]
+    if host in ("localhost", socket.gethostname()):
+        return True
+    try:
+        if ipaddress.ip_address(host).is_loopback:
+            return True
+    except ValueError:
+        pass
+    try:
+        mine = {a[4][0] for a in socket.getaddrinfo(socket.gethostname(), None)}
+        return any(a[4][0] in mine for a in socket.getaddrinfo(host, None))
+    except OSError:
+        return False
+
+
+class _ShmLayout:
+    """Where each parameter's gradient and weights lie in a param_group's region (64-byte
+    aligned slots: gradients first, then weights)."""
+
+    def __init__(self, params):
+        self.grad, self.weight, at = [], [], 0
+        sizes = [p.numel() * p.element_size() for p in params]
+        for n in sizes:
+            self.grad.append(at)
+            at += (n + 63) // 64 * 64
+        for n in sizes:
+            self.weight.append(at)
+            at += (n + 63) // 64 * 64
+        self.bytes = max(at, 64)
+
+
+class _ShmGroup:
+    """A param_group's region and its layout; `host` is a torch uint8 tensor over the mapping."""
+
+    def __init__(self, region, layout):
+        self.region, self.layout = region, layout
+        self.host = torch.from_numpy(region.array)
+        self.registered = False
+        if torch.cuda.is_available():
+            # DMA copies to and from the region (Note [Colocated transport]); best effort.
+            try:
+                rc = torch.cuda.cudart().cudaHostRegister(self.host.data_ptr(), layout.bytes, 0)
+                self.registered = int(rc) == 0
+            except Exception as e:  # noqa: BLE001 (older torch without cudart bindings)
+                _log.info("optd: cudaHostRegister of the shm region failed: %s", e)
+
+    def slot(self, offset, p):
+        n = p.numel() * p.element_size()
+        return self.host[offset:offset + n].view(p.dtype).view(p.shape)
+
+    def close(self):
+        if self.registered:
+            try:
+                torch.cuda.cudart().cudaHostUnregister(self.host.data_ptr())
+            except Exception:  # noqa: BLE001
+                pass
+        self.host = None
+        self.region.close()
 
 
 def _numpy_view(t):
@@ -161,7 +241,12 @@ class PagedAdamW8bit(torch.optim.Optimizer):
                  num_workers=1, worker=0, mode="sync", sync_timeout_ms=0, streams=None,
                  overlap=None, bucket_bytes=None, offload_gradients=False, tls=None,
                  tls_root_ca=None, tls_client_cert=None, tls_client_key=None,
-                 tls_server_name=None, token=None):
+                 tls_server_name=None, token=None, transport="auto"):
+        if transport not in _TRANSPORTS:
+            raise ValueError(f"transport: {transport!r} is not one of {', '.join(_TRANSPORTS)}")
+        if transport == "cuda_ipc":
+            raise NotImplementedError("transport='cuda_ipc' is not available yet (the CUDA IPC "
+                                      "path comes next); use 'shm' or 'grpc'")
         if amsgrad:
             raise ValueError("PagedAdamW8bit does not support amsgrad=True")
         if optim_bits != 32:
@@ -208,6 +293,11 @@ class PagedAdamW8bit(torch.optim.Optimizer):
                     raise ValueError(f"param_groups[{gi}]: parameter dtype {p.dtype} is not "
                                      f"float32, float16 or bfloat16")
         self.targets = [target] if isinstance(target, str) else list(target)
+        if transport == "shm" and len(self.targets) != 1:
+            raise ValueError("transport='shm' needs one server (target is a list)")
+        self.transport = transport
+        self._shm = {}  # param_group index -> _ShmGroup (transport shm)
+        self._shm_failed = set()  # param_group indices whose last shm step failed (a retry)
         self.group_name = group or f"torch-{uuid.uuid4().hex[:12]}"
         self.num_workers, self.worker, self.mode = num_workers, worker, mode
         self.sync_timeout_ms = sync_timeout_ms
@@ -228,7 +318,15 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         self._side_streams = {}  # CUDA device -> stream of the gradient/weight copies
         self._hooks = []
         self._hooks_off = set()  # param_group indices whose hooks wait for step() (an error)
-        if self.overlap and HAS_POST_ACCUMULATE_GRAD_HOOK:
+        if self.transport == "auto":
+            if len(self.targets) != 1:
+                self.transport = "grpc"
+                _log.info("optd: transport auto: gRPC (several servers)")
+            elif not _is_this_host(self.targets[0]):
+                self.transport = "grpc"
+                _log.info("optd: transport auto: gRPC (%s is not this host)", self.targets[0])
+            # else decided at the first step, when the region is opened
+        if self.overlap and HAS_POST_ACCUMULATE_GRAD_HOOK and self.transport == "grpc":
             me = weakref.ref(self)
             for gi, g in enumerate(self.param_groups):
                 for i, p in enumerate(g["params"]):
@@ -260,6 +358,8 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         """True when backward has begun sending a step of param_groups[gi] that step() has
         not finished yet (or a failed step that step() may retry)."""
         with self._lock:
+            if gi in self._shm_failed:
+                return True
             plan = self._plans.get(gi)
             return plan is not None and plan.active
 
@@ -542,6 +642,14 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         with self._lock:
             self._hooks_off.clear()
             for gi in range(len(self.param_groups)):
+                if self.transport in ("shm", "auto"):
+                    params = self.param_groups[gi]["params"]
+                    if all(p.grad is None for p in params):
+                        continue
+                    shm = self._shm_group(gi)
+                    if shm is not None:
+                        duplicate = self._step_shm(gi, shm) or duplicate
+                        continue
                 plan = self._plans.get(gi)
                 if plan is None or not plan.active:
                     params = self.param_groups[gi]["params"]
@@ -562,7 +670,77 @@ class PagedAdamW8bit(torch.optim.Optimizer):
             self.duplicate_steps += 1
         return loss
 
+    # Colocated transport (Note [Colocated transport]) ----------------------------------------
+    def _shm_group(self, gi):
+        """The region of param_groups[gi]; None when "auto" fell back to gRPC."""
+        shm = self._shm.get(gi)
+        if shm is not None:
+            return shm
+        sg = self._ensure_group(gi)
+        layout = _ShmLayout(self.param_groups[gi]["params"])
+        try:
+            region = sg.clients[0].open_shm_region(self.server_group(gi), layout.bytes)
+        except OptdError as e:
+            if self.transport == "shm":
+                raise
+            _log.warning("optd: transport auto: using gRPC: %s", e)
+            self.transport = "grpc"
+            return None
+        if self.transport == "auto":
+            _log.info("optd: transport auto: shared memory with %s", self.targets[0])
+            self.transport = "shm"
+        shm = self._shm[gi] = _ShmGroup(region, layout)
+        return shm
+
+    def _step_shm(self, gi, shm):
+        """One step of param_groups[gi] over its region; True when the server called it a
+        duplicate."""
+        g = self.param_groups[gi]
+        sg = self._shards[gi]
+        self._sync_hyper(gi, sg)
+        ranges, with_grad = [], []
+        for i, p in enumerate(g["params"]):
+            if p.grad is None:
+                continue
+            grad = p.grad.detach()
+            if grad.dtype != p.dtype:
+                grad = grad.to(p.dtype)
+            shm.slot(shm.layout.grad[i], p).copy_(grad)
+            if self.offload_gradients:
+                p.grad = None  # the region holds it now
+            ranges.append(RegionRange(self._tensor_name(i), 0, p.numel(), _DTYPES[p.dtype],
+                                      shm.layout.grad[i], shm.layout.weight[i]))
+            with_grad.append((i, p))
+        step = self._steps[gi] + 1
+        try:
+            done = sg.clients[0].step_region(self.server_group(gi), step, shm.region, ranges,
+                                             worker=self.worker, lr=g["lr"])
+        except OptdError:
+            self._shm_failed.add(gi)  # step() may be called again with the same gradients
+            raise
+        self._shm_failed.discard(gi)
+        if done.duplicate:
+            warnings.warn(f"optd: step {done.step} of {self.server_group(gi)} was applied before "
+                          f"(a retry): not applied again; its weights were pulled",
+                          RuntimeWarning, stacklevel=3)
+            pulled = sg.pull()
+            with torch.no_grad():
+                for i, p in with_grad:
+                    w = pulled[self._tensor_name(i)]
+                    src = torch.from_numpy(w.view(np.int16)).view(torch.bfloat16) \
+                        if p.dtype == torch.bfloat16 else torch.from_numpy(w)
+                    p.copy_(src.view(p.shape))
+        else:
+            with torch.no_grad():
+                for i, p in with_grad:
+                    p.copy_(shm.slot(shm.layout.weight[i], p))
+        self._steps[gi] = step
+        return done.duplicate
+
     def close(self):
+        for shm in self._shm.values():
+            shm.close()
+        self._shm = {}
         for h in self._hooks:
             h.remove()
         self._hooks = []

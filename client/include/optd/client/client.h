@@ -18,6 +18,7 @@
 #include "absl/status/status.h"
 #include "absl/status/statusor.h"
 #include "absl/types/span.h"
+#include "optd/client/colocated.h"
 #include "optd/client/types.h"
 
 namespace optd::client {
@@ -63,6 +64,25 @@ class Client {
                                   absl::Span<const ConstBuffer> gradients,
                                   absl::Span<const MutableBuffer> weights_out,
                                   const StepOptions& options = {});
+
+  // Colocated data path (docs/colocated.md; optd/client/colocated.h).
+  // Leases a host shared-memory region of `bytes` bytes for the steps of `group`, from a server
+  // on this host. FailedPrecondition with the reason when this process cannot map it (the server
+  // is on another host, or /dev/shm is not shared with it, e.g. containers without a shared IPC
+  // namespace): the caller may fall back to Step. The server's refusals keep their codes
+  // (ResourceExhausted for its region limits, Unimplemented from a server without the RPC).
+  absl::StatusOr<std::unique_ptr<ColocatedRegion>> OpenSharedMemoryRegion(const std::string& group,
+                                                                         int64_t bytes);
+  // One step whose gradients are `ranges` of `region` (written there by the caller before the
+  // call). With options.weights kUpdated the new weights of each range that names a weights
+  // destination are in the region when this returns; kNone writes nothing; kAll is refused (a
+  // tensor without a range has no place in the region). The ranges are dealt over up to
+  // options.streams (else the client's) streams, whole ranges each, balancing bytes.
+  // REQUIRES: `region` belongs to `group` and stays alive until the call returns.
+  absl::StatusOr<StepResult> StepInRegion(const std::string& group, int64_t step,
+                                          const ColocatedRegion& region,
+                                          absl::Span<const RegionRange> ranges,
+                                          const StepOptions& options = {});
 
   // Reads the current weights into `out` (the tensors named there), with up to
   // ClientOptions::streams concurrent calls (whole tensors per call). Returns the version.

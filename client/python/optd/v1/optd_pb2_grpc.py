@@ -79,6 +79,11 @@ class OptimizerStub(object):
                 request_serializer=optd_dot_v1_dot_optd__pb2.StateChunk.SerializeToString,
                 response_deserializer=optd_dot_v1_dot_optd__pb2.ImportStateResponse.FromString,
                 )
+        self.Colocate = channel.stream_stream(
+                '/optd.v1.Optimizer/Colocate',
+                request_serializer=optd_dot_v1_dot_optd__pb2.ColocateRequest.SerializeToString,
+                response_deserializer=optd_dot_v1_dot_optd__pb2.ColocateResponse.FromString,
+                )
 
 
 class OptimizerServicer(object):
@@ -162,6 +167,14 @@ class OptimizerServicer(object):
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Colocate(self, request_iterator, context):
+        """The lease of a colocated region: open, opened, mapped; the region lives until this stream
+        ends (the client closes it, exits or is killed).
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
 
 def add_OptimizerServicer_to_server(servicer, server):
     rpc_method_handlers = {
@@ -229,6 +242,11 @@ def add_OptimizerServicer_to_server(servicer, server):
                     servicer.ImportState,
                     request_deserializer=optd_dot_v1_dot_optd__pb2.StateChunk.FromString,
                     response_serializer=optd_dot_v1_dot_optd__pb2.ImportStateResponse.SerializeToString,
+            ),
+            'Colocate': grpc.stream_stream_rpc_method_handler(
+                    servicer.Colocate,
+                    request_deserializer=optd_dot_v1_dot_optd__pb2.ColocateRequest.FromString,
+                    response_serializer=optd_dot_v1_dot_optd__pb2.ColocateResponse.SerializeToString,
             ),
     }
     generic_handler = grpc.method_handlers_generic_handler(
@@ -458,5 +476,22 @@ class Optimizer(object):
         return grpc.experimental.stream_unary(request_iterator, target, '/optd.v1.Optimizer/ImportState',
             optd_dot_v1_dot_optd__pb2.StateChunk.SerializeToString,
             optd_dot_v1_dot_optd__pb2.ImportStateResponse.FromString,
+            options, channel_credentials,
+            insecure, call_credentials, compression, wait_for_ready, timeout, metadata)
+
+    @staticmethod
+    def Colocate(request_iterator,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.stream_stream(request_iterator, target, '/optd.v1.Optimizer/Colocate',
+            optd_dot_v1_dot_optd__pb2.ColocateRequest.SerializeToString,
+            optd_dot_v1_dot_optd__pb2.ColocateResponse.FromString,
             options, channel_credentials,
             insecure, call_credentials, compression, wait_for_ready, timeout, metadata)

@@ -149,6 +149,13 @@ class ParamGroup {
   virtual int64_t LastNonfiniteGradientElements() const = 0;
 };
 
+// Host memory registered with an engine (Engine::RegisterHostMemory) for as long as this lives.
+// Thread safety: destroy once, from any thread.
+class HostRegistration {
+ public:
+  virtual ~HostRegistration() = default;
+};
+
 // Thread safety: thread-safe.
 class Engine {
  public:
@@ -166,6 +173,14 @@ class Engine {
   // FreeHost. Slow (it pins pages): allocate once and reuse.
   virtual void* AllocateHost(size_t bytes);
   virtual void FreeHost(void* p);
+
+  // Registers `bytes` of host memory at `data` that someone else allocated (a shared-memory
+  // region a server maps for a colocated trainer), so that this engine's copies to and from it
+  // run like those of AllocateHost memory: page-locked on CUDA (cudaHostRegister, undone when
+  // the registration is destroyed), nothing on the CPU backend. The registration must be
+  // destroyed before the memory is unmapped. Internal with the CUDA error name when it fails.
+  virtual absl::StatusOr<std::unique_ptr<HostRegistration>> RegisterHostMemory(void* data,
+                                                                               int64_t bytes);
 };
 
 // True when this build contains the CUDA engine.

@@ -1,0 +1,183 @@
+"""The colocated data path (docs/colocated.md): a host shared-memory region that this process
+and an optd server on the same host both map. A step then names ranges in the region instead of
+sending bytes, and the server writes the new weights into the region.
+
+    region = client.open_shm_region("g", nbytes)      # SharedMemoryRegion
+    region.array[0:n] = ...                           # numpy uint8 view of the mapping
+    client.step_region("g", 1, region, [RegionRange("w", 0, n_elems, "float32",
+                                                    buffer_offset=0, weights_offset=off)])
+
+The region lives while its lease (a Colocate call) is open: close() (or the process ending)
+releases it. Opening fails with FailedPreconditionError, with the reason, where this process
+cannot map the server's shared memory (another host, containers without a shared /dev/shm):
+use the gRPC path then (optd.torch's transport="auto" does).
+"""
+
+import mmap
+import os
+import queue
+import threading
+from dataclasses import dataclass
+from typing import Optional
+
+import grpc
+import numpy as np
+
+from optd.errors import FailedPreconditionError, OptdError, from_rpc_error
+from optd.v1 import optd_pb2 as pb
+
+
+@dataclass
+class RegionRange:
+    """Elements [offset, offset + count) of `tensor`'s gradient, in `dtype`, at byte
+    `buffer_offset` of the region; after the step the range's new weights (in the tensor's dtype)
+    are written at byte `weights_offset` (None: not written)."""
+    tensor: str
+    offset: int
+    count: int
+    dtype: str
+    buffer_offset: int
+    weights_offset: Optional[int] = None
+
+
+def shm_path(name):
+    """Where Linux keeps the POSIX shared memory object `name` ("/optd-...")."""
+    return "/dev/shm/" + name.lstrip("/")
+
+
+class SharedMemoryRegion:
+    """A leased region: `array` (numpy uint8 over the whole mapping), `id`, `size`, close()."""
+
+    native = False  # leased through the C++ client (then `handle` is its optd_region*)
+    handle = None
+
+    def __init__(self, region_id, group, array, closer):
+        self.id = region_id
+        self.group = group
+        self.array = array
+        self.size = array.size
+        self._closer = closer
+        self._lock = threading.Lock()
+
+    def view(self, offset, count, dtype):
+        """A numpy view of `count` elements of `dtype` ("float32", "float16", "bfloat16" as
+        uint16) at byte `offset` of the region."""
+        np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
+        return self.array[offset:offset + count * np.dtype(np_dtype).itemsize].view(np_dtype)
+
+    def close(self):
+        with self._lock:
+            closer, self._closer = self._closer, None
+        if closer is not None:
+            self.array = None
+            closer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+def open_pure(stub, metadata, target, group, nbytes):
+    """The lease over grpcio: open, opened, map /dev/shm/<name> with Python's mmap, mapped,
+    ready. The call's requests come from a queue, so the call stays open until close()."""
+    requests = queue.Queue()
+
+    def request_iterator():
+        while True:
+            item = requests.get()
+            if item is None:
+                return
+            yield item
+
+    requests.put(pb.ColocateRequest(open=pb.ColocateOpen(group=group, kind=pb.SHM,
+                                                         bytes=nbytes)))
+    call = stub.Colocate(request_iterator(), metadata=metadata)
+
+    def end():
+        requests.put(None)
+        try:
+            for _ in call:  # the server ends the call once it released the region
+                pass
+        except grpc.RpcError:
+            pass
+
+    try:
+        opened = next(call).opened
+    except grpc.RpcError as e:
+        requests.put(None)
+        raise from_rpc_error(e, target) from None
+    except StopIteration:
+        requests.put(None)
+        raise OptdError("Colocate: the server ended the call", grpc.StatusCode.UNAVAILABLE,
+                        target) from None
+    try:
+        fd = os.open(shm_path(opened.shm_name), os.O_RDWR)
+    except OSError as e:
+        call.cancel()
+        requests.put(None)
+        raise FailedPreconditionError(
+            f"colocated region: cannot open {shm_path(opened.shm_name)}: {e.strerror}. The server "
+            f"is not on this host, or this process does not share its /dev/shm; use the gRPC "
+            f"path", grpc.StatusCode.FAILED_PRECONDITION, target) from None
+    try:
+        mapping = mmap.mmap(fd, opened.bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
+    finally:
+        os.close(fd)
+    requests.put(pb.ColocateRequest(mapped=pb.ColocateMapped()))
+    try:
+        ready = next(call)
+    except (grpc.RpcError, StopIteration) as e:
+        mapping.close()
+        requests.put(None)
+        if isinstance(e, grpc.RpcError):
+            raise from_rpc_error(e, target) from None
+        raise OptdError("Colocate: no ColocateReady", grpc.StatusCode.UNAVAILABLE,
+                        target) from None
+    if not ready.HasField("ready"):
+        mapping.close()
+        end()
+        raise OptdError("Colocate: no ColocateReady", grpc.StatusCode.DATA_LOSS, target)
+    array = np.frombuffer(mapping, dtype=np.uint8)
+
+    def close():
+        end()
+        # numpy views may still point into the mapping; the mapping is freed with the last one
+        # (mmap.close() would fail with exported buffers).
+
+    return SharedMemoryRegion(opened.region, group, array, close)
+
+
+def step_pure(stub, metadata, timeout, target, group, step, region, ranges, begin):
+    """A step over `region` on one Step stream: begin (naming the region), the region chunks,
+    commit; only StepDone comes back."""
+    begin.region = region.id
+
+    def requests():
+        yield pb.StepRequest(begin=begin)
+        for r in ranges:
+            chunk = pb.RegionChunk(tensor=r.tensor, offset=r.offset, count=r.count,
+                                   dtype=_PROTO_DTYPE[r.dtype], buffer_offset=r.buffer_offset)
+            if r.weights_offset is not None:
+                chunk.weights_buffer_offset = r.weights_offset
+            yield pb.StepRequest(region_gradient=chunk)
+        yield pb.StepRequest(commit=pb.StepCommit())
+
+    try:
+        for resp in stub.Step(requests(), timeout=timeout, metadata=metadata):
+            if resp.HasField("done"):
+                return resp.done
+    except grpc.RpcError as e:
+        raise from_rpc_error(e, target) from None
+    raise OptdError(f"step {step} of group {group}: stream ended without StepDone",
+                    grpc.StatusCode.INTERNAL, target)
+
+
+_PROTO_DTYPE = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16}
