@@ -159,6 +159,7 @@ void Group::FillInfo(v1::GroupInfo* info) const {
   info->set_weight_bytes(WeightBytes(params_->spec()));
   info->set_state_bytes(StateBytes(params_->spec()));
   info->set_weights_initialized(weights_initialized());
+  for (int64_t step : record_.worker_steps) info->add_worker_steps(step);
 }
 
 std::shared_ptr<WeightSnapshot> Group::BeginSnapshot(const std::vector<int>& tensors) const {

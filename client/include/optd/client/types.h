@@ -75,6 +75,8 @@ struct GroupInfo {
   int64_t weight_bytes = 0;
   int64_t state_bytes = 0;
   bool weights_initialized = false;  // every element of every tensor has been uploaded
+  // Last step applied per worker (index = worker): where a restarted trainer resumes.
+  std::vector<int64_t> worker_steps;
 };
 
 struct SaveCheckpointResult {
