@@ -120,6 +120,9 @@ struct StepOptions {
   // committed. 0 = this call is the whole step.
   int32_t part_count = 0;
   int32_t part_index = 0;
+  // Apply only if this worker's last applied step on the server is this one (else
+  // FAILED_PRECONDITION, nothing applied): a trainer that lost its place learns it.
+  std::optional<int64_t> expect_last_step;
 };
 
 struct StepResult {
