@@ -7,7 +7,7 @@ Note [Unknown outcome]
 A call that ends in DEADLINE_EXCEEDED, CANCELLED or UNAVAILABLE ended on the client's side; the
 server may still have received the request and acted on it (only the answer was lost or late).
 Such errors have `outcome_unknown` True, name the call, and say that the operation may have been
-applied; docs/limits.md lists, per call, how to find out (GetGroup's version and
+applied (except UNAVAILABLE because no connection could be made: the call never left); docs/limits.md lists, per call, how to find out (GetGroup's version and
 weights_initialized, ListGroups, retrying a step for `duplicate`)."""
 
 import grpc
@@ -20,11 +20,8 @@ class OptdError(RuntimeError):
         super().__init__(message)
         self.code = code
         self.target = target
-
-    @property
-    def outcome_unknown(self):
-        """True when the server may have applied the call anyway (Note [Unknown outcome])."""
-        return self.code in UNKNOWN_OUTCOME_CODES
+        # True when the server may have applied the call anyway (Note [Unknown outcome]).
+        self.outcome_unknown = code in UNKNOWN_OUTCOME_CODES
 
 
 class InvalidArgumentError(OptdError, ValueError):
@@ -104,6 +101,8 @@ _BY_CODE = {
 UNKNOWN_OUTCOME_CODES = frozenset({grpc.StatusCode.DEADLINE_EXCEEDED, grpc.StatusCode.CANCELLED,
                                    grpc.StatusCode.UNAVAILABLE})
 UNKNOWN_OUTCOME_NOTE = "the operation may have been applied"
+# gRPC's words (1.51 .. 1.84) for a call that never left the client: no connection was made.
+_NOT_CONNECTED = "failed to connect to all addresses"
 
 
 _CODE_OF_NUMBER = {c.value[0]: c for c in grpc.StatusCode}
@@ -117,14 +116,16 @@ def from_status(code, details, target="", call=""):
     have been applied."""
     cls = _BY_CODE.get(code, OptdError)
     message = f"{details} ({code.name} from {target})" if target else details
-    if code in UNKNOWN_OUTCOME_CODES:
-        if call:
-            message = f"{call}: {message}"
-        if UNKNOWN_OUTCOME_NOTE not in message:
-            message = (f"{message}; {UNKNOWN_OUTCOME_NOTE} (the server may have acted before "
-                       f"the call ended: check with GetGroup or ListGroups, or retry a step "
-                       f"with the same number)")
-    return cls(message, code, target)
+    unknown = code in UNKNOWN_OUTCOME_CODES and _NOT_CONNECTED not in details
+    if code in UNKNOWN_OUTCOME_CODES and call:
+        message = f"{call}: {message}"
+    if unknown and UNKNOWN_OUTCOME_NOTE not in message:
+        message = (f"{message}; {UNKNOWN_OUTCOME_NOTE} (the server may have acted before the "
+                   f"call ended: check with GetGroup or ListGroups, or retry a step with the "
+                   f"same number)")
+    error = cls(message, code, target)
+    error.outcome_unknown = unknown
+    return error
 
 
 def from_status_number(number, details, target="", call=""):

@@ -80,7 +80,7 @@ import torch
 from optd.client import (DEFAULT_DATA_TIMEOUT, DEFAULT_TIMEOUT, Client, Security, TensorSpec,
                          default_streams, merge_step_parts)
 from optd.errors import (FailedPreconditionError, InvalidArgumentError, NotFoundError, OptdError,
-                         StepMismatch, UnavailableError, shard_error)
+                         ShardError, StepMismatch, UnavailableError, shard_error)
 from optd.sharded import ShardedGroup
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -126,11 +126,17 @@ class _Backoff:
         elapsed = time.monotonic() - self.start
         delay = self.delay * (1 + 0.1 * random.random())
         if self.attempt >= p.attempts or elapsed + delay > p.total_seconds:
-            raise UnavailableError(
-                f"{cause} -- gave up reconnecting after {self.attempt} attempts in "
+            # The last failure, with what was tried; a shard's stays a ShardError naming it.
+            inner = cause.cause if isinstance(cause, ShardError) else cause
+            error = UnavailableError(
+                f"{inner} -- gave up reconnecting after {self.attempt} attempts in "
                 f"{elapsed:.1f} s (optd.torch.Reconnect(attempts={p.attempts}, "
                 f"total_seconds={p.total_seconds}))", grpc.StatusCode.UNAVAILABLE,
-                getattr(cause, "target", "")) from cause
+                getattr(inner, "target", ""))
+            error.outcome_unknown = getattr(inner, "outcome_unknown", True)
+            if isinstance(cause, ShardError):
+                error = shard_error(cause.target, error)
+            raise error from cause
         time.sleep(delay)
         self.attempt += 1
         self.delay = min(p.max_backoff, self.delay * p.multiplier)
