@@ -172,6 +172,7 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
   if (options.lr) b->set_lr(*options.lr);
   b->set_weights(static_cast<v1::WeightsReturn>(wanted));
   if (options.base_version) b->set_base_version(*options.base_version);
+  if (options.expect_last_step) b->set_expect_last_step(*options.expect_last_step);
   if (part) {
     b->set_streams(options.part_count);
     b->set_stream_index(options.part_index);

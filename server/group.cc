@@ -160,6 +160,7 @@ void Group::FillInfo(v1::GroupInfo* info) const {
   info->set_weight_bytes(memory.weight_bytes_device + memory.weight_bytes_host);
   info->set_state_bytes(memory.state_bytes_device + memory.state_bytes_host);
   info->set_weights_initialized(weights_initialized());
+  for (int64_t step : record_.worker_steps) info->add_worker_steps(step);
 }
 
 std::shared_ptr<WeightSnapshot> Group::BeginSnapshot(const std::vector<int>& tensors) const {

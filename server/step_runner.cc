@@ -365,6 +365,13 @@ absl::Status OptimizerCore::Step(StepStream* stream, const std::string& principa
       }
       continue;
     }
+    if (begin.has_expect_last_step() && begin.expect_last_step() != last) {
+      return absl::FailedPreconditionError(absl::StrCat(
+          "begin.expect_last_step ", begin.expect_last_step(), ": the last step applied for worker ",
+          plan.worker, " of group '", group.name(), "' is ", last,
+          " (the group was restored from another checkpoint, or another process steps as this "
+          "worker); nothing was applied"));
+    }
     if (!initialized) {
       return absl::FailedPreconditionError(absl::StrCat(
           "group '", group.name(), "' has tensors whose weights were never uploaded; upload "

@@ -118,7 +118,9 @@ absl::Status CheckHandle(const optd_client* client, const char* group) {
 
 absl::Status ToStepOptions(const optd_step_options* in, optd::client::StepOptions* out) {
   if (in == nullptr) return absl::OkStatus();
-  if (absl::Status s = CheckStructSize("options", in->struct_size, sizeof(optd_step_options));
+  // The first version of the struct ended at part_index.
+  if (absl::Status s = CheckStructSize("options", in->struct_size,
+                                       offsetof(optd_step_options, has_expect_last_step));
       !s.ok()) {
     return s;
   }
@@ -137,6 +139,10 @@ absl::Status ToStepOptions(const optd_step_options* in, optd::client::StepOption
   out->streams = in->streams;
   out->part_count = in->part_count;
   out->part_index = in->part_index;
+  if (Holds(in->struct_size, offsetof(optd_step_options, expect_last_step) + sizeof(int64_t)) &&
+      in->has_expect_last_step) {
+    out->expect_last_step = in->expect_last_step;
+  }
   return absl::OkStatus();
 }
 

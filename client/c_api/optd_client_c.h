@@ -80,6 +80,11 @@ typedef struct {
    * applies the step when all parts have committed. 0 = this call is the whole step. */
   int32_t part_count;
   int32_t part_index;
+  /* Apply only if this worker's last applied step on the server is expect_last_step (else
+   * FAILED_PRECONDITION, nothing applied; optd.v1.StepBegin.expect_last_step). A struct_size
+   * that ends before these fields (an older caller) leaves them unset. */
+  int32_t has_expect_last_step;
+  int64_t expect_last_step;
 } optd_step_options;
 
 typedef struct {

@@ -41,6 +41,7 @@ GroupInfo FromProto(const v1::GroupInfo& in) {
   out.weight_bytes = in.weight_bytes();
   out.state_bytes = in.state_bytes();
   out.weights_initialized = in.weights_initialized();
+  out.worker_steps.assign(in.worker_steps().begin(), in.worker_steps().end());
   return out;
 }
 

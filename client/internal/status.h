@@ -1,4 +1,6 @@
-// grpc::Status -> absl::Status (the codes are equal, so a cast), naming the server.
+// grpc::Status -> absl::Status (the codes are equal, so a cast), naming the server; the
+// message of DEADLINE_EXCEEDED, CANCELLED and UNAVAILABLE says that the operation may have been
+// applied anyway.
 #pragma once
 
 #include <string>

@@ -199,6 +199,35 @@ TEST_F(ClientServerTest, DeadlineEndsAStepThatWaitsForAnotherWorker) {
   auto r = c->Step("sync", 1, {{"t", DType::kFloat32, g.data(), 512}},
                    {{"t", DType::kFloat32, w.data(), 512}});
   EXPECT_EQ(r.status().code(), absl::StatusCode::kDeadlineExceeded) << r.status();
+  // The step ended on this side only: the message says that it may have been applied.
+  EXPECT_NE(r.status().message().find("may have been applied"), std::string::npos)
+      << r.status();
+  auto group = c->GetGroup("sync");
+  ASSERT_TRUE(group.ok()) << group.status();
+  EXPECT_EQ(group->worker_steps, (std::vector<int64_t>{0, 0}));
+}
+
+TEST_F(ClientServerTest, StepExpectingAnotherLastStepIsRefused) {
+  ServerProcess* s = Start();
+  ASSERT_NE(s, nullptr);
+  auto c = Connect(s);
+  ASSERT_TRUE(c->CreateGroup("solo", {{"t", DType::kFloat32, {512}}}).ok());
+  std::vector<float> w(512, 1.0f), g(512, 1.0f);
+  ASSERT_TRUE(c->UploadWeights("solo", {{"t", DType::kFloat32, w.data(), 512}}).ok());
+  StepOptions expect;
+  expect.expect_last_step = 5;  // a trainer that believes the server is at step 5
+  auto r = c->Step("solo", 6, {{"t", DType::kFloat32, g.data(), 512}},
+                   {{"t", DType::kFloat32, w.data(), 512}}, expect);
+  EXPECT_EQ(r.status().code(), absl::StatusCode::kFailedPrecondition) << r.status();
+  auto group = c->GetGroup("solo");
+  ASSERT_TRUE(group.ok()) << group.status();
+  EXPECT_EQ(group->version, 0);  // nothing applied
+  EXPECT_EQ(group->worker_steps, std::vector<int64_t>{0});
+  expect.expect_last_step = 0;
+  r = c->Step("solo", 1, {{"t", DType::kFloat32, g.data(), 512}},
+              {{"t", DType::kFloat32, w.data(), 512}}, expect);
+  ASSERT_TRUE(r.ok()) << r.status();
+  EXPECT_EQ(r->version, 1);
 }
 
 TEST_F(ClientServerTest, ListGroupsFollowsTheServersPages) {

@@ -21,21 +21,43 @@ if os.environ.get("OPTD_TEST_INSTALLED", "") in ("", "0"):
 
 
 class ServerProcess:
-    def __init__(self, binary, workdir, backend):
+    """One optd process. `args`: extra flags; restart() starts it again on the same port and
+    working directory (its checkpoints), e.g. after kill()."""
+
+    def __init__(self, binary, workdir, backend, args=()):
         # The server does not create its checkpoint directory (as of 6190664): we do.
         os.makedirs(os.path.join(workdir, "ckpt"), exist_ok=True)
+        self.binary, self.workdir, self.backend = binary, workdir, backend
+        self.args = list(args)
+        self.checkpoint_dir = os.path.join(workdir, "ckpt")
         self.port_file = os.path.join(workdir, "port")
         self.metrics_port_file = os.path.join(workdir, "metrics_port")
         self.log_path = os.path.join(workdir, "server.log")
-        self.log = open(self.log_path, "wb")
+        self.log = None
+        self._start(0)
+
+    def _start(self, port, args=None):
+        for f in (self.port_file, self.metrics_port_file):
+            if os.path.exists(f):
+                os.remove(f)
+        if self.log is not None:
+            self.log.close()
+        self.log = open(self.log_path, "ab")
         self.proc = subprocess.Popen(
-            [binary, "--listen=127.0.0.1:0", "--metrics_listen=127.0.0.1:0",
-             f"--backend={backend}", f"--checkpoint_dir={os.path.join(workdir, 'ckpt')}",
+            [self.binary, f"--listen=127.0.0.1:{port}", "--metrics_listen=127.0.0.1:0",
+             f"--backend={self.backend}", f"--checkpoint_dir={self.checkpoint_dir}",
              f"--port_file={self.port_file}", f"--metrics_port_file={self.metrics_port_file}"]
+            + (self.args if args is None else list(args))
             + os.environ.get("OPTD_SERVER_EXTRA_ARGS", "").split(),
             stdout=self.log, stderr=subprocess.STDOUT)
         self.port = self._wait_port(self.port_file)
         self.target = f"127.0.0.1:{self.port}"
+
+    def restart(self, args=None):
+        """Starts the (exited) server again on its port; `args` replaces its extra flags."""
+        assert self.proc.poll() is not None, "restart() needs the server to have exited"
+        self._start(self.port, args)
+        return self
 
     def _wait_port(self, path, timeout=30.0):
         deadline = time.monotonic() + timeout
@@ -67,6 +89,7 @@ class ServerProcess:
 
     def stop(self):
         if self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGCONT)  # a test may have stopped it
             self.proc.send_signal(signal.SIGTERM)
             try:
                 self.proc.wait(timeout=20)
@@ -95,8 +118,8 @@ def backend():
 def start_server(server_binary, backend, tmp_path):
     started = []
 
-    def start(name="server"):
-        s = ServerProcess(server_binary, str(tmp_path / f"{name}{len(started)}"), backend)
+    def start(name="server", args=()):
+        s = ServerProcess(server_binary, str(tmp_path / f"{name}{len(started)}"), backend, args)
         started.append(s)
         return s
     yield start

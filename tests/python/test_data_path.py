@@ -118,7 +118,8 @@ int main(void) {
   F(optd_step_options, has_lr); F(optd_step_options, lr); F(optd_step_options, weights);
   F(optd_step_options, has_base_version); F(optd_step_options, base_version);
   F(optd_step_options, streams); F(optd_step_options, part_count);
-  F(optd_step_options, part_index);
+  F(optd_step_options, part_index); F(optd_step_options, has_expect_last_step);
+  F(optd_step_options, expect_last_step);
   Z(optd_step_result); F(optd_step_result, step); F(optd_step_result, version);
   F(optd_step_result, duplicate); F(optd_step_result, nonfinite_gradient_elements);
   F(optd_step_result, weight_elements_received);

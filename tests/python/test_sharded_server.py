@@ -8,10 +8,10 @@ import optd.torch
 from model_util import flat_params, loss_of, make_data, make_model
 
 
-def _train(targets, steps=8, group="shardtest"):
+def _train(targets, steps=8, group="shardtest", **kw):
     x, y = make_data()
     model = make_model()
-    opt = optd.torch.PagedAdamW8bit(model.parameters(), target=targets, group=group)
+    opt = optd.torch.PagedAdamW8bit(model.parameters(), target=targets, group=group, **kw)
     for _ in range(steps):
         opt.zero_grad()
         loss_of(model, x, y).backward()
@@ -37,7 +37,9 @@ def test_three_shards_equal_one_server(start_server):
 def test_killed_shard_is_reported_by_address(start_server):
     shards = [start_server(f"shard{i}") for i in range(3)]
     targets = [s.target for s in shards]
-    model, opt = _train(targets, steps=1)
+    # A shard that does not come back: the optimizer retries (briefly here), then raises.
+    model, opt = _train(targets, steps=1, reconnect=optd.torch.Reconnect(
+        attempts=3, total_seconds=5, initial_backoff=0.05))
     sg = opt.server_groups()[0]
     victim = sg.used_shards()[-1]
     shards[victim].kill()
@@ -48,3 +50,4 @@ def test_killed_shard_is_reported_by_address(start_server):
         opt.step()
     assert err.value.target == targets[victim]
     assert targets[victim] in str(err.value)
+    assert "gave up reconnecting after 3 attempts" in str(err.value)

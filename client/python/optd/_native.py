@@ -72,7 +72,10 @@ class StepOptions(ctypes.Structure):
                 ("base_version", ctypes.c_int64),
                 ("streams", ctypes.c_int32),
                 ("part_count", ctypes.c_int32),
-                ("part_index", ctypes.c_int32)]
+                ("part_index", ctypes.c_int32),
+                # Libraries before this field ignore it (their struct ends at part_index).
+                ("has_expect_last_step", ctypes.c_int32),
+                ("expect_last_step", ctypes.c_int64)]
 
 
 class StepResult(ctypes.Structure):
@@ -274,9 +277,9 @@ class NativeClient:
         self.supports_step_parts = lib.supports_step_parts
         self.supports_regions = lib.supports_regions
 
-    def _check(self, rc):
+    def _check(self, rc, call=""):
         if rc != 0:
-            raise from_status_number(rc, self._lib.last_error(), self.target)
+            raise from_status_number(rc, self._lib.last_error(), self.target, call)
 
     def close(self):
         with self._close_lock:
@@ -291,37 +294,41 @@ class NativeClient:
             pass
 
     def step(self, group, step, grads, outs, worker=0, lr=None, weights="updated",
-             base_version=None, streams=0, part_count=0, part_index=0):
-        """grads, outs: [(tensor name, array)]. Returns the StepResult."""
+             base_version=None, streams=0, part_count=0, part_index=0, expect_last_step=None,
+             call="Step"):
+        """grads, outs: [(tensor name, array)]. Returns the StepResult. `call` names the call
+        in error messages."""
         g, g_names = _buffers(grads, "grads", writable=False)
         o, o_names = _buffers(outs, "out", writable=True)
         opts = StepOptions(struct_size=ctypes.sizeof(StepOptions), worker=worker,
                            has_lr=lr is not None, lr=0.0 if lr is None else lr,
                            weights=WEIGHTS[weights], has_base_version=base_version is not None,
                            base_version=0 if base_version is None else base_version,
-                           streams=streams, part_count=part_count, part_index=part_index)
+                           streams=streams, part_count=part_count, part_index=part_index,
+                           has_expect_last_step=expect_last_step is not None,
+                           expect_last_step=0 if expect_last_step is None else expect_last_step)
         result = StepResult()
         self._check(self._lib.cdll.optd_client_step(
             self._handle, group.encode(), step, g, len(grads), o, len(outs), ctypes.byref(opts),
-            ctypes.byref(result)))
+            ctypes.byref(result)), call)
         del g_names, o_names
         return result
 
-    def upload_weights(self, group, weights):
+    def upload_weights(self, group, weights, call="UploadWeights"):
         """weights: [(tensor name, array)]. Returns the number of elements written."""
         w, names = _buffers(weights, "weights", writable=False)
         written = ctypes.c_int64(0)
         self._check(self._lib.cdll.optd_client_upload_weights(
-            self._handle, group.encode(), w, len(weights), ctypes.byref(written)))
+            self._handle, group.encode(), w, len(weights), ctypes.byref(written)), call)
         del names
         return written.value
 
-    def pull_weights(self, group, outs):
+    def pull_weights(self, group, outs, call="PullWeights"):
         """outs: [(tensor name, array)], written in place. Returns the version."""
         o, names = _buffers(outs, "out", writable=True)
         version = ctypes.c_int64(-1)
         self._check(self._lib.cdll.optd_client_pull_weights(
-            self._handle, group.encode(), o, len(outs), ctypes.byref(version)))
+            self._handle, group.encode(), o, len(outs), ctypes.byref(version)), call)
         del names
         return version.value
 

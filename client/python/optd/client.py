@@ -16,8 +16,24 @@ it on with the system's root CAs; tls_server_name checks the server's certificat
 another name than the target's host. token= sends "authorization: Bearer <token>" with every
 call, on both data paths.
 
+Deadlines (Note [Deadlines]): every call has one. `timeout` (default 30 s) bounds the calls
+that move no tensor data (groups, hyperparameters); `data_timeout` (default 120 s) bounds each
+step, upload, pull, state export/import and checkpoint save/restore, on both data paths. A call
+past its deadline raises DeadlineExceededError naming the call and the server, never hangs;
+like CANCELLED and UNAVAILABLE, its outcome is unknown: the server may have applied it
+(Note [Unknown outcome] in optd.errors).
+
 Thread safety: a Client may be used from several threads (gRPC channels and the native client
-are thread-safe)."""
+are thread-safe).
+
+Note [Deadlines]
+A stopped server (SIGSTOP, a hung host) keeps TCP connections open: without a deadline a call
+waits forever. The data deadline is long enough for a large step on a slow network and above
+the server's default sync_timeout_ms (60 s), so that a worker waiting for its peers in a sync
+group hears the server's own DEADLINE_EXCEEDED ("did not push within sync_timeout_ms") first;
+raise it for steps that move many gigabytes over a slow link. Subscribe has no deadline (a
+subscription lasts until cancelled). Passing `timeout` alone (or None: no deadlines) sets both,
+as before data_timeout existed."""
 
 import os
 import threading
@@ -36,6 +52,9 @@ from optd.v1 import optd_pb2_grpc as pb_grpc
 BLOCK = 256
 DEFAULT_CHUNK_BYTES = 4 << 20
 MAX_MESSAGE_BYTES = 64 << 20
+DEFAULT_TIMEOUT = 30.0        # seconds, calls without tensor data (Note [Deadlines])
+DEFAULT_DATA_TIMEOUT = 120.0  # seconds, each step, upload, pull, state and checkpoint call
+_UNSET = object()
 
 _PROTO_DTYPE = {"float32": pb.FLOAT32, "float16": pb.FLOAT16, "bfloat16": pb.BFLOAT16}
 _NAME_OF_PROTO = {v: k for k, v in _PROTO_DTYPE.items()}
@@ -288,20 +307,44 @@ class Subscription:
         self._call.cancel()
 
 
+def _group(group):
+    return f"group {group!r}"
+
+
+def _step_of(group, step):
+    return f"step {step} of group {group!r}"
+
+
+def _call_name(method, what=""):
+    """How an error names the call: "Step (step 3 of group 'g')"."""
+    return f"{method} ({what})" if what else method
+
+
 class Client:
     """A connection to one optd server.
 
     streams: concurrent streams (connections on the native path) one step is spread over;
-    default $OPTD_STREAMS or 1. timeout: seconds per call (None: no deadline).
+    default $OPTD_STREAMS or 1.
+    timeout: seconds per call without tensor data (default 30; None: no deadline);
+    data_timeout: seconds per step, upload, pull, state export/import and checkpoint call
+    (default 120, or `timeout` when only that is given); Note [Deadlines].
     tls, tls_root_ca, tls_client_cert, tls_client_key, tls_server_name, token: see the module
     docstring (Security)."""
 
-    def __init__(self, target, chunk_bytes=DEFAULT_CHUNK_BYTES, timeout=None, streams=None, *,
-                 tls=None, tls_root_ca=None, tls_client_cert=None, tls_client_key=None,
-                 tls_server_name=None, token=None):
+    def __init__(self, target, chunk_bytes=DEFAULT_CHUNK_BYTES, timeout=_UNSET, streams=None, *,
+                 data_timeout=_UNSET, tls=None, tls_root_ca=None, tls_client_cert=None,
+                 tls_client_key=None, tls_server_name=None, token=None):
         self.target = target
         self.chunk_bytes = chunk_bytes
+        if data_timeout is _UNSET:
+            data_timeout = DEFAULT_DATA_TIMEOUT if timeout is _UNSET else timeout
+        if timeout is _UNSET:
+            timeout = DEFAULT_TIMEOUT
+        for name, value in (("timeout", timeout), ("data_timeout", data_timeout)):
+            if value is not None and not value > 0:
+                raise InvalidArgumentError(f"{name}: must be > 0 seconds or None, got {value}")
         self.timeout = timeout
+        self.data_timeout = data_timeout
         self.streams = default_streams() if streams is None else int(streams)
         if self.streams < 1:
             raise InvalidArgumentError(f"streams: must be >= 1, got {streams}")
@@ -322,8 +365,8 @@ class Client:
                           f"TLS and token options", RuntimeWarning, stacklevel=2)
             lib = None
         if lib is not None:
-            self._native = _native.NativeClient(lib, target, chunk_bytes, self.streams, timeout,
-                                                MAX_MESSAGE_BYTES, self._security)
+            self._native = _native.NativeClient(lib, target, chunk_bytes, self.streams,
+                                                data_timeout, MAX_MESSAGE_BYTES, self._security)
 
     @property
     def data_path(self):
@@ -348,11 +391,15 @@ class Client:
     def __exit__(self, *exc):
         self.close()
 
-    def _call(self, fn, *args, **kw):
+    def _call(self, method, request, what="", data=False):
+        """Unary (or client-streaming) `method` ("GetGroup") with its deadline; `what` names
+        the object for the error message ("group 'g'")."""
         try:
-            return fn(*args, timeout=self.timeout, metadata=self._metadata, **kw)
+            return getattr(self._stub, method)(
+                request, timeout=self.data_timeout if data else self.timeout,
+                metadata=self._metadata)
         except grpc.RpcError as e:
-            raise from_rpc_error(e, self.target) from None
+            raise from_rpc_error(e, self.target, _call_name(method, what)) from None
 
     def _remember(self, info):
         specs = {t.name: TensorSpec(t.name, _NAME_OF_PROTO.get(t.dtype, "float32"), tuple(t.shape))
@@ -392,29 +439,30 @@ class Client:
             if t.dtype not in _PROTO_DTYPE:
                 raise InvalidArgumentError(f"tensors[{t.name}].dtype: unknown dtype {t.dtype!r}")
             req.tensors.add(name=t.name, dtype=_PROTO_DTYPE[t.dtype], shape=list(t.shape))
-        return self._remember(self._call(self._stub.CreateGroup, req))
+        return self._remember(self._call("CreateGroup", req, _group(group)))
 
     def get_group(self, group):
-        return self._remember(self._call(self._stub.GetGroup, pb.GetGroupRequest(group=group)))
+        return self._remember(self._call("GetGroup", pb.GetGroupRequest(group=group),
+                                         _group(group)))
 
     def list_groups(self):
         """Every group (the server answers in pages; this follows them to the last)."""
         groups, token = [], ""
         while True:
-            resp = self._call(self._stub.ListGroups, pb.ListGroupsRequest(page_token=token))
+            resp = self._call("ListGroups", pb.ListGroupsRequest(page_token=token))
             groups.extend(resp.groups)
             token = resp.next_page_token
             if not token:
                 return groups
 
     def delete_group(self, group):
-        self._call(self._stub.DeleteGroup, pb.DeleteGroupRequest(group=group))
+        self._call("DeleteGroup", pb.DeleteGroupRequest(group=group), _group(group))
         with self._lock:
             self._specs.pop(group, None)
 
     def update_hyperparameters(self, group, **hyper):
         req = pb.UpdateHyperparametersRequest(group=group, hyperparameters=hyperparameters(**hyper))
-        return self._call(self._stub.UpdateHyperparameters, req)
+        return self._call("UpdateHyperparameters", req, _group(group))
 
     def upload_weights(self, group, weights):
         """weights: {tensor: array}. Returns the UploadWeightsResponse."""
@@ -422,7 +470,8 @@ class Client:
         for k, v in flats.items():
             dtype_name(v)
         if self._native is not None:
-            written = self._native.upload_weights(group, list(flats.items()))
+            written = self._native.upload_weights(group, list(flats.items()),
+                                                  _call_name("UploadWeights", _group(group)))
             # The C ABI reports the element count only; whether every tensor now has weights
             # is the group's (uploads are rare: one GetGroup is cheap here).
             info = self.get_group(group)
@@ -437,11 +486,11 @@ class Client:
                     first = False
             if first:  # nothing to send: still name the group
                 yield pb.UploadWeightsRequest(group=group)
-        return self._call(self._stub.UploadWeights, requests())
+        return self._call("UploadWeights", requests(), _group(group), data=True)
 
     # Steps ----------------------------------------------------------------------------------
     def step(self, group, step, grads, out=None, worker=0, lr=None, weights="updated",
-             base_version=None, part_count=0, part_index=0):
+             base_version=None, part_count=0, part_index=0, expect_last_step=None):
         """Sends one step's gradients ({tensor: array}) and writes the returned weights into
         `out` ({tensor: array}, allocated when missing). Returns (StepDone, out).
 
@@ -450,7 +499,12 @@ class Client:
         Each part sends its own gradients on one stream and gets back the weights of what it
         sent; the server applies the step once every part has committed, and if one fails
         none is applied. 0 (default): this call is the whole step, spread over the client's
-        `streams`."""
+        `streams`.
+
+        expect_last_step: apply only if this worker's last applied step on the server is this
+        one (else FailedPreconditionError, nothing applied): how a trainer notices a server
+        that came back from an older checkpoint. A retry of an applied step is still answered
+        as a duplicate."""
         if weights not in _RETURNS:
             raise InvalidArgumentError(f"weights: {weights!r} is not updated, all or none")
         if part_count < 0 or (part_count > 0 and not 0 <= part_index < part_count):
@@ -459,7 +513,8 @@ class Client:
         flats = {k: _flat(v, f"grads[{k}]") for k, v in grads.items() if v is not None}
         for k, v in flats.items():
             dtype_name(v)
-        args = dict(worker=worker, lr=lr, weights=weights, base_version=base_version)
+        args = dict(worker=worker, lr=lr, weights=weights, base_version=base_version,
+                    expect_last_step=expect_last_step)
         # A part without gradients (a bucket none of whose tensors got one) is only a begin and
         # a commit, asking for no weights; the server copies back what any part asked for.
         if self._native is not None:
@@ -469,7 +524,7 @@ class Client:
         return self._step_pure(group, step, flats, out, part_count, part_index, **args)
 
     def _step_native(self, group, step, flats, out, part_count, part_index, worker, lr,
-                     weights, base_version):
+                     weights, base_version, expect_last_step):
         out = {} if out is None else out
         if weights == "none":
             names = []
@@ -489,14 +544,16 @@ class Client:
             outs.append((name, _flat(arr, f"out[{name}]")))
         r = self._native.step(group, step, list(flats.items()), outs, worker=worker, lr=lr,
                               weights=weights, base_version=base_version,
-                              part_count=part_count, part_index=part_index)
+                              part_count=part_count, part_index=part_index,
+                              expect_last_step=expect_last_step,
+                              call=_call_name("Step", _step_of(group, step)))
         if not r.duplicate:  # a duplicate returns no weights (like the pure path's out)
             out.update(allocated)
         return pb.StepDone(step=r.step, version=r.version, duplicate=bool(r.duplicate),
                            nonfinite_gradient_elements=r.nonfinite_gradient_elements), out
 
     def _step_pure(self, group, step, flats, out, part_count, part_index, worker, lr, weights,
-                   base_version):
+                   base_version, expect_last_step):
         """Gradient chunks are produced lazily while the server's weight chunks are received
         on gRPC's own thread, so the upload of tensor i+1 overlaps the download of tensor i."""
         begin = pb.StepBegin(group=group, worker=worker, step=step, weights=_RETURNS[weights])
@@ -504,6 +561,8 @@ class Client:
             begin.lr = lr
         if base_version is not None:
             begin.base_version = base_version
+        if expect_last_step is not None:
+            begin.expect_last_step = expect_last_step
         if part_count > 0:
             begin.streams = part_count
             begin.stream_index = part_index
@@ -518,7 +577,7 @@ class Client:
         asm = _Assembler(out, self._specs.get(group))
         done = None
         try:
-            for resp in self._stub.Step(requests(), timeout=self.timeout,
+            for resp in self._stub.Step(requests(), timeout=self.data_timeout,
                                         metadata=self._metadata):
                 if resp.HasField("weights"):
                     asm.write(resp.weights)
@@ -526,7 +585,8 @@ class Client:
                     done = resp.done
                     break
         except grpc.RpcError as e:
-            raise from_rpc_error(e, self.target) from None
+            raise from_rpc_error(e, self.target,
+                                 _call_name("Step", _step_of(group, step))) from None
         if done is None:
             raise OptdError(f"step {step} of group {group}: stream ended without StepDone",
                             grpc.StatusCode.INTERNAL, self.target)
@@ -607,18 +667,20 @@ class Client:
                             f"tensors: {name!r} is not a tensor of group {group!r}")
                     arr = out[name] = np.zeros(spec.shape, numpy_dtype(spec.dtype))
                 outs.append((name, _flat(arr, f"out[{name}]")))
-            return self._native.pull_weights(group, outs), out
+            return self._native.pull_weights(group, outs,
+                                             _call_name("PullWeights", _group(group))), out
         req = pb.PullWeightsRequest(group=group, tensors=list(tensors or []))
         asm = _Assembler(out, self._specs.get(group))
         version = -1
         try:
-            for msg in self._stub.PullWeights(req, timeout=self.timeout,
+            for msg in self._stub.PullWeights(req, timeout=self.data_timeout,
                                               metadata=self._metadata):
                 if msg.HasField("chunk"):
                     asm.write(msg.chunk)
                 version = msg.version
         except grpc.RpcError as e:
-            raise from_rpc_error(e, self.target) from None
+            raise from_rpc_error(e, self.target, _call_name("PullWeights", _group(group))) \
+                from None
         return version, asm.out
 
     def subscribe(self, group, send_current=True):
@@ -628,12 +690,14 @@ class Client:
 
     # Checkpoints and state ------------------------------------------------------------------
     def save_checkpoint(self, name, groups=None):
-        return self._call(self._stub.SaveCheckpoint,
-                          pb.SaveCheckpointRequest(name=name, groups=list(groups or [])))
+        return self._call("SaveCheckpoint",
+                          pb.SaveCheckpointRequest(name=name, groups=list(groups or [])),
+                          f"checkpoint {name!r}", data=True)
 
     def restore_checkpoint(self, name, groups=None):
-        resp = self._call(self._stub.RestoreCheckpoint,
-                          pb.RestoreCheckpointRequest(name=name, groups=list(groups or [])))
+        resp = self._call("RestoreCheckpoint",
+                          pb.RestoreCheckpointRequest(name=name, groups=list(groups or [])),
+                          f"checkpoint {name!r}", data=True)
         for info in resp.groups:
             self._remember(info)
         return resp
@@ -643,7 +707,7 @@ class Client:
         req = pb.ExportStateRequest(group=group, tensors=list(tensors or []))
         out = {}
         try:
-            for c in self._stub.ExportState(req, timeout=self.timeout,
+            for c in self._stub.ExportState(req, timeout=self.data_timeout,
                                             metadata=self._metadata):
                 per = out.setdefault(c.tensor, {})
                 np_type = _STATE_NUMPY.get(c.type)
@@ -659,7 +723,8 @@ class Client:
                 per[c.key] = arr
                 per.setdefault("__shape__", {})[c.key] = tuple(c.shape)
         except grpc.RpcError as e:
-            raise from_rpc_error(e, self.target) from None
+            raise from_rpc_error(e, self.target, _call_name("ExportState", _group(group))) \
+                from None
         for per in out.values():
             shapes = per.pop("__shape__")
             for key, shape in shapes.items():
@@ -694,4 +759,4 @@ class Client:
             msgs[0].group = group
         else:
             msgs.append(pb.StateChunk(group=group))
-        return self._call(self._stub.ImportState, iter(msgs))
+        return self._call("ImportState", iter(msgs), _group(group), data=True)

@@ -32,7 +32,34 @@ applied steps + 1), also a shard that received no gradient in earlier steps: the
 in sync across shards, so a retry is recognised by every shard. The count advances only when
 the step succeeded on every shard; a failed step() can be called again (same gradients, same
 number): shards that had applied it answer `duplicate`, their weights are pulled instead, and
-last_step_duplicate / duplicate_steps report it.
+last_step_duplicate / duplicate_steps report it. Each part of a step also tells its server the
+last step this optimizer saw applied there (StepBegin.expect_last_step): a server whose count
+differs refuses the step, and nothing is applied (Note [Recovery]).
+
+Note [Recovery]
+Every call has a deadline (`timeout` for calls without tensor data, default 30 s;
+`step_timeout` for steps, uploads and pulls, default 120 s, at least 60 s above the group's
+sync_timeout_ms): a stopped server gives optd.errors.DeadlineExceededError naming the server
+and the call, never a hang. Its outcome is unknown (the server may have applied the step);
+calling step() again retries the same step number, which the server applies or answers as a
+duplicate, never applies twice.
+When a server is UNAVAILABLE (restarting, a network blip) during step(), the optimizer waits
+with exponential backoff (`reconnect`: a Reconnect policy bounding attempts and total time;
+None turns it off), on fresh connections, until the server answers GetGroup for the group; it
+then compares the server's last applied step of this worker (GroupInfo.worker_steps) with its
+own and retries the step, the server deduplicating it if it had been applied. A server that
+came back from a checkpoint older than the trainer's last step (or whose group another process
+stepped as this worker) raises optd.errors.StepMismatch with both numbers, also when it is met
+without an error in between (the step is refused through expect_last_step): nothing is applied
+until resume() takes the server's state (weights and step count) or the trainer restores a
+matching checkpoint of its own. A group gone from the server (restarted without its
+checkpoints) raises NotFoundError; resume() then creates it from the current parameters.
+resume() (alias sync()) is also how a trainer restarted from its own checkpoint attaches to
+groups that live on: it reads each server group's version and this worker's last step, sets the
+step counters to them and, unless pull_weights=False, copies the server's weights into the
+parameters. Groups are only created when missing; nothing is uploaded over an existing group.
+Automatic reconnection covers steps once the groups exist; the first step, which creates them,
+raises its error.
 
 Note [Colocated transport]
 transport="shm" (docs/colocated.md) leases, per param_group, a shared-memory region from a server
@@ -49,19 +76,25 @@ import contextlib
 import ipaddress
 import logging
 import os
+import random
 import socket
 import threading
+import time
 import uuid
 import warnings
 import weakref
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
 
+import grpc
 import numpy as np
 import torch
 
 from optd.colocated import RegionRange
-from optd.client import Client, Security, TensorSpec, default_streams, merge_step_parts
-from optd.errors import OptdError, shard_error
+from optd.client import (DEFAULT_DATA_TIMEOUT, DEFAULT_TIMEOUT, Client, Security, TensorSpec,
+                         default_streams, merge_step_parts)
+from optd.errors import (FailedPreconditionError, InvalidArgumentError, NotFoundError, OptdError,
+                         ShardError, StepMismatch, UnavailableError, shard_error)
 from optd.sharded import ShardedGroup
 
 _DTYPES = {torch.float32: "float32", torch.float16: "float16", torch.bfloat16: "bfloat16"}
@@ -135,6 +168,58 @@ class _ShmGroup:
                 pass
         self.host = None
         self.region.close()
+
+
+@dataclass(frozen=True)
+class Reconnect:
+    """How step() waits for a server that became UNAVAILABLE (Note [Recovery]): up to
+    `attempts` tries within `total_seconds`, sleeping `initial_backoff` seconds before the
+    first and `multiplier` times longer before each next one (at most `max_backoff`, with up
+    to 10% jitter so that many trainers do not retry in lockstep)."""
+    attempts: int = 12
+    total_seconds: float = 120.0
+    initial_backoff: float = 0.1
+    max_backoff: float = 10.0
+    multiplier: float = 2.0
+
+    def __post_init__(self):
+        if self.attempts < 1 or self.total_seconds <= 0 or self.initial_backoff <= 0 \
+                or self.max_backoff < self.initial_backoff or self.multiplier < 1:
+            raise ValueError(f"reconnect: {self} is not a usable policy (attempts >= 1, "
+                             f"total_seconds > 0, 0 < initial_backoff <= max_backoff, "
+                             f"multiplier >= 1)")
+
+
+class _Backoff:
+    """The attempts left of one recovery under a Reconnect policy."""
+
+    def __init__(self, policy):
+        self.policy = policy
+        self.start = time.monotonic()
+        self.attempt = 0
+        self.delay = policy.initial_backoff
+
+    def wait(self, cause):
+        """Sleeps before the next attempt; raises UnavailableError (from `cause`) when the
+        policy's attempts or time are spent."""
+        p = self.policy
+        elapsed = time.monotonic() - self.start
+        delay = self.delay * (1 + 0.1 * random.random())
+        if self.attempt >= p.attempts or elapsed + delay > p.total_seconds:
+            # The last failure, with what was tried; a shard's stays a ShardError naming it.
+            inner = cause.cause if isinstance(cause, ShardError) else cause
+            error = UnavailableError(
+                f"{inner} -- gave up reconnecting after {self.attempt} attempts in "
+                f"{elapsed:.1f} s (optd.torch.Reconnect(attempts={p.attempts}, "
+                f"total_seconds={p.total_seconds}))", grpc.StatusCode.UNAVAILABLE,
+                getattr(inner, "target", ""))
+            error.outcome_unknown = getattr(inner, "outcome_unknown", True)
+            if isinstance(cause, ShardError):
+                error = shard_error(cause.target, error)
+            raise error from cause
+        time.sleep(delay)
+        self.attempt += 1
+        self.delay = min(p.max_backoff, self.delay * p.multiplier)
 
 
 def _numpy_view(t):
@@ -229,6 +314,11 @@ class PagedAdamW8bit(torch.optim.Optimizer):
     offload_gradients: free each gradient (p.grad = None) once it is on its way (CUDA: once its
       device-to-host copy has been queued; the allocator keeps the memory until the copy is
       done); after step() every gradient that was sent is None;
+    timeout: seconds per call without tensor data (default 30); step_timeout: seconds per
+      step, upload and pull (default 120, at least sync_timeout_ms + 60 s); None: no
+      deadline (Note [Recovery]);
+    reconnect: a Reconnect policy for servers that become unavailable during step(), default
+      Reconnect(); None: raise at once (Note [Recovery]);
     tls, tls_root_ca, tls_client_cert, tls_client_key, tls_server_name, token: TLS and the
       bearer token for every server (as optd.Client; docs/security.md). The optimizer creates
       its server groups, uploads their weights, updates hyperparameters and imports state, so
@@ -241,7 +331,8 @@ class PagedAdamW8bit(torch.optim.Optimizer):
                  num_workers=1, worker=0, mode="sync", sync_timeout_ms=0, streams=None,
                  overlap=None, bucket_bytes=None, offload_gradients=False, tls=None,
                  tls_root_ca=None, tls_client_cert=None, tls_client_key=None,
-                 tls_server_name=None, token=None, transport="auto"):
+                 tls_server_name=None, token=None, timeout=DEFAULT_TIMEOUT, step_timeout=-1,
+                 reconnect=-1, transport="auto"):
         if transport not in _TRANSPORTS:
             raise ValueError(f"transport: {transport!r} is not one of {', '.join(_TRANSPORTS)}")
         if transport == "cuda_ipc":
@@ -278,6 +369,16 @@ class PagedAdamW8bit(torch.optim.Optimizer):
             tls=security.tls, tls_root_ca=security.root_ca,
             tls_client_cert=security.client_cert, tls_client_key=security.client_key,
             tls_server_name=security.server_name, token=security.token)
+        if step_timeout == -1:
+            step_timeout = max(DEFAULT_DATA_TIMEOUT, sync_timeout_ms / 1000.0 + 60.0)
+        for name, value in (("timeout", timeout), ("step_timeout", step_timeout)):
+            if value is not None and not value > 0:
+                raise ValueError(f"{name}: must be > 0 seconds or None, got {value}")
+        self.timeout, self.step_timeout = timeout, step_timeout
+        self.reconnect = Reconnect() if reconnect == -1 else reconnect
+        if self.reconnect is not None and not isinstance(self.reconnect, Reconnect):
+            raise ValueError(f"reconnect: expected an optd.torch.Reconnect or None, got "
+                             f"{reconnect!r}")
         streams = default_streams() if streams is None else int(streams)
         if streams < 1:
             raise ValueError(f"streams: must be >= 1, got {streams}")
@@ -312,6 +413,9 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         self._shards = {}     # param_group index -> ShardedGroup
         self._sent_hyper = {}  # param_group index -> hyperparameters the server has
         self._steps = {}      # param_group index -> steps applied (Note [Step numbers])
+        # param_group index -> {server index: last step this worker applied there}: a server
+        # that got no gradient in some steps lags behind _steps.
+        self._shard_steps = {}
         self._pending_state = {}  # param -> state dict to import once the group exists
         self._plans = {}      # param_group index -> _Plan
         self._lock = threading.RLock()  # hooks run on autograd's threads
@@ -392,8 +496,7 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         specs = [TensorSpec(self._tensor_name(i), _DTYPES[p.dtype], tuple(p.shape))
                  for i, p in enumerate(g["params"])]
         sg = ShardedGroup(self.targets, self.server_group(gi), specs,
-                          clients=[Client(t, streams=self.streams, **self._client_security)
-                                   for t in self.targets])
+                          clients=[self._new_client(t) for t in self.targets])
         hyper = self._hyper(g)
         sg.create(exist_ok=self.num_workers > 1, num_workers=self.num_workers, mode=self.mode,
                   sync_timeout_ms=self.sync_timeout_ms, **hyper)
@@ -403,11 +506,20 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         self._shards[gi] = sg
         self._sent_hyper[gi] = hyper
         self._steps.setdefault(gi, 0)
+        self._shard_steps.setdefault(gi, {})
         pending = {self._tensor_name(i): self._pending_state.pop(p)
                    for i, p in enumerate(g["params"]) if p in self._pending_state}
         if pending:
             sg.import_state(pending)
         return sg
+
+    def _new_client(self, target):
+        return Client(target, streams=self.streams, timeout=self.timeout,
+                      data_timeout=self.step_timeout, **self._client_security)
+
+    def _specs(self, gi):
+        return [TensorSpec(self._tensor_name(i), _DTYPES[p.dtype], tuple(p.shape))
+                for i, p in enumerate(self.param_groups[gi]["params"])]
 
     def _sync_hyper(self, gi, sg):
         want = self._hyper(self.param_groups[gi])
@@ -537,10 +649,11 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         part_count, part_index = plan.part_args(bucket)
         bucket.future = plan.pool.submit(
             self._send_part, self._shards[gi], bucket.shard, plan.step, plan.lr, grads, outs,
-            part_count, part_index, plan.weights_copied)
+            part_count, part_index, plan.weights_copied,
+            self._shard_steps[gi].get(bucket.shard, 0))
 
     def _send_part(self, sg, shard, step, lr, staged, outs, part_count, part_index,
-                   weights_copied):
+                   weights_copied, expect_last_step):
         """One part of a step, on a thread of the plan (the GIL is released while the native
         client moves the bytes)."""
         for st in staged.values():
@@ -551,7 +664,8 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         client = sg.clients[shard]
         grads = {name: st.host for name, st in staged.items()}
         done, _ = client.step(sg.group, step, grads, out=outs, worker=self.worker, lr=lr,
-                              part_count=part_count, part_index=part_index)
+                              part_count=part_count, part_index=part_index,
+                              expect_last_step=expect_last_step)
         if done.duplicate and outs:
             # Applied before (a retry whose answer was lost): no weights came back.
             client.pull_weights(sg.group, list(outs), out=outs)
@@ -601,6 +715,8 @@ class PagedAdamW8bit(torch.optim.Optimizer):
             if self.offload_gradients:
                 params[i].grad = None
         self._steps[gi] = plan.step
+        for shard in per_shard:
+            self._shard_steps[gi][shard] = plan.step
         plan.reset()
         return per_shard
 
@@ -631,6 +747,179 @@ class PagedAdamW8bit(torch.optim.Optimizer):
             events.append(event)
         plan.weights_copied = events
 
+    # Recovery (Note [Recovery]) ---------------------------------------------------------------
+    def _step_group(self, gi):
+        """One step of param_groups[gi]: reconnects while a server is unavailable, turns a
+        refused expect_last_step into StepMismatch (REQUIRES: lock)."""
+        backoff = None
+        while True:
+            try:
+                return self._finish(gi, self._begin(gi))
+            except OptdError as e:
+                if gi not in self._shards:
+                    raise  # creating the groups failed: nothing to resynchronize yet
+                if e.code == grpc.StatusCode.FAILED_PRECONDITION:
+                    # Refused through expect_last_step (a server met again without an error
+                    # in between), or another precondition: the step counts tell which.
+                    try:
+                        infos = self._shards[gi].get_group()
+                    except OptdError as lookup:
+                        if lookup.code != grpc.StatusCode.UNAVAILABLE or self.reconnect is None:
+                            raise e from lookup
+                        self._reconnect(gi, _Backoff(self.reconnect), lookup)
+                    else:
+                        self._check_server_steps(gi, infos)
+                    raise  # the counts agree: another precondition failed
+                if e.code != grpc.StatusCode.UNAVAILABLE or self.reconnect is None:
+                    raise
+                backoff = backoff or _Backoff(self.reconnect)
+                self._reconnect(gi, backoff, e)
+
+    def _renew_clients(self, sg):
+        """Fresh connections: a channel that lost its server may wait out gRPC's own
+        reconnection backoff (up to two minutes) before it tries again."""
+        for i, target in enumerate(sg.targets):
+            old = sg.clients[i]
+            sg.clients[i] = self._new_client(target)
+            old.close()
+
+    def _reconnect(self, gi, backoff, cause):
+        """Waits (backoff) until every server of param_groups[gi] answers GetGroup again,
+        then checks the servers' step counts against this optimizer's."""
+        sg = self._shards[gi]
+        while True:
+            backoff.wait(cause)
+            self._renew_clients(sg)
+            try:
+                infos = sg.get_group()
+            except OptdError as e:
+                if e.code == grpc.StatusCode.UNAVAILABLE:
+                    cause = e
+                    continue
+                if e.code == grpc.StatusCode.NOT_FOUND:
+                    raise NotFoundError(
+                        f"{e} -- the server came back without group {sg.group!r} (restarted "
+                        f"without --restore?): resume() creates it from the current "
+                        f"parameters", e.code, e.target) from e
+                raise
+            self._check_server_steps(gi, infos)
+            return
+
+    def _check_server_steps(self, gi, infos):
+        """Raises StepMismatch when a server's last applied step of this worker is neither
+        this optimizer's last one there nor the step in flight (a retry the server may have
+        applied). Servers that do not report worker_steps are not checked."""
+        plan = self._plans.get(gi)
+        in_flight = plan.step if plan is not None and plan.active else None
+        for shard, info in sorted(infos.items()):
+            if len(info.worker_steps) <= self.worker:
+                continue
+            server = info.worker_steps[self.worker]
+            mine = self._shard_steps[gi].get(shard, 0)
+            if server == mine or server == in_flight:
+                continue
+            target = self._shards[gi].targets[shard]
+            raise StepMismatch(
+                f"{target}: the last step applied for worker {self.worker} of group "
+                f"{info.group!r} is {server}, this optimizer's is {mine} (step {in_flight} in "
+                f"flight): the server was restarted from "
+                f"{'an older' if server < mine else 'another'} checkpoint, or another process "
+                f"steps as this worker. Nothing more is applied until resume() takes the "
+                f"server's weights and step count (or a checkpoint of the trainer's own that "
+                f"matches the server is restored)", server, mine, target, info.group)
+
+    def _attach_group(self, gi):
+        """The ShardedGroup of an existing server group of param_groups[gi] (nothing created
+        or uploaded), or None when no server has it."""
+        name = self.server_group(gi)
+        sg = ShardedGroup(self.targets, name, self._specs(gi),
+                          clients=[self._new_client(t) for t in self.targets])
+        missing, found = [], {}
+        for shard in sg.used_shards():
+            try:
+                found[shard] = sg.clients[shard].get_group(name)
+            except NotFoundError:
+                missing.append(sg.targets[shard])
+            except OptdError as e:
+                sg.close()
+                raise shard_error(sg.targets[shard], e)
+        if not found:
+            sg.close()
+            return None, {}
+        if missing:
+            sg.close()
+            raise FailedPreconditionError(
+                f"group {name!r} exists on {[sg.targets[s] for s in found]} but not on "
+                f"{missing}: the servers do not hold the same training")
+        for shard, info in found.items():
+            have = {t.name: (t.dtype, tuple(t.shape)) for t in
+                    sg.clients[shard].specs(name).values()}
+            for t in sg.tensors:
+                if sg.placement[t.name] == shard and have.get(t.name) != (t.dtype, t.shape):
+                    sg.close()
+                    raise InvalidArgumentError(
+                        f"group {name!r} on {sg.targets[shard]}: tensor {t.name} is "
+                        f"{have.get(t.name)} there, the parameter is {(t.dtype, t.shape)}")
+        return sg, found
+
+    def resume(self, pull_weights=True):
+        """Attaches to the server groups as they are and continues from there (Note
+        [Recovery]): for a trainer restarted from its own checkpoint, or after StepMismatch.
+        Per param_group: the step counter becomes this worker's last applied step on the
+        servers (GroupInfo.worker_steps), and with pull_weights (default) the servers' weights
+        are copied into the parameters. A group that exists nowhere is created from the
+        current parameters (and a state loaded with load_state_dict() is pushed). States
+        loaded with load_state_dict() are not pushed into groups that exist: the server's
+        states belong to its weights. Drops any step in flight. Returns {param_group index:
+        step count}."""
+        counts = {}
+        with self._lock, torch.no_grad():
+            self._hooks_off.clear()
+            for gi in range(len(self.param_groups)):
+                plan = self._plans.get(gi)
+                if plan is not None:
+                    plan.reset()
+                counts[gi] = self._resume_group(gi, pull_weights)
+        return counts
+
+    sync = resume
+
+    def _resume_group(self, gi, pull_weights):
+        old = self._shards.pop(gi, None)
+        if old is not None:
+            old.close()
+        sg, infos = self._attach_group(gi)
+        params = self.param_groups[gi]["params"]
+        if sg is None:
+            self._steps[gi] = 0
+            self._shard_steps[gi] = {}
+            self._ensure_group(gi)
+            return 0
+        steps = {}
+        for shard, info in infos.items():
+            steps[shard] = (info.worker_steps[self.worker]
+                            if len(info.worker_steps) > self.worker else info.version)
+        self._shards[gi] = sg
+        self._sent_hyper[gi] = {}  # the next step sends every hyperparameter
+        self._shard_steps[gi] = steps
+        self._steps[gi] = max(steps.values(), default=0)
+        dropped = [p for p in params if self._pending_state.pop(p, None) is not None]
+        if dropped:
+            warnings.warn(f"optd: resume(): group {sg.group!r} exists on the servers; the "
+                          f"state loaded with load_state_dict() for {len(dropped)} parameters "
+                          f"was not pushed (the servers' states belong to their weights)",
+                          RuntimeWarning, stacklevel=3)
+        if pull_weights:
+            plan = self._plan(gi)
+            for shard in sg.used_shards():
+                outs = {self._tensor_name(i): self._out_view(plan, i, p)
+                        for i, p in enumerate(params) if sg.placement[self._tensor_name(i)] == shard}
+                sg.clients[shard].pull_weights(sg.group, list(outs), out=outs)
+            for i, p in enumerate(params):
+                if not (p.device.type == "cpu" and p.is_contiguous()):
+                    p.data.copy_(plan.host_weights[i].view(p.shape))
+        return self._steps[gi]
+
     # torch.optim.Optimizer ---------------------------------------------------------------------
     @torch.no_grad()
     def step(self, closure=None):
@@ -655,8 +944,7 @@ class PagedAdamW8bit(torch.optim.Optimizer):
                     params = self.param_groups[gi]["params"]
                     if all(p.grad is None for p in params):
                         continue
-                plan = self._begin(gi)
-                dones = self._finish(gi, plan)
+                dones = self._step_group(gi)
                 for shard, done in dones.items():
                     if done.duplicate:
                         duplicate = True

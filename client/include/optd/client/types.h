@@ -75,6 +75,8 @@ struct GroupInfo {
   int64_t weight_bytes = 0;
   int64_t state_bytes = 0;
   bool weights_initialized = false;  // every element of every tensor has been uploaded
+  // Last step applied per worker (index = worker): where a restarted trainer resumes.
+  std::vector<int64_t> worker_steps;
 };
 
 struct SaveCheckpointResult {
@@ -118,6 +120,9 @@ struct StepOptions {
   // committed. 0 = this call is the whole step.
   int32_t part_count = 0;
   int32_t part_index = 0;
+  // Apply only if this worker's last applied step on the server is this one (else
+  // FAILED_PRECONDITION, nothing applied): a trainer that lost its place learns it.
+  std::optional<int64_t> expect_last_step;
 };
 
 struct StepResult {
