@@ -33,6 +33,12 @@ absl::StatusOr<std::unique_ptr<HostRegistration>> Engine::RegisterHostMemory(voi
   return std::make_unique<HostRegistration>();
 }
 
+absl::StatusOr<std::unique_ptr<DeviceMapping>> Engine::OpenIpcMemory(std::string_view, int64_t,
+                                                                     int64_t) {
+  return absl::FailedPreconditionError(
+      "this engine has no device memory: CUDA IPC regions need optd --backend=cuda");
+}
+
 bool CudaEngineCompiled() {
 #ifdef OPTD_WITH_CUDA
   return true;

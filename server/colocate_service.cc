@@ -9,6 +9,7 @@
 #include "absl/strings/escaping.h"
 #include "absl/strings/str_cat.h"
 #include "server/chunk_codec.h"
+#include "server/cuda_ipc_region.h"
 #include "server/shm_region.h"
 
 namespace optd::server {
@@ -37,6 +38,55 @@ absl::StatusOr<bool> ReadLease(OptimizerCore& core, MessageStream* stream, absl:
     if (!timed_out) return false;
     if (absl::Now() >= deadline) return absl::DeadlineExceededError("no message in time");
   }
+}
+
+// The lease of a CUDA IPC region: the trainer's buffers are opened at once (there is no name to
+// hand out or remove), the region is registered and ready, and lives until the stream ends.
+absl::Status ServeCudaIpc(OptimizerCore& core, MessageStream* stream, const ColocateCaller& caller,
+                          const v1::ColocateOpen& open) {
+  if (open.buffers().empty()) {
+    return absl::InvalidArgumentError("open.buffers: a CUDA_IPC region needs at least one buffer");
+  }
+  int64_t total = 0;
+  for (const v1::CudaIpcBuffer& b : open.buffers()) {
+    if (b.bytes() <= 0 || b.bytes() > (int64_t{1} << 50) - total) {
+      return absl::InvalidArgumentError("open.buffers: every buffer needs 0 < bytes, in all < 2^50");
+    }
+    total += b.bytes();
+  }
+  auto ticket = core.regions().Admit(caller.client, total);
+  if (!ticket.ok()) return ticket.status();
+  auto id = RandomHex128();
+  if (!id.ok()) return id.status();
+  RegionOwner owner{open.group(), caller.principal, caller.client};
+  auto created = CudaIpcRegion::Create(*id, std::move(owner), open.buffers(), &core.engine(),
+                                       *std::move(ticket));
+  if (!created.ok()) return created.status();
+  core.regions().Insert(std::shared_ptr<ColocatedRegion>(*std::move(created)));
+  v1::ColocateResponse response;
+  v1::ColocateOpened* opened = response.mutable_opened();
+  opened->set_region(*id);
+  opened->set_bytes(total);
+  if (!stream->Write(EncodeMessage(response))) {
+    core.regions().Remove(*id);
+    return absl::OkStatus();  // the client left
+  }
+  v1::ColocateResponse ready;
+  ready.mutable_ready();
+  if (!stream->Write(EncodeMessage(ready))) {
+    core.regions().Remove(*id);
+    return absl::OkStatus();
+  }
+  v1::ColocateRequest request;
+  auto more = ReadLease(core, stream, absl::InfiniteFuture(), &request);
+  core.regions().Remove(*id);
+  if (!more.ok()) return more.status();
+  if (*more) {
+    return absl::InvalidArgumentError(
+        "nothing is expected on a CUDA_IPC Colocate stream after open; end the stream to release "
+        "the region");
+  }
+  return absl::OkStatus();
 }
 
 }  // namespace
@@ -73,8 +123,7 @@ absl::Status ServeColocate(OptimizerCore& core, MessageStream* stream,
     case v1::SHM:
       break;
     case v1::CUDA_IPC:
-      return absl::UnimplementedError(
-          "open.kind CUDA_IPC: this server does not serve CUDA IPC regions yet; use SHM");
+      return ServeCudaIpc(core, stream, caller, open);
     default:
       return absl::InvalidArgumentError(absl::StrCat("open.kind ", static_cast<int>(open.kind()),
                                                      " is not SHM (1) or CUDA_IPC (2)"));

@@ -9,6 +9,7 @@ namespace optd::server {
 void GradientSet::Reset() {
   for (Tensor& t : tensors_) {
     t.touched = false;
+    t.device = nullptr;
     t.covered.Clear();
   }
 }
@@ -35,6 +36,22 @@ absl::StatusOr<void*> GradientSet::Reserve(const Group& group, const CheckedChun
     if (t.data.size() != size) t.data = WireBuffer(size, engine_);
   }
   return t.data.data() + static_cast<size_t>(c.offset) * esize;
+}
+
+absl::Status GradientSet::AttachDevice(const Group& group, const CheckedChunk& c,
+                                       const void* data, int64_t step) {
+  Tensor& t = tensors_[static_cast<size_t>(c.tensor)];
+  if (t.touched) {
+    return absl::InvalidArgumentError(absl::StrCat(
+        "region_gradient.tensor '", group.tensor(c.tensor).name,
+        "': the whole tensor was sent, and another range of it already in step ", step));
+  }
+  t.touched = true;
+  t.dtype = c.dtype;
+  t.device = data;
+  t.covered.Clear();
+  (void)t.covered.InsertDisjoint(0, c.n);
+  return absl::OkStatus();
 }
 
 absl::Status GradientSet::CheckComplete(const Group& group, int64_t step) const {
@@ -70,6 +87,12 @@ std::vector<core::TensorGradient> GradientSet::Gradients(const Group& group) con
   std::vector<core::TensorGradient> out;
   for (int t : Touched()) {
     const Tensor& g = tensors_[static_cast<size_t>(t)];
+    if (g.device != nullptr) {
+      out.push_back(core::TensorGradient{
+          t, core::ConstTensorView{g.device, g.dtype, group.tensor(t).numel(),
+                                   core::MemoryKind::kDevice}});
+      continue;
+    }
     out.push_back(core::TensorGradient{
         t, core::ConstTensorView{g.data.data(), g.dtype, group.tensor(t).numel(),
                                  core::MemoryKind::kHost}});

@@ -82,6 +82,27 @@ absl::StatusOr<void*> PendingStep::Reserve(const Group& group, const CheckedChun
   return gradient_->Reserve(group, c, step_);
 }
 
+absl::Status PendingStep::AttachDevice(const Group& group, const CheckedChunk& c,
+                                      const void* data) {
+  absl::MutexLock lock(&mu_);
+  if (resolved_ && !outcome_.ok()) return outcome_.status();
+  if (commits_ == streams_) {
+    return absl::FailedPreconditionError(
+        absl::StrCat("step ", step_, " received a chunk after all its streams committed"));
+  }
+  return gradient_->AttachDevice(group, c, data, step_);
+}
+
+void PendingStep::AddDeviceWeights(int tensor, void* data) {
+  absl::MutexLock lock(&mu_);
+  device_weights_.push_back(DeviceWeights{tensor, data});
+}
+
+std::vector<PendingStep::DeviceWeights> PendingStep::device_weights() const {
+  absl::MutexLock lock(&mu_);
+  return device_weights_;
+}
+
 absl::Status PendingStep::ReserveWeightsDestination(int buffer, int64_t offset, int64_t bytes) {
   absl::MutexLock lock(&mu_);
   if (!weights_destinations_[buffer].InsertDisjoint(offset, offset + bytes)) {

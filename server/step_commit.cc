@@ -2,6 +2,8 @@
 
 #include <vector>
 
+#include "absl/strings/str_cat.h"
+
 #include "server/sync_rendezvous.h"
 
 namespace optd::server {
@@ -24,7 +26,10 @@ absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan, Pendi
                                        const CommitContext& context) {
   const GradientSet& gradient = pending.gradient();
   const std::vector<int> touched = gradient.Touched();
-  const std::vector<int> returned = ReturnedTensors(group, pending.weights_wanted(), touched);
+  // Tensors whose new weights the engine writes straight into device memory need no snapshot.
+  const std::vector<PendingStep::DeviceWeights> device_weights = pending.device_weights();
+  std::vector<int> returned = ReturnedTensors(group, pending.weights_wanted(), touched);
+  for (const PendingStep::DeviceWeights& d : device_weights) std::erase(returned, d.tensor);
   StepOutcome outcome;
   if (context.sync) {
     auto result = JoinSyncRound(group, plan, gradient, context.timeout_ms,
@@ -53,6 +58,18 @@ absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan, Pendi
   }
   const std::vector<core::TensorGradient> grads = gradient.Gradients(group);
   if (absl::Status s = group.params().Step(grads, plan.args); !s.ok()) return s;
+  // Note [Direct device steps] (step_runner.cc): the new weights, device to device.
+  for (const PendingStep::DeviceWeights& d : device_weights) {
+    const core::TensorSpec& spec = group.tensor(d.tensor);
+    absl::Status s = group.params().ReadParam(
+        d.tensor, 0, core::TensorView{d.data, spec.dtype, spec.numel(), core::MemoryKind::kDevice});
+    if (!s.ok()) {
+      return absl::Status(s.code(), absl::StrCat("step ", plan.step, " was applied but its new "
+                                                 "weights of tensor '", spec.name,
+                                                 "' could not be written into the region: ",
+                                                 s.message()));
+    }
+  }
   record.version += 1;
   last = plan.step;
   outcome.version = record.version;

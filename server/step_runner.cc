@@ -141,12 +141,21 @@ struct Carried {
   std::vector<Range> ranges;               // wire chunks: their weights go back on the wire
   std::vector<CheckedRegionRange> region;  // region ranges: their weights go into the region
   int64_t bytes = 0;                       // gradient payload bytes
+  int64_t device_weight_bytes = 0;         // weights the engine writes into a device region
 };
 
 // Reads this stream's chunks of the step into `pending`, up to the commit. `region`: the
 // step's region, or null for a wire step.
+// Note [Direct device steps]
+// A step whose region is device memory (CUDA IPC), on one stream, of a group without sync
+// rounds, that sends whole tensors, never moves its bytes through the host: the engine reads
+// each gradient where the trainer left it (GradientSet::AttachDevice) and writes each tensor's
+// new weights straight into the trainer's parameters as the step commits (CommitStep), device to
+// device. Anything else in such a region (part of a tensor, K streams, sync rounds, which
+// average on the host) takes the general road: copies through the host, correct but slow.
 absl::Status Gather(Group& group, const StepPlan& plan, const ColocatedRegion* region,
-                    StepStream* stream, PendingStep& pending, Carried* carried) {
+                    bool direct_device, StepStream* stream, PendingStep& pending,
+                    Carried* carried) {
   StepRequestRef request;
   while (true) {
     auto more = stream->Read(&request);
@@ -165,6 +174,23 @@ absl::Status Gather(Group& group, const StepPlan& plan, const ColocatedRegion* r
         absl::Status s =
             pending.ReserveWeightsDestination(r->weights_buffer, r->weights_offset, r->weights_bytes);
         if (!s.ok()) return s;
+      }
+      if (direct_device && r->chunk.offset == 0 &&
+          r->chunk.n == group.tensor(r->chunk.tensor).numel()) {
+        const auto& buffers = region->buffers();
+        const char* grad =
+            static_cast<const char*>(buffers[static_cast<size_t>(r->buffer)].data) + r->buffer_offset;
+        if (absl::Status s = pending.AttachDevice(group, r->chunk, grad); !s.ok()) return s;
+        if (r->writes_weights && plan.weights == v1::UPDATED) {
+          char* weights = static_cast<char*>(buffers[static_cast<size_t>(r->weights_buffer)].data) +
+                          r->weights_offset;
+          pending.AddDeviceWeights(r->chunk.tensor, weights);
+          carried->device_weight_bytes += r->weights_bytes;
+        }
+        group.metrics().AddGradientBytesReceived(r->bytes);
+        carried->bytes += r->bytes;
+        carried->region.push_back(*r);
+        continue;
       }
       auto dst = pending.Reserve(group, r->chunk);
       if (!dst.ok()) return dst.status();
@@ -391,7 +417,11 @@ absl::Status OptimizerCore::Step(StepStream* stream, const std::string& principa
     std::shared_ptr<PendingStep> pending = *std::move(joined);
     Carried carried;
     const absl::Time gather_start = absl::Now();
-    if (absl::Status s = Gather(group, plan, region.get(), stream, *pending, &carried); !s.ok()) {
+    const bool direct_device = region != nullptr && region->memory() == MemoryKind::kDevice &&
+                               plan.streams == 1 && !context.sync;
+    if (absl::Status s = Gather(group, plan, region.get(), direct_device, stream, *pending,
+                                &carried);
+        !s.ok()) {
       pending->Fail(group, s);
       return s;
     }
@@ -415,6 +445,10 @@ absl::Status OptimizerCore::Step(StepStream* stream, const std::string& principa
     }
     if (!outcome.ok()) return outcome.status();
     const absl::Time return_start = absl::Now();
+    if (!outcome->duplicate) {
+      moved += carried.device_weight_bytes;
+      group.metrics().AddWeightBytesSent(carried.device_weight_bytes);
+    }
     if (outcome->weights != nullptr && !outcome->duplicate && region != nullptr &&
         plan.weights == v1::UPDATED) {
       auto written = WriteRegionWeights(group, *outcome, carried.region, *region);

@@ -53,6 +53,8 @@ OPTIMIZERS = {
     "optd": "optd.torch PagedAdamW8bit, no overlap",
     "optd-overlap": "optd.torch PagedAdamW8bit, overlap",
     "optd-overlap-offload": "optd.torch PagedAdamW8bit, overlap + offload_gradients",
+    "optd-shm": "optd.torch PagedAdamW8bit, transport shm (colocated, host shared memory)",
+    "optd-cuda-ipc": "optd.torch PagedAdamW8bit, transport cuda_ipc (colocated, same GPU)",
 }
 DEFAULT_OPTIMIZERS = "none,torch,bnb,optd,optd-overlap,optd-overlap-offload"
 
@@ -90,6 +92,14 @@ def make_optimizer(name, params, args, group):
         import optd.torch as otorch
         cls = otorch.PagedAdamW8bit
         kw = dict(lr=lr, target=args.target, group=group)
+        # The rows name their data path: gRPC unless the row is a colocated one ("auto" would
+        # pick a colocated path on this host).
+        transport = "cuda_ipc" if name == "optd-cuda-ipc" else "shm" if name == "optd-shm" \
+            else "grpc"
+        if _takes(cls.__init__, "transport"):
+            kw["transport"] = transport
+        elif transport != "grpc":
+            raise Skip(f"optd.torch.PagedAdamW8bit takes no transport= ({transport})")
         overlap = "overlap" in name
         offload = "offload" in name
         if _takes(cls.__init__, "streams"):

@@ -11,6 +11,7 @@
 #include "cuda/cuda_resources.h"
 #include "cuda/cuda_status.h"
 #include "cuda/host_registration.h"
+#include "cuda/ipc_memory.h"
 #include "cuda/quant_buckets.h"
 #include "internal/cuda_engine_factory.h"
 #include "optd/core/engine.h"
@@ -84,6 +85,12 @@ class CudaEngine final : public Engine {
   absl::StatusOr<std::unique_ptr<HostRegistration>> RegisterHostMemory(void* data,
                                                                        int64_t bytes) override {
     return ::optd::core::cuda::RegisterHost(shared_->device, data, bytes);
+  }
+
+  absl::StatusOr<std::unique_ptr<DeviceMapping>> OpenIpcMemory(std::string_view handle,
+                                                               int64_t offset,
+                                                               int64_t bytes) override {
+    return ::optd::core::cuda::OpenIpc(shared_->device, handle, offset, bytes);
   }
 
  private:

@@ -96,9 +96,23 @@ def test_torch_auto_picks_shm_on_this_host(server, caplog):
 
 def test_torch_transport_argument():
     model = make_model()
-    with pytest.raises(NotImplementedError):
+    with pytest.raises(ValueError, match="CUDA device"):
         optd.torch.PagedAdamW8bit(model.parameters(), target="127.0.0.1:1", transport="cuda_ipc")
     with pytest.raises(ValueError, match="transport"):
         optd.torch.PagedAdamW8bit(model.parameters(), target="127.0.0.1:1", transport="tcp")
     opt = optd.torch.PagedAdamW8bit(model.parameters(), target="10.255.255.1:1", transport="auto")
     assert opt.transport == "grpc"  # not this host
+
+
+def test_cuda_ipc_region_on_a_cpu_server_is_refused(server, backend):
+    """A CUDA_IPC region needs a CUDA server: a CPU one refuses it with the reason, opens
+    nothing and keeps serving (tests/python/test_cuda_ipc.py covers the CUDA server)."""
+    if backend != "cpu":
+        pytest.skip("the CPU server's answer")
+    with optd.Client(server.target) as c:
+        _setup(c, "g")
+        with pytest.raises(optd.FailedPreconditionError, match=r"open.buffers\[0\].*--backend=cuda"):
+            c.open_cuda_ipc_region("g", [(bytes(64), 0, 4096, 0)])
+        with pytest.raises(optd.InvalidArgumentError, match="at least one buffer"):
+            c.open_cuda_ipc_region("g", [])
+        assert c.get_group("g").version == 0

@@ -266,7 +266,9 @@ TEST(RecoveryTest, RepeatedKill9DuringStepsAndWritesAlwaysRestoresACompleteCheck
       }
     });
     // Round 0 makes sure there is a first checkpoint; later rounds kill at a random moment.
-    if (round == 0) ASSERT_TRUE(WaitFor([&] { return !AutoFiles(dir).empty(); }));
+    if (round == 0) {
+      ASSERT_TRUE(WaitFor([&] { return !AutoFiles(dir).empty(); }));
+    }
     std::this_thread::sleep_for(std::chrono::milliseconds(300 + rng() % 1500));
     EXPECT_TRUE(WIFSIGNALED((*child)->Kill(SIGKILL)));
     stop = true;

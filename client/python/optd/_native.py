@@ -353,7 +353,7 @@ class NativeClient:
         return region
 
     def step_region(self, group, step, region, ranges, worker=0, lr=None, weights="updated",
-                    base_version=None):
+                    base_version=None, expect_last_step=None, call="Step"):
         """ranges: [optd.colocated.RegionRange]. Returns the StepResult."""
         names = [r.tensor.encode() for r in ranges]
         arr = (RegionRange * max(1, len(ranges)))()
@@ -364,9 +364,11 @@ class NativeClient:
         opts = StepOptions(struct_size=ctypes.sizeof(StepOptions), worker=worker,
                            has_lr=lr is not None, lr=0.0 if lr is None else lr,
                            weights=WEIGHTS[weights], has_base_version=base_version is not None,
-                           base_version=0 if base_version is None else base_version)
+                           base_version=0 if base_version is None else base_version,
+                           has_expect_last_step=expect_last_step is not None,
+                           expect_last_step=0 if expect_last_step is None else expect_last_step)
         result = StepResult()
         self._check(self._lib.cdll.optd_client_step_region(
             self._handle, group.encode(), step, region.handle, arr, len(ranges),
-            ctypes.byref(opts), ctypes.byref(result)))
+            ctypes.byref(opts), ctypes.byref(result)), call)
         return result

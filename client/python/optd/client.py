@@ -630,17 +630,27 @@ class Client:
             return self._native.open_shm_region(group, nbytes)
         return colocated.open_pure(self._stub, self._metadata, self.target, group, nbytes)
 
+    def open_cuda_ipc_region(self, group, buffers):
+        """Leases a CUDA IPC region for the steps of `group` from a CUDA server on this host:
+        `buffers` are (handle, offset, bytes, device) of this process's device memory (handle:
+        the 64 bytes of its cudaIpcMemHandle_t, e.g. from torch's storage _share_cuda_()). An
+        optd.colocated.CudaIpcRegion; FailedPreconditionError when the server cannot open them."""
+        return colocated.open_cuda_ipc_pure(self._stub, self._metadata, self.target, group,
+                                            buffers)
+
     def step_region(self, group, step, region, ranges, worker=0, lr=None, weights="updated",
-                    base_version=None):
+                    base_version=None, expect_last_step=None):
         """One step whose gradients are `ranges` (optd.colocated.RegionRange) of `region`,
         written there before the call. With weights "updated" each range's new weights are in
         the region when this returns; "none" writes nothing ("all" is refused by the server).
         Returns the StepDone."""
         if weights not in _RETURNS:
             raise InvalidArgumentError(f"weights: {weights!r} is not updated, all or none")
+        call = _call_name("Step", f"step {step} of group {group!r} over region {region.id}")
         if self._native is not None and getattr(region, "native", False):
             r = self._native.step_region(group, step, region, ranges, worker=worker, lr=lr,
-                                         weights=weights, base_version=base_version)
+                                         weights=weights, base_version=base_version,
+                                         expect_last_step=expect_last_step, call=call)
             return pb.StepDone(step=r.step, version=r.version, duplicate=bool(r.duplicate),
                                nonfinite_gradient_elements=r.nonfinite_gradient_elements)
         begin = pb.StepBegin(group=group, worker=worker, step=step, weights=_RETURNS[weights])
@@ -648,8 +658,10 @@ class Client:
             begin.lr = lr
         if base_version is not None:
             begin.base_version = base_version
-        return colocated.step_pure(self._stub, self._metadata, self.timeout, self.target, group,
-                                   step, region, ranges, begin)
+        if expect_last_step is not None:
+            begin.expect_last_step = expect_last_step
+        return colocated.step_pure(self._stub, self._metadata, self.data_timeout, self.target,
+                                   group, step, region, ranges, begin, call)
 
     def pull_weights(self, group, tensors=None, out=None):
         """Returns (version, {tensor: array}) of the current weights."""

@@ -155,7 +155,80 @@ def open_pure(stub, metadata, target, group, nbytes):
     return SharedMemoryRegion(opened.region, group, array, close)
 
 
-def step_pure(stub, metadata, timeout, target, group, step, region, ranges, begin):
+class CudaIpcRegion:
+    """A leased CUDA IPC region (docs/colocated.md): device buffers of this process that the
+    server opened with their IPC handles; steps name ranges in them. `id`, close()."""
+
+    native = False
+
+    def __init__(self, region_id, group, closer):
+        self.id = region_id
+        self.group = group
+        self._closer = closer
+        self._lock = threading.Lock()
+
+    def close(self):
+        with self._lock:
+            closer, self._closer = self._closer, None
+        if closer is not None:
+            closer()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __del__(self):
+        try:
+            self.close()
+        except Exception:  # interpreter shutdown
+            pass
+
+
+def open_cuda_ipc_pure(stub, metadata, target, group, buffers):
+    """The lease of a CUDA IPC region over grpcio: open (naming the buffers: (handle bytes,
+    offset, bytes, device) each), opened, ready; the call stays open until close()."""
+    requests = queue.Queue()
+
+    def request_iterator():
+        while True:
+            item = requests.get()
+            if item is None:
+                return
+            yield item
+
+    open_msg = pb.ColocateOpen(group=group, kind=pb.CUDA_IPC)
+    for handle, offset, nbytes, device in buffers:
+        open_msg.buffers.add(handle=bytes(handle), offset=offset, bytes=nbytes, device=device)
+    requests.put(pb.ColocateRequest(open=open_msg))
+    call = stub.Colocate(request_iterator(), metadata=metadata)
+
+    def end():
+        requests.put(None)
+        try:
+            for _ in call:
+                pass
+        except grpc.RpcError:
+            pass
+
+    try:
+        opened = next(call).opened
+        ready = next(call)
+    except grpc.RpcError as e:
+        requests.put(None)
+        raise from_rpc_error(e, target) from None
+    except StopIteration:
+        requests.put(None)
+        raise OptdError("Colocate: the server ended the call", grpc.StatusCode.UNAVAILABLE,
+                        target) from None
+    if not ready.HasField("ready"):
+        end()
+        raise OptdError("Colocate: no ColocateReady", grpc.StatusCode.DATA_LOSS, target)
+    return CudaIpcRegion(opened.region, group, end)
+
+
+def step_pure(stub, metadata, timeout, target, group, step, region, ranges, begin, call="Step"):
     """A step over `region` on one Step stream: begin (naming the region), the region chunks,
     commit; only StepDone comes back."""
     begin.region = region.id
@@ -175,7 +248,7 @@ def step_pure(stub, metadata, timeout, target, group, step, region, ranges, begi
             if resp.HasField("done"):
                 return resp.done
     except grpc.RpcError as e:
-        raise from_rpc_error(e, target) from None
+        raise from_rpc_error(e, target, call) from None
     raise OptdError(f"step {step} of group {group}: stream ended without StepDone",
                     grpc.StatusCode.INTERNAL, target)
 

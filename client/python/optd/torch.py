@@ -68,8 +68,16 @@ on this host: every parameter has a gradient slot and a weight slot in it. step(
 cudaHostRegister so the copy is DMA), sends one step that names the ranges, and copies the new
 weights from the region back into the parameters. "auto" uses it when there is one server and
 its address is this host, and falls back to gRPC with the reason logged on
-logging.getLogger("optd"); "grpc" never tries it; "cuda_ipc" is not there yet.
-Over shm the hooks of Note [Overlap with backward] are off: the gradients are copied in step().
+logging.getLogger("optd"); "grpc" never tries it.
+transport="cuda_ipc" (CUDA parameters, a CUDA server on this host) puts each param_group's
+parameters and gradient slots in one device buffer that the server opens through its CUDA IPC
+handle: step() makes sure every .grad is in its slot (backward accumulates there after the first
+step, until zero_grad sets it to None), synchronizes the stream and sends one step naming the
+slots; the server's engine reads the gradients and writes the new weights into the parameters,
+device to device (the same GPU, or a sibling one by peer access). "auto" tries it first when
+every parameter is on a CUDA device, then shared memory, then gRPC.
+Over shm and CUDA IPC the hooks of Note [Overlap with backward] are off: step() sends the
+gradients.
 """
 
 import contextlib
@@ -222,6 +230,48 @@ class _Backoff:
         self.delay = min(p.max_backoff, self.delay * p.multiplier)
 
 
+class _CudaIpcGroup:
+    """A param_group's CUDA IPC buffer: one device allocation with a gradient slot and a weight
+    slot per parameter (_ShmLayout's layout). The parameters are rebound to their weight slots,
+    so the server's writes update them in place; the server opens the allocation through its
+    IPC handle (torch's storage _share_cuda_(): the handle of the allocator's block and the
+    storage's offset in it)."""
+
+    def __init__(self, params, layout):
+        self.layout = layout
+        self.region = None
+        self.buf = torch.zeros(layout.bytes, dtype=torch.uint8, device=params[0].device)
+        self.old = [p.data for p in params]
+        with torch.no_grad():
+            for i, p in enumerate(params):
+                w = self.slot(layout.weight[i], p)
+                w.copy_(p.data)
+                p.data = w
+
+    def slot(self, offset, p):
+        n = p.numel() * p.element_size()
+        return self.buf[offset:offset + n].view(p.dtype).view(p.shape)
+
+    def ipc_buffer(self):
+        """(handle, offset, bytes, device) of the buffer, for Client.open_cuda_ipc_region."""
+        info = self.buf.untyped_storage()._share_cuda_()
+        device, handle, offset = info[0], info[1], info[3]
+        return (handle, offset, self.layout.bytes, device)
+
+    def keep_parameters(self):
+        """The lease is gone but the parameters stay in this buffer (they are its views);
+        a new region is opened over new storage."""
+        self.region = None
+
+    def release(self, params):
+        """Gives the parameters their own storage back (the region could not be opened)."""
+        with torch.no_grad():
+            for p, old in zip(params, self.old):
+                old.copy_(p.data)
+                p.data = old
+        self.buf = None
+
+
 def _numpy_view(t):
     """A numpy array sharing memory with CPU tensor `t` (bf16 as uint16 bits)."""
     if t.dtype == torch.bfloat16:
@@ -335,9 +385,6 @@ class PagedAdamW8bit(torch.optim.Optimizer):
                  reconnect=-1, transport="auto"):
         if transport not in _TRANSPORTS:
             raise ValueError(f"transport: {transport!r} is not one of {', '.join(_TRANSPORTS)}")
-        if transport == "cuda_ipc":
-            raise NotImplementedError("transport='cuda_ipc' is not available yet (the CUDA IPC "
-                                      "path comes next); use 'shm' or 'grpc'")
         if amsgrad:
             raise ValueError("PagedAdamW8bit does not support amsgrad=True")
         if optim_bits != 32:
@@ -394,10 +441,15 @@ class PagedAdamW8bit(torch.optim.Optimizer):
                     raise ValueError(f"param_groups[{gi}]: parameter dtype {p.dtype} is not "
                                      f"float32, float16 or bfloat16")
         self.targets = [target] if isinstance(target, str) else list(target)
-        if transport == "shm" and len(self.targets) != 1:
-            raise ValueError("transport='shm' needs one server (target is a list)")
+        if transport in ("shm", "cuda_ipc") and len(self.targets) != 1:
+            raise ValueError(f"transport={transport!r} needs one server (target is a list)")
+        if transport == "cuda_ipc" and not all(p.is_cuda for g in self.param_groups
+                                               for p in g["params"]):
+            raise ValueError("transport='cuda_ipc' needs every parameter on a CUDA device")
         self.transport = transport
         self._shm = {}  # param_group index -> _ShmGroup (transport shm)
+        self._ipc = {}  # param_group index -> _CudaIpcGroup (transport cuda_ipc)
+        self._colocated_in_flight = {}  # param_group index -> colocated step not yet answered
         self._shm_failed = set()  # param_group indices whose last shm step failed (a retry)
         self.group_name = group or f"torch-{uuid.uuid4().hex[:12]}"
         self.num_workers, self.worker, self.mode = num_workers, worker, mode
@@ -810,7 +862,8 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         this optimizer's last one there nor the step in flight (a retry the server may have
         applied). Servers that do not report worker_steps are not checked."""
         plan = self._plans.get(gi)
-        in_flight = plan.step if plan is not None and plan.active else None
+        in_flight = plan.step if plan is not None and plan.active else \
+            self._colocated_in_flight.get(gi)
         for shard, info in sorted(infos.items()):
             if len(info.worker_steps) <= self.worker:
                 continue
@@ -931,13 +984,21 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         with self._lock:
             self._hooks_off.clear()
             for gi in range(len(self.param_groups)):
+                if self.transport in ("cuda_ipc", "auto"):
+                    params = self.param_groups[gi]["params"]
+                    if all(p.grad is None for p in params):
+                        continue
+                    ipc = self._ipc_group(gi)
+                    if ipc is not None:
+                        duplicate = self._step_colocated(gi, "cuda_ipc") or duplicate
+                        continue
                 if self.transport in ("shm", "auto"):
                     params = self.param_groups[gi]["params"]
                     if all(p.grad is None for p in params):
                         continue
                     shm = self._shm_group(gi)
                     if shm is not None:
-                        duplicate = self._step_shm(gi, shm) or duplicate
+                        duplicate = self._step_colocated(gi, "shm") or duplicate
                         continue
                 plan = self._plans.get(gi)
                 if plan is None or not plan.active:
@@ -959,6 +1020,122 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         return loss
 
     # Colocated transport (Note [Colocated transport]) ----------------------------------------
+    def _step_colocated(self, gi, kind):
+        """One step of param_groups[gi] over its region of `kind` ("cuda_ipc" or "shm"), with
+        the recovery of Note [Recovery]: a region's lease ends with its server's connection, so
+        after a server came back the region is opened again and the step retried, the server
+        deduplicating a step it had applied. True when the server called it a duplicate."""
+        backoff = None
+        while True:
+            if kind == "cuda_ipc":
+                region = self._ipc_group(gi)
+                run = self._step_ipc
+            else:
+                region = self._shm_group(gi)
+                run = self._step_shm
+            try:
+                return run(gi, region)
+            except OptdError as e:
+                if e.code == grpc.StatusCode.FAILED_PRECONDITION:
+                    try:
+                        infos = self._shards[gi].get_group()
+                    except OptdError as lookup:
+                        raise e from lookup
+                    self._check_server_steps(gi, infos)
+                    raise
+                lost = e.code == grpc.StatusCode.UNAVAILABLE or (
+                    e.code == grpc.StatusCode.NOT_FOUND and "not an open region" in str(e))
+                if not lost or self.reconnect is None:
+                    raise
+                self._close_region(gi)
+                backoff = backoff or _Backoff(self.reconnect)
+                self._reconnect(gi, backoff, e)
+
+    def _close_region(self, gi):
+        """Forgets param_groups[gi]'s region (its lease is gone); the next step opens another."""
+        shm = self._shm.pop(gi, None)
+        if shm is not None:
+            shm.close()
+        ipc = self._ipc.pop(gi, None)
+        if ipc is not None:
+            ipc.region.close()
+            ipc.keep_parameters()
+
+    def _ipc_group(self, gi):
+        """The CUDA IPC region of param_groups[gi]; None when "auto" goes on to shared memory."""
+        ipc = self._ipc.get(gi)
+        if ipc is not None:
+            return ipc
+        params = self.param_groups[gi]["params"]
+        if self.transport == "auto" and not all(p.is_cuda for p in params):
+            return None
+        sg = self._ensure_group(gi)
+        layout = _ShmLayout(params)
+        ipc = _CudaIpcGroup(params, layout)
+        try:
+            ipc.region = sg.clients[0].open_cuda_ipc_region(self.server_group(gi),
+                                                            [ipc.ipc_buffer()])
+        except OptdError as e:
+            ipc.release(params)
+            if self.transport == "cuda_ipc":
+                raise
+            _log.info("optd: transport auto: no CUDA IPC (%s); trying shared memory", e)
+            return None
+        if self.transport == "auto":
+            _log.info("optd: transport auto: CUDA IPC with %s", self.targets[0])
+            self.transport = "cuda_ipc"
+        ipc.old = None  # the parameters' former storage is freed
+        self._ipc[gi] = ipc
+        return ipc
+
+    def _step_ipc(self, gi, ipc):
+        """One step of param_groups[gi] over its CUDA IPC region (Note [Colocated transport]);
+        True when the server called it a duplicate."""
+        g = self.param_groups[gi]
+        sg = self._shards[gi]
+        self._sync_hyper(gi, sg)
+        ranges, with_grad = [], []
+        for i, p in enumerate(g["params"]):
+            if p.grad is None:
+                continue
+            slot = ipc.slot(ipc.layout.grad[i], p)
+            if p.grad.data_ptr() != slot.data_ptr():
+                slot.copy_(p.grad.detach())  # casts a gradient of another dtype
+                # Backward accumulates into the slot from now on (until zero_grad sets None).
+                p.grad = slot
+            ranges.append(RegionRange(self._tensor_name(i), 0, p.numel(), _DTYPES[p.dtype],
+                                      ipc.layout.grad[i], ipc.layout.weight[i]))
+            with_grad.append((i, p))
+        # The server reads the gradients once this process's work on them is done
+        # (Note [Ordering on the device] in server/cuda_ipc_region.h).
+        torch.cuda.current_stream(ipc.buf.device).synchronize()
+        step = self._steps[gi] + 1
+        self._colocated_in_flight[gi] = step
+        try:
+            done = sg.clients[0].step_region(self.server_group(gi), step, ipc.region, ranges,
+                                             worker=self.worker, lr=g["lr"],
+                                             expect_last_step=self._steps[gi])
+        except OptdError:
+            self._shm_failed.add(gi)  # step() may be called again with the same gradients
+            raise
+        self._shm_failed.discard(gi)
+        if done.duplicate:
+            warnings.warn(f"optd: step {done.step} of {self.server_group(gi)} was applied before "
+                          f"(a retry): not applied again; its weights were pulled",
+                          RuntimeWarning, stacklevel=3)
+            pulled = sg.pull()
+            with torch.no_grad():
+                for i, p in with_grad:
+                    w = pulled[self._tensor_name(i)]
+                    src = torch.from_numpy(w.view(np.int16)).view(torch.bfloat16) \
+                        if p.dtype == torch.bfloat16 else torch.from_numpy(w)
+                    p.copy_(src.view(p.shape))
+        # Otherwise the server wrote the new weights into the parameters themselves.
+        self._steps[gi] = step
+        self._shard_steps.setdefault(gi, {})[0] = step
+        self._colocated_in_flight.pop(gi, None)
+        return done.duplicate
+
     def _shm_group(self, gi):
         """The region of param_groups[gi]; None when "auto" fell back to gRPC."""
         shm = self._shm.get(gi)
@@ -1000,9 +1177,11 @@ class PagedAdamW8bit(torch.optim.Optimizer):
                                       shm.layout.grad[i], shm.layout.weight[i]))
             with_grad.append((i, p))
         step = self._steps[gi] + 1
+        self._colocated_in_flight[gi] = step
         try:
             done = sg.clients[0].step_region(self.server_group(gi), step, shm.region, ranges,
-                                             worker=self.worker, lr=g["lr"])
+                                             worker=self.worker, lr=g["lr"],
+                                             expect_last_step=self._steps[gi])
         except OptdError:
             self._shm_failed.add(gi)  # step() may be called again with the same gradients
             raise
@@ -1023,12 +1202,17 @@ class PagedAdamW8bit(torch.optim.Optimizer):
                 for i, p in with_grad:
                     p.copy_(shm.slot(shm.layout.weight[i], p))
         self._steps[gi] = step
+        self._shard_steps.setdefault(gi, {})[0] = step
+        self._colocated_in_flight.pop(gi, None)
         return done.duplicate
 
     def close(self):
         for shm in self._shm.values():
             shm.close()
         self._shm = {}
+        for ipc in self._ipc.values():
+            ipc.region.close()
+        self._ipc = {}
         for h in self._hooks:
             h.remove()
         self._hooks = []

@@ -156,6 +156,30 @@ class HostRegistration {
   virtual ~HostRegistration() = default;
 };
 
+// Device memory of another process opened by Engine::OpenIpcMemory, mapped into this engine's
+// device context for as long as this lives: TensorViews with MemoryKind::kDevice may point into
+// [data(), data() + bytes()). Thread safety: Read and Write may run on many threads at once
+// (callers keep the ranges they write disjoint); destroy once, from any thread.
+class DeviceMapping {
+ public:
+  virtual ~DeviceMapping() = default;
+  DeviceMapping(const DeviceMapping&) = delete;
+  DeviceMapping& operator=(const DeviceMapping&) = delete;
+  char* data() const { return data_; }
+  int64_t bytes() const { return bytes_; }
+  // Synchronous copies between bytes [offset, offset + n) of the mapping and host memory.
+  // REQUIRES: the range lies in the mapping. Internal naming the device error.
+  [[nodiscard]] virtual absl::Status Read(int64_t offset, int64_t n, void* dst) const = 0;
+  [[nodiscard]] virtual absl::Status Write(int64_t offset, const void* src, int64_t n) const = 0;
+
+ protected:
+  DeviceMapping(char* data, int64_t bytes) : data_(data), bytes_(bytes) {}
+
+ private:
+  char* const data_;
+  const int64_t bytes_;
+};
+
 // Thread safety: thread-safe.
 class Engine {
  public:
@@ -181,6 +205,17 @@ class Engine {
   // destroyed before the memory is unmapped. Internal with the CUDA error name when it fails.
   virtual absl::StatusOr<std::unique_ptr<HostRegistration>> RegisterHostMemory(void* data,
                                                                                int64_t bytes);
+
+  // Opens bytes [offset, offset + bytes) of the device allocation another process of this host
+  // exported with cudaIpcGetMemHandle (`handle`: the 64 bytes of its cudaIpcMemHandle_t), in this
+  // engine's device context (an allocation on another GPU is reached by peer access), for
+  // colocated trainers whose gradients the engine reads and whose weights it writes in place.
+  // InvalidArgument for a malformed handle or a range past the allocation (checked against the
+  // driver's extent of it); FailedPrecondition when the driver refuses the handle, and on the
+  // CPU backend, which has no device memory.
+  virtual absl::StatusOr<std::unique_ptr<DeviceMapping>> OpenIpcMemory(std::string_view handle,
+                                                                       int64_t offset,
+                                                                       int64_t bytes);
 };
 
 // True when this build contains the CUDA engine.
