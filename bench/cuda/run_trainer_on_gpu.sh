@@ -12,7 +12,9 @@
 #   .gpu/site/bitsandbytes   optional, for the bitsandbytes rows (bench/torch/carry_bitsandbytes.sh)
 # Logs and JSON go to $OUT (or /tmp/optd-trainer-run).
 #
-#   bench/cuda/run_trainer_on_gpu.sh [wire|python|trainer]...     (default: all three)
+#   bench/cuda/run_trainer_on_gpu.sh [wire|python|trainer|pytest]...   (default: the first three)
+# `pytest` runs the colocated path's Python tests against a CUDA server (tests/python/
+# test_cuda_ipc.py: two processes on one GPU; test_colocated.py); PYTEST_ARGS adds arguments.
 #
 # Each part takes a few minutes at full size; on a machine that limits one command to 10
 # minutes, run the parts as separate commands. Overrides: STREAMS (1,2,4,8), REPEATS (3),
@@ -89,7 +91,10 @@ for p in $parts; do
                --backend "$backend" --server "$wrap/optd" --server-args "${SERVER_ARGS:-}" \
                --streams "${TRAINER_STREAMS:-1}" --json "$out/trainer.json" ${TRAINER_ARGS:-} 2>&1 |
                tee "$out/trainer.txt" || rc=1 ;;
-    *) echo "unknown part $p (wire, python or trainer)"; rc=2 ;;
+    pytest) OPTD_BACKEND=cuda timeout 590 $py -m pytest -q -p no:cacheprovider \
+              tests/python/test_cuda_ipc.py tests/python/test_colocated.py ${PYTEST_ARGS:-} 2>&1 |
+              tee "$out/pytest-gpu.txt" || rc=1 ;;
+    *) echo "unknown part $p (wire, python, trainer or pytest)"; rc=2 ;;
   esac
 done
 exit $rc

@@ -230,6 +230,29 @@ class _Backoff:
         self.delay = min(p.max_backoff, self.delay * p.multiplier)
 
 
+def cuda_ipc_buffer(t):
+    """(handle, offset, bytes, device) of CUDA tensor `t`'s memory, for
+    optd.Client.open_cuda_ipc_region: the cudaIpcMemHandle_t of the caching allocator's block
+    that holds it (torch's storage _share_cuda_()) and t's byte offset in that block.
+    FailedPreconditionError when the block cannot be shared through cudaIpcGetMemHandle
+    (PYTORCH_CUDA_ALLOC_CONF=expandable_segments:True)."""
+    info = t.untyped_storage()._share_cuda_()
+    device, handle, offset = info[0], bytes(info[1]), info[3]
+    # torch >= 2.2 prefixes the handle with a format version (1) and the block's kind: 'c' for
+    # cudaMalloc memory (then the 64 bytes of the cudaIpcMemHandle_t follow), 'e' for an
+    # expandable segment (a different kind of handle, which cudaIpcOpenMemHandle cannot open).
+    if len(handle) == 66:
+        if handle[1:2] != b"c":
+            raise FailedPreconditionError(
+                "transport='cuda_ipc': this tensor lives in an expandable segment of torch's "
+                "allocator, which CUDA IPC handles cannot share; set PYTORCH_CUDA_ALLOC_CONF="
+                "expandable_segments:False, or use transport='shm'",
+                grpc.StatusCode.FAILED_PRECONDITION)
+        handle = handle[2:]
+    return handle, offset + t.storage_offset() * t.element_size(), t.numel() * t.element_size(), \
+        device
+
+
 class _CudaIpcGroup:
     """A param_group's CUDA IPC buffer: one device allocation with a gradient slot and a weight
     slot per parameter (_ShmLayout's layout). The parameters are rebound to their weight slots,
@@ -254,9 +277,7 @@ class _CudaIpcGroup:
 
     def ipc_buffer(self):
         """(handle, offset, bytes, device) of the buffer, for Client.open_cuda_ipc_region."""
-        info = self.buf.untyped_storage()._share_cuda_()
-        device, handle, offset = info[0], info[1], info[3]
-        return (handle, offset, self.layout.bytes, device)
+        return cuda_ipc_buffer(self.buf)
 
     def keep_parameters(self):
         """The lease is gone but the parameters stay in this buffer (they are its views);
@@ -1018,6 +1039,27 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         if duplicate:
             self.duplicate_steps += 1
         return loss
+
+    def zero_grad(self, set_to_none=True):
+        """torch.optim.Optimizer.zero_grad; over CUDA IPC the gradients of param_groups with a
+        region are zeroed in their slots whatever set_to_none says, so that backward
+        accumulates where the server reads them (no copy, no second gradient buffer)."""
+        if not self._ipc:
+            return super().zero_grad(set_to_none=set_to_none)
+        for gi, g in enumerate(self.param_groups):
+            ipc = self._ipc.get(gi)
+            for i, p in enumerate(g["params"]):
+                if p.grad is None:
+                    continue  # stays None: a parameter without a gradient is not stepped
+                if ipc is not None:
+                    p.grad = ipc.slot(ipc.layout.grad[i], p)
+                elif set_to_none:
+                    p.grad = None
+                else:
+                    p.grad.detach_().zero_()
+            if ipc is not None:
+                ipc.buf[:ipc.layout.weight[0]].zero_()  # every gradient slot, one kernel
+        return None
 
     # Colocated transport (Note [Colocated transport]) ----------------------------------------
     def _step_colocated(self, gi, kind):
