@@ -13,7 +13,16 @@ void StreamBridge::Start(StreamHandler handler) {
     }
     DoStartRead(&read_buffer_);
   }
-  std::thread([this, handler = std::move(handler)] { FinishCall(handler(this)); }).detach();
+  std::thread([this, handler = std::move(handler)]() mutable {
+    grpc::Status status = handler(this);
+    // Destroy the handler (and what it holds: the call's StreamGate slot, the service's state)
+    // before finishing: once Finish is called, gRPC may end the call and the server may shut
+    // down and destroy the StreamGate while this detached thread would still be destroying its
+    // lambda. Found by TSan (docs/testing.md): Slot::~Slot locking the gate's mutex after
+    // ~OptimizerCore destroyed it.
+    handler = nullptr;
+    FinishCall(status);
+  }).detach();
 }
 
 bool StreamBridge::Read(grpc::ByteBuffer* message) {
