@@ -1,19 +1,26 @@
 #!/usr/bin/env python3
-"""Sorts ThreadSanitizer reports into those inside gRPC/protobuf and those to read.
+"""Sorts ThreadSanitizer reports into those inside gRPC and those to read.
 
-Abseil is instrumented in the TSan run (tests/tsan/run.sh), gRPC and protobuf are not: TSan sees
-neither their accesses nor their atomics, so it misses the ordering gRPC provides between its
-own threads (completion queues, closures, reference counts) and reports gRPC's own bookkeeping,
-done by gRPC's inline C++ headers compiled into our binaries or by Abseil code gRPC calls, as
-races. Those are counted here, not read.
+Abseil is instrumented in the TSan run (tests/tsan/run.sh); gRPC, protobuf and OpenSSL are not:
+TSan sees neither their accesses nor their atomics, so it misses the ordering gRPC provides
+between its own threads (completion queues, closures, slice reference counts) and reports
+gRPC's own bookkeeping, done by gRPC's inline C++ headers compiled into our binaries or by
+Abseil code gRPC calls, as races.
 
 Each access of a report (the current one and the previous one) is attributed to the first frame
 of its stack that is not TSan's runtime, the C++ standard library or Abseil (those only run on
-someone's behalf). A report counts as gRPC's only when BOTH accesses are attributed to gRPC or
-protobuf (their headers or libraries). Every other report (one access or both in optd's code,
-tests included, or anything unknown) is listed in full: it needs reading, and run.sh fails on it.
+someone's behalf). Three kinds:
+  grpc      both accesses attributed to gRPC, protobuf or OpenSSL (headers or libraries):
+            counted, not listed.
+  released  gRPC frees a block (a received message's slice, e.g. from grpc::Slice::~Slice)
+            after optd read it: one access is free/delete called from gRPC, the other a read
+            (never a write) in optd. Two messages can share one block of gRPC's read buffer;
+            the last reference frees it, ordered by gRPC's slice reference count, which TSan
+            cannot see. Listed in full, to read, but not a failure.
+  to read   everything else: an access in optd's code (tests included) or unknown. Listed in
+            full; the run fails on these.
 
-Usage: tsan_own_races.py LOG...   Exit status 1 when some report is not gRPC's alone.
+Usage: tsan_own_races.py LOG...   Exit status 1 when some report is "to read".
 """
 import collections
 import re
@@ -26,8 +33,10 @@ FRAME = re.compile(r"\s*#\d+ (.*)")
 TRANSPARENT = re.compile(r"libsanitizer|\(libtsan\.so|/usr/include/c\+\+/|\(libstdc\+\+\.so|"
                          r"absl/|\(libabsl_|^absl::|^std::|^operator (new|delete)|^__tsan")
 LIBRARY = re.compile(r"/usr/include/(grpcpp|grpc|google/protobuf)/|"
-                     r"\((libgrpc|libgrpc\+\+|libgpr|libprotobuf|libupb)[\w.+-]*\+0x|"
-                     r"^(grpc_core::|grpc::|grpc_|gpr_|google::protobuf::)")
+                     r"\((libgrpc|libgrpc\+\+|libgpr|libprotobuf|libupb|libssl|libcrypto)"
+                     r"[\w.+-]*\+0x|^(grpc_core::|grpc::|grpc_|gpr_|google::protobuf::|OSSL_)")
+FREE = re.compile(r"^(free|operator delete)")
+OWN = re.compile(r"\boptd::|\.\./(server|optim_core|client|tests)/")
 
 
 def reports(text):
@@ -50,6 +59,20 @@ def access_stacks(block):
     return stacks
 
 
+def released(block, stacks, owners):
+    """gRPC freeing its own block after optd read it (see the module's comment)."""
+    if len(stacks) != 2:
+        return False
+    kinds = [m.group(1) for line in block.splitlines() if (m := ACCESS.match(line))]
+    for free_side in (0, 1):
+        other = 1 - free_side
+        if (stacks[free_side] and FREE.search(stacks[free_side][0]) and
+                owners[free_side] == "grpc" and owners[other] != "grpc" and
+                "read" in kinds[other].lower() and OWN.search(owners[other])):
+            return True
+    return False
+
+
 def owner(frames):
     """'grpc' or the attributed frame (text) of one access."""
     for frame in frames:
@@ -62,7 +85,7 @@ def owner(frames):
 def main():
     blocks = [b for path in sys.argv[1:] for b in reports(open(path, errors="replace").read())]
     library = 0
-    to_read = collections.Counter()
+    kinds = {"released": collections.Counter(), "to read": collections.Counter()}
     examples = {}
     for block in blocks:
         stacks = access_stacks(block)
@@ -70,16 +93,19 @@ def main():
         if stacks and all(o == "grpc" for o in owners):
             library += 1
             continue
+        kind = "released" if released(block, stacks, owners) else "to read"
         key = " | ".join(re.sub(r" \(\S+\+0x[0-9a-f]+\)", "", o) for o in owners if o != "grpc")
-        to_read[key] += 1
-        examples.setdefault(key, block)
-    print(f"TSan reports: {len(blocks)}; inside gRPC/protobuf on both sides: {library}; "
-          f"to read: {sum(to_read.values())} ({len(to_read)} places)")
-    for key, n in to_read.most_common():
-        print(f"{n:6d}  {key}")
-    for key, block in examples.items():
-        print("\n" + "=" * 100 + "\n" + block)
-    return 1 if to_read else 0
+        kinds[kind][key] += 1
+        examples.setdefault((kind, key), block)
+    print(f"TSan reports: {len(blocks)}; inside gRPC on both sides: {library}; "
+          f"released by gRPC after optd read them: {sum(kinds['released'].values())}; "
+          f"to read: {sum(kinds['to read'].values())} ({len(kinds['to read'])} places)")
+    for kind, counter in kinds.items():
+        for key, n in counter.most_common():
+            print(f"{n:6d}  {kind}: {key}")
+    for (kind, key), block in examples.items():
+        print("\n" + "=" * 100 + f"\n[{kind}]\n" + block)
+    return 1 if kinds["to read"] else 0
 
 
 if __name__ == "__main__":
