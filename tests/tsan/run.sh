@@ -34,7 +34,7 @@ soversion=$(dpkg-query -W -f='${Package}\n' 'libabsl2*' | sed -n 's/^libabsl//p'
 if [[ ! -e $prefix/lib/libabsl_synchronization.so.$soversion || ! -e $prefix/.optd-tsan-$absl_version ]]; then
   src=$prefix/src
   mkdir -p "$src"
-  if ! apt-cache showsrc "abseil=$absl_version" 2>/dev/null | grep -q '^Package: abseil'; then
+  if ! apt-cache showsrc abseil 2>/dev/null | grep -qx "Version: $absl_version"; then
     cat >&2 <<EOF
 apt knows no source of abseil $absl_version. Add a deb-src entry for the release, e.g. as root
 /etc/apt/sources.list.d/debian-src.sources (the URIs and suites of your existing entries; the
