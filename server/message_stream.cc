@@ -59,6 +59,7 @@ void StreamBridge::Start(StreamHandler handler) {
     // ~OptimizerCore destroyed it.
     handler = nullptr;
     FinishCall(status);
+    if (LetGo()) delete this;  // Note [Who deletes the reactor]
   }).detach();
 }
 
@@ -164,10 +165,14 @@ void StreamBridge::FinishCall(const grpc::Status& status) {
     };
     mu_.Await(absl::Condition(&drained));
   }
-  TsanRelease(&tsan_retired_tag_);
-  DoFinish(status);  // OnDone may delete this at any time after
+  DoFinish(status);  // OnDone may run at any time after, but does not delete this (LetGo)
 }
 
-void StreamBridge::Retired() { TsanAcquire(&tsan_retired_tag_); }
+bool StreamBridge::LetGo() { return owners_.fetch_sub(1, std::memory_order_acq_rel) == 1; }
+
+bool StreamBridge::Done() {
+  TsanAcquire(&tsan_retired_tag_);
+  return LetGo();
+}
 
 }  // namespace optd::server

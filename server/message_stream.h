@@ -13,18 +13,26 @@
 // lets the handler produce the next message while gRPC sends one, and bounds how much a slow
 // client can make the server hold (a full queue blocks only that call's own thread).
 //
+// Note [Who deletes the reactor]
+// The reactor has two owners: gRPC, until OnDone, and the handler's thread, until it has
+// returned from Finish (gRPC's Finish still reads the reactor after handing the status over,
+// and OnDone may run on another thread before it returns). Whichever lets go last deletes it
+// (owners_). Found by TSan: OnDone deleted the reactor while the handler's thread was still in
+// DoFinish (its virtual call and gRPC's inline Finish).
+//
 // Note [gRPC's ordering of reactions, told to TSan]
 // gRPC runs no reaction before the reactor's constructor has returned, and OnDone only after
-// every other reaction has returned and the handler has called Finish. It keeps that order with
-// atomics inside its own library. In the TSan run (docs/testing.md) gRPC is not instrumented, so
-// TSan does not see that order and reports the reactor's construction (its mutex) as racing with
-// the first reaction and its destruction as racing with the last. StreamBridge states the order
-// to TSan (TsanRelease/TsanAcquire; nothing in other builds) with two separate tags: "started"
-// (constructor -> each reaction) and "retired" (each reaction's end and the handler's Finish ->
-// OnDone). No edge is added between two reactions, which gRPC may run at the same time, nor
-// between a reaction and the handler thread: races there are still reported.
+// every other reaction has returned. It keeps that order with atomics inside its own library.
+// In the TSan run (docs/testing.md) gRPC is not instrumented, so TSan does not see that order
+// and reports the reactor's construction (its mutex) as racing with the first reaction and its
+// destruction as racing with the last. StreamBridge states the order to TSan
+// (TsanRelease/TsanAcquire; nothing in other builds) with two separate tags: "started"
+// (constructor -> each reaction) and "retired" (each reaction's end -> OnDone). No edge is added
+// between two reactions, which gRPC may run at the same time, nor between a reaction and the
+// handler thread: races there are still reported.
 #pragma once
 
+#include <atomic>
 #include <deque>
 #include <functional>
 
@@ -74,8 +82,9 @@ class StreamBridge : public MessageStream {
   void ReadDone(bool ok);
   void WriteDone(bool ok);
   void Cancelled();
-  // From OnDone, before deleting the reactor (Note [gRPC's ordering of reactions, told to TSan]).
-  void Retired();
+  // From OnDone: true when the caller is to delete the reactor now (Note [Who deletes the
+  // reactor]).
+  [[nodiscard]] bool Done();
 
   virtual void DoStartRead(grpc::ByteBuffer* into) = 0;
   virtual void DoStartWrite(const grpc::ByteBuffer* message) = 0;
@@ -83,12 +92,14 @@ class StreamBridge : public MessageStream {
 
  private:
   // Waits until every queued message was written (or the call broke), then finishes the call.
-  // The last use of `this` by the handler thread.
   void FinishCall(const grpc::Status& status);
+  // Lets go of one of the two owners; true for the last one (Note [Who deletes the reactor]).
+  [[nodiscard]] bool LetGo();
 
   class Reaction;  // Note [gRPC's ordering of reactions, told to TSan]
   char tsan_started_tag_ = 0;  // only their addresses are used
   char tsan_retired_tag_ = 0;
+  std::atomic<int> owners_{2};  // gRPC until OnDone, the handler's thread until after Finish
 
   const bool reads_;
   const bool writes_;
@@ -115,8 +126,7 @@ class BidiStreamCall final : public grpc::ServerBidiReactor<grpc::ByteBuffer, gr
   void OnWriteDone(bool ok) override { WriteDone(ok); }
   void OnCancel() override { Cancelled(); }
   void OnDone() override {
-    Retired();
-    delete this;
+    if (Done()) delete this;
   }
 
  private:
@@ -140,8 +150,7 @@ class ReadStreamCall final : public grpc::ServerReadReactor<grpc::ByteBuffer>,
   void OnReadDone(bool ok) override { ReadDone(ok); }
   void OnCancel() override { Cancelled(); }
   void OnDone() override {
-    Retired();
-    delete this;
+    if (Done()) delete this;
   }
 
  private:
@@ -161,8 +170,7 @@ class WriteStreamCall final : public grpc::ServerWriteReactor<grpc::ByteBuffer>,
   void OnWriteDone(bool ok) override { WriteDone(ok); }
   void OnCancel() override { Cancelled(); }
   void OnDone() override {
-    Retired();
-    delete this;
+    if (Done()) delete this;
   }
 
  private:

@@ -12,11 +12,14 @@ of its stack that is not TSan's runtime, the C++ standard library or Abseil (tho
 someone's behalf). Three kinds:
   grpc      both accesses attributed to gRPC, protobuf or OpenSSL (headers or libraries):
             counted, not listed.
-  released  gRPC frees a block (a received message's slice, e.g. from grpc::Slice::~Slice)
-            after optd read it: one access is free/delete called from gRPC, the other a read
-            (never a write) in optd. Two messages can share one block of gRPC's read buffer;
-            the last reference frees it, ordered by gRPC's slice reference count, which TSan
-            cannot see. Listed in full, to read, but not a failure.
+  lifetime  a block changing hands between optd and gRPC, one access in each: gRPC frees a
+            block (a received message's slice) after optd read it (never wrote it): two
+            messages can share one block of gRPC's read buffer and the last reference frees it;
+            or optd allocates or frees a block (a reactor, a client stream) that gRPC's code
+            accessed: optd hands it to gRPC after constructing it and deletes it after OnDone.
+            gRPC orders both with its own atomics, which TSan cannot see. A real error of this
+            kind is a use after free, which the ASan run checks. Listed in full, to read, but
+            not a failure.
   to read   everything else: an access in optd's code (tests included) or unknown. Listed in
             full; the run fails on these.
 
@@ -36,6 +39,7 @@ LIBRARY = re.compile(r"/usr/include/(grpcpp|grpc|google/protobuf)/|"
                      r"\((libgrpc|libgrpc\+\+|libgpr|libprotobuf|libupb|libssl|libcrypto)"
                      r"[\w.+-]*\+0x|^(grpc_core::|grpc::|grpc_|gpr_|google::protobuf::|OSSL_)")
 FREE = re.compile(r"^(free|operator delete)")
+ALLOCATOR = re.compile(r"^(free|operator delete|operator new|malloc|calloc|realloc)\b")
 OWN = re.compile(r"\boptd::|\.\./(server|optim_core|client|tests)/")
 
 
@@ -59,16 +63,18 @@ def access_stacks(block):
     return stacks
 
 
-def released(block, stacks, owners):
-    """gRPC freeing its own block after optd read it (see the module's comment)."""
-    if len(stacks) != 2:
+def lifetime(block, stacks, owners):
+    """A block changing hands between optd and gRPC (see the module's comment)."""
+    if len(stacks) != 2 or not all(stacks):
         return False
     kinds = [m.group(1) for line in block.splitlines() if (m := ACCESS.match(line))]
-    for free_side in (0, 1):
-        other = 1 - free_side
-        if (stacks[free_side] and FREE.search(stacks[free_side][0]) and
-                owners[free_side] == "grpc" and owners[other] != "grpc" and
-                "read" in kinds[other].lower() and OWN.search(owners[other])):
+    for grpc_side in (0, 1):
+        own = 1 - grpc_side
+        if owners[grpc_side] != "grpc" or not OWN.search(owners[own]):
+            continue
+        if FREE.search(stacks[grpc_side][0]) and "read" in kinds[own].lower():
+            return True
+        if ALLOCATOR.search(stacks[own][0]):
             return True
     return False
 
@@ -85,7 +91,7 @@ def owner(frames):
 def main():
     blocks = [b for path in sys.argv[1:] for b in reports(open(path, errors="replace").read())]
     library = 0
-    kinds = {"released": collections.Counter(), "to read": collections.Counter()}
+    kinds = {"lifetime": collections.Counter(), "to read": collections.Counter()}
     examples = {}
     for block in blocks:
         stacks = access_stacks(block)
@@ -93,12 +99,12 @@ def main():
         if stacks and all(o == "grpc" for o in owners):
             library += 1
             continue
-        kind = "released" if released(block, stacks, owners) else "to read"
+        kind = "lifetime" if lifetime(block, stacks, owners) else "to read"
         key = " | ".join(re.sub(r" \(\S+\+0x[0-9a-f]+\)", "", o) for o in owners if o != "grpc")
         kinds[kind][key] += 1
         examples.setdefault((kind, key), block)
     print(f"TSan reports: {len(blocks)}; inside gRPC on both sides: {library}; "
-          f"released by gRPC after optd read them: {sum(kinds['released'].values())}; "
+          f"lifetime at the gRPC boundary: {sum(kinds['lifetime'].values())}; "
           f"to read: {sum(kinds['to read'].values())} ({len(kinds['to read'])} places)")
     for kind, counter in kinds.items():
         for key, n in counter.most_common():
