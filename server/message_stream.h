@@ -15,10 +15,12 @@
 //
 // Note [Who deletes the reactor]
 // The reactor has two owners: gRPC, until OnDone, and the handler's thread, until it has
-// returned from Finish (gRPC's Finish still reads the reactor after handing the status over,
-// and OnDone may run on another thread before it returns). Whichever lets go last deletes it
-// (owners_). Found by TSan: OnDone deleted the reactor while the handler's thread was still in
-// DoFinish (its virtual call and gRPC's inline Finish).
+// returned from Finish. Whichever lets go last deletes it (owners_). Deleting in OnDone alone
+// was correct by gRPC's contract (OnDone comes after Finish was called), but the handler
+// thread's last accesses (the virtual call to DoFinish, gRPC's inline Finish reading the
+// reactor) were ordered before the delete only by gRPC's own atomics, which TSan does not see
+// when gRPC is not instrumented (docs/testing.md). owners_ is an order TSan sees, and it keeps
+// the reactor alive for whatever the handler's thread does after Finish.
 //
 // Note [gRPC's ordering of reactions, told to TSan]
 // gRPC runs no reaction before the reactor's constructor has returned, and OnDone only after
