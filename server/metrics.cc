@@ -9,6 +9,7 @@
 
 #include "absl/strings/str_cat.h"
 #include "absl/strings/string_view.h"
+#include "absl/synchronization/mutex.h"
 #include "prometheus/collectable.h"
 #include "prometheus/counter.h"
 #include "prometheus/exposer.h"
@@ -93,14 +94,24 @@ class Metrics::Collector : public prometheus::Collectable {
   Collector(std::shared_ptr<prometheus::Registry> registry, Labels constant)
       : registry_(std::move(registry)), constant_(std::move(constant)) {}
   std::vector<prometheus::MetricFamily> Collect() const override {
-    if (callback_) callback_();
+    {
+      absl::MutexLock lock(&callback_mu_);
+      if (callback_) callback_();
+    }
     std::vector<prometheus::MetricFamily> families = registry_->Collect();
     for (auto& family : CollectProcessMetrics(constant_)) families.push_back(std::move(family));
     return families;
   }
-  std::function<void()> callback_;
+  void SetCallback(std::function<void()> callback) {
+    absl::MutexLock lock(&callback_mu_);
+    callback_ = std::move(callback);
+  }
 
  private:
+  // The endpoint serves from Metrics::Create on, before the server sets the callback, so a scrape
+  // can read it while it is written (found by TSan, docs/testing.md).
+  mutable absl::Mutex callback_mu_;
+  std::function<void()> callback_ ABSL_GUARDED_BY(callback_mu_);
   std::shared_ptr<prometheus::Registry> registry_;
   const Labels constant_;
 };
@@ -289,7 +300,7 @@ absl::Status Metrics::StartHttp(const MetricsOptions& options) {
 }
 
 void Metrics::SetScrapeCallback(std::function<void()> callback) {
-  collector_->callback_ = std::move(callback);
+  collector_->SetCallback(std::move(callback));
 }
 
 std::string Metrics::Scrape() const {

@@ -151,7 +151,7 @@ class GroupMetrics {
 // prometheus-cpp's exposer serves its own exposer_* families (scrape counts), without our labels.
 // Destruction takes up to 2 s: civetweb's listener notices the stop on its next poll.
 //
-// Thread safety: thread-safe, except SetScrapeCallback (call it before serving).
+// Thread safety: thread-safe.
 class Metrics {
  public:
   // The methods of optd.v1.Optimizer, in the order of the service; RecordRpc counts any other
@@ -204,7 +204,7 @@ class Metrics {
   void UpdateEngine(const core::EngineStats& stats);
 
   // Called at the start of every scrape (HTTP or Scrape()), e.g. to call UpdateEngine with fresh
-  // engine figures. REQUIRES: set before the endpoint is in use; the callback must be thread-safe.
+  // engine figures. May be set while the endpoint serves; the callback must be thread-safe.
   void SetScrapeCallback(std::function<void()> callback);
 
   // The text exposition, as served at /metrics.

@@ -106,6 +106,7 @@ class BlockingStream final : public grpc::ClientBidiReactor<grpc::ByteBuffer, gr
   bool finish_called_ = false;  // caller's thread only
   bool done_ ABSL_GUARDED_BY(mu_) = false;
   grpc::Status status_ ABSL_GUARDED_BY(mu_);
+  char tsan_started_tag_ = 0;  // only its address is used (blocking_stream.cc)
 };
 
 }  // namespace optd::client::internal

@@ -97,8 +97,9 @@ TEST(FeaturesTest, SubscribersReceiveEveryVersion) {
   std::vector<std::unique_ptr<grpc::ClientContext>> contexts;
   std::vector<std::thread> threads;
   std::atomic<int> ready{0};
+  // All contexts before any thread: a push_back would move the vector under a running reader.
+  for (int s = 0; s < 2; ++s) contexts.push_back(std::make_unique<grpc::ClientContext>());
   for (int s = 0; s < 2; ++s) {
-    contexts.push_back(std::make_unique<grpc::ClientContext>());
     threads.emplace_back([&, s] {
       v1::SubscribeRequest req;
       req.set_group("g");
