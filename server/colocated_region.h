@@ -63,6 +63,11 @@ class ColocatedRegion {
   MemoryKind memory() const { return memory_; }
   Transport transport() const { return transport_; }
   const std::vector<RegionBuffer>& buffers() const { return buffers_; }
+  // Whether the engine may read gradients from the region and write weights into it directly
+  // (Note [Steps read in place] in step_runner.cc): device memory it opened, or host memory
+  // page-locked for its DMA (a shared-memory region on a CUDA server: a client that truncates
+  // the object cannot fault a DMA, unlike the CPU's own reads, which stay guarded copies).
+  bool engine_reads_in_place() const { return engine_reads_in_place_; }
 
   // Copies `bytes` bytes at byte `offset` of buffer `buffer` into host memory `dst` (a step's
   // gradient buffer), or `src` into the region. REQUIRES: the range was checked against the
@@ -84,6 +89,7 @@ class ColocatedRegion {
         ticket_(std::move(ticket)) {}
   // Set by the subclass once its memory is mapped.
   std::vector<RegionBuffer> buffers_;
+  bool engine_reads_in_place_ = false;
 
  private:
   const std::string id_;

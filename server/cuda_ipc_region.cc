@@ -15,6 +15,7 @@ absl::StatusOr<std::unique_ptr<CudaIpcRegion>> CudaIpcRegion::Create(
   }
   std::unique_ptr<CudaIpcRegion> region(
       new CudaIpcRegion(std::move(id), std::move(owner), std::move(ticket)));
+  region->engine_reads_in_place_ = true;
   for (int i = 0; i < buffers.size(); ++i) {
     const v1::CudaIpcBuffer& b = buffers[i];
     auto mapping = engine->OpenIpcMemory(b.handle(), b.offset(), b.bytes());

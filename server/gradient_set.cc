@@ -9,7 +9,7 @@ namespace optd::server {
 void GradientSet::Reset() {
   for (Tensor& t : tensors_) {
     t.touched = false;
-    t.device = nullptr;
+    t.in_place = nullptr;
     t.covered.Clear();
   }
 }
@@ -38,8 +38,8 @@ absl::StatusOr<void*> GradientSet::Reserve(const Group& group, const CheckedChun
   return t.data.data() + static_cast<size_t>(c.offset) * esize;
 }
 
-absl::Status GradientSet::AttachDevice(const Group& group, const CheckedChunk& c,
-                                       const void* data, int64_t step) {
+absl::Status GradientSet::AttachInPlace(const Group& group, const CheckedChunk& c,
+                                        const void* data, core::MemoryKind kind, int64_t step) {
   Tensor& t = tensors_[static_cast<size_t>(c.tensor)];
   if (t.touched) {
     return absl::InvalidArgumentError(absl::StrCat(
@@ -48,7 +48,8 @@ absl::Status GradientSet::AttachDevice(const Group& group, const CheckedChunk& c
   }
   t.touched = true;
   t.dtype = c.dtype;
-  t.device = data;
+  t.in_place = data;
+  t.in_place_kind = kind;
   t.covered.Clear();
   (void)t.covered.InsertDisjoint(0, c.n);
   return absl::OkStatus();
@@ -87,10 +88,10 @@ std::vector<core::TensorGradient> GradientSet::Gradients(const Group& group) con
   std::vector<core::TensorGradient> out;
   for (int t : Touched()) {
     const Tensor& g = tensors_[static_cast<size_t>(t)];
-    if (g.device != nullptr) {
+    if (g.in_place != nullptr) {
       out.push_back(core::TensorGradient{
-          t, core::ConstTensorView{g.device, g.dtype, group.tensor(t).numel(),
-                                   core::MemoryKind::kDevice}});
+          t, core::ConstTensorView{g.in_place, g.dtype, group.tensor(t).numel(),
+                                   g.in_place_kind}});
       continue;
     }
     out.push_back(core::TensorGradient{

@@ -30,17 +30,17 @@ class GradientSet {
   // Accepts chunk `c` of step `step`: InvalidArgument if it overlaps a chunk already accepted or
   // its dtype differs from the tensor's earlier chunks. Returns where its bytes go.
   absl::StatusOr<void*> Reserve(const Group& group, const CheckedChunk& c, int64_t step);
-  // Accepts a whole-tensor chunk `c` whose bytes stay where they are, in device memory the
-  // engine reads directly (a CUDA IPC region: Note [Direct device steps] in step_runner.cc).
+  // Accepts a whole-tensor chunk `c` whose bytes stay where they are, in memory of `kind` the
+  // engine reads directly (a colocated region: Note [Steps read in place] in step_runner.cc).
   // InvalidArgument as Reserve. REQUIRES: c covers the whole tensor; `data` outlives the step.
-  absl::Status AttachDevice(const Group& group, const CheckedChunk& c, const void* data,
-                            int64_t step);
+  absl::Status AttachInPlace(const Group& group, const CheckedChunk& c, const void* data,
+                             core::MemoryKind kind, int64_t step);
   // InvalidArgument when a touched tensor is not fully covered, or nothing arrived.
   absl::Status CheckComplete(const Group& group, int64_t step) const;
   // Tensors that received a gradient, ascending.
   std::vector<int> Touched() const;
-  // Whole-tensor views of the touched tensors, for ParamGroup::Step (device memory for attached
-  // ones).
+  // Whole-tensor views of the touched tensors, for ParamGroup::Step (the region's memory for
+  // attached ones).
   std::vector<core::TensorGradient> Gradients(const Group& group) const;
   core::DType dtype(int t) const { return tensors_[static_cast<size_t>(t)].dtype; }
   const void* data(int t) const { return tensors_[static_cast<size_t>(t)].data.data(); }
@@ -52,7 +52,8 @@ class GradientSet {
     WireBuffer data;  // Note [Uninitialized staging]: every byte is written before use
     core::DType dtype = core::DType::kFloat32;
     bool touched = false;
-    const void* device = nullptr;  // AttachDevice: the gradient's device memory
+    const void* in_place = nullptr;  // AttachInPlace: where the gradient lies
+    core::MemoryKind in_place_kind = core::MemoryKind::kHost;
     IntervalSet covered;
   };
   core::Engine* const engine_;

@@ -82,25 +82,25 @@ absl::StatusOr<void*> PendingStep::Reserve(const Group& group, const CheckedChun
   return gradient_->Reserve(group, c, step_);
 }
 
-absl::Status PendingStep::AttachDevice(const Group& group, const CheckedChunk& c,
-                                      const void* data) {
+absl::Status PendingStep::AttachInPlace(const Group& group, const CheckedChunk& c,
+                                       const void* data, core::MemoryKind kind) {
   absl::MutexLock lock(&mu_);
   if (resolved_ && !outcome_.ok()) return outcome_.status();
   if (commits_ == streams_) {
     return absl::FailedPreconditionError(
         absl::StrCat("step ", step_, " received a chunk after all its streams committed"));
   }
-  return gradient_->AttachDevice(group, c, data, step_);
+  return gradient_->AttachInPlace(group, c, data, kind, step_);
 }
 
-void PendingStep::AddDeviceWeights(int tensor, void* data) {
+void PendingStep::AddInPlaceWeights(const InPlaceWeights& w) {
   absl::MutexLock lock(&mu_);
-  device_weights_.push_back(DeviceWeights{tensor, data});
+  in_place_weights_.push_back(w);
 }
 
-std::vector<PendingStep::DeviceWeights> PendingStep::device_weights() const {
+std::vector<PendingStep::InPlaceWeights> PendingStep::in_place_weights() const {
   absl::MutexLock lock(&mu_);
-  return device_weights_;
+  return in_place_weights_;
 }
 
 absl::Status PendingStep::ReserveWeightsDestination(int buffer, int64_t offset, int64_t bytes) {

@@ -60,16 +60,18 @@ class PendingStep {
   // of region buffer `buffer`: InvalidArgument when that overlaps another range's destination
   // in this step (on any of its streams), so that no two writes race on the same bytes.
   absl::Status ReserveWeightsDestination(int buffer, int64_t offset, int64_t bytes);
-  // A whole-tensor chunk read in place from device memory (GradientSet::AttachDevice).
-  absl::Status AttachDevice(const Group& group, const CheckedChunk& c, const void* data);
-  // Tensor `tensor`'s new weights go to device memory `data` (a CUDA IPC region), written by
-  // the engine as the step commits (CommitStep), not through the snapshot.
-  struct DeviceWeights {
+  // A whole-tensor chunk read in place from a region (GradientSet::AttachInPlace).
+  absl::Status AttachInPlace(const Group& group, const CheckedChunk& c, const void* data,
+                             core::MemoryKind kind);
+  // Tensor `tensor`'s new weights go to `data` in a region, written by the engine as the step
+  // commits (CommitStep), not through the snapshot.
+  struct InPlaceWeights {
     int tensor = 0;
     void* data = nullptr;
+    core::MemoryKind kind = core::MemoryKind::kHost;
   };
-  void AddDeviceWeights(int tensor, void* data);
-  std::vector<DeviceWeights> device_weights() const;
+  void AddInPlaceWeights(const InPlaceWeights& w);
+  std::vector<InPlaceWeights> in_place_weights() const;
 
   // Stream `index` committed. True when every stream has: the caller then calls Complete() and
   // Resolve(). The step's failure once it failed.
@@ -108,7 +110,7 @@ class PendingStep {
   v1::WeightsReturn weights_wanted_ ABSL_GUARDED_BY(mu_) = v1::NONE;
   int commits_ ABSL_GUARDED_BY(mu_) = 0;
   std::map<int, IntervalSet> weights_destinations_ ABSL_GUARDED_BY(mu_);  // by region buffer
-  std::vector<DeviceWeights> device_weights_ ABSL_GUARDED_BY(mu_);
+  std::vector<InPlaceWeights> in_place_weights_ ABSL_GUARDED_BY(mu_);
   bool resolved_ ABSL_GUARDED_BY(mu_) = false;
   absl::StatusOr<StepOutcome> outcome_ ABSL_GUARDED_BY(mu_);
 };

@@ -128,6 +128,8 @@ absl::StatusOr<std::unique_ptr<ShmRegion>> ShmRegion::Create(
   if (!registration.ok()) return registration.status();
   region->registration_ = *std::move(registration);
   region->buffers_.push_back(RegionBuffer{map, bytes});
+  // Page-locked for the CUDA engine's DMA: it may copy gradients out and weights in directly.
+  region->engine_reads_in_place_ = engine->backend() == core::Backend::kCuda;
   return region;
 }
 

@@ -26,10 +26,10 @@ absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan, Pendi
                                        const CommitContext& context) {
   const GradientSet& gradient = pending.gradient();
   const std::vector<int> touched = gradient.Touched();
-  // Tensors whose new weights the engine writes straight into device memory need no snapshot.
-  const std::vector<PendingStep::DeviceWeights> device_weights = pending.device_weights();
+  // Tensors whose new weights the engine writes straight into a region need no snapshot.
+  const std::vector<PendingStep::InPlaceWeights> in_place = pending.in_place_weights();
   std::vector<int> returned = ReturnedTensors(group, pending.weights_wanted(), touched);
-  for (const PendingStep::DeviceWeights& d : device_weights) std::erase(returned, d.tensor);
+  for (const PendingStep::InPlaceWeights& w : in_place) std::erase(returned, w.tensor);
   StepOutcome outcome;
   if (context.sync) {
     auto result = JoinSyncRound(group, plan, gradient, context.timeout_ms,
@@ -58,11 +58,11 @@ absl::StatusOr<StepOutcome> CommitStep(Group& group, const StepPlan& plan, Pendi
   }
   const std::vector<core::TensorGradient> grads = gradient.Gradients(group);
   if (absl::Status s = group.params().Step(grads, plan.args); !s.ok()) return s;
-  // Note [Direct device steps] (step_runner.cc): the new weights, device to device.
-  for (const PendingStep::DeviceWeights& d : device_weights) {
-    const core::TensorSpec& spec = group.tensor(d.tensor);
+  // Note [Steps read in place] (step_runner.cc): the new weights, straight into the region.
+  for (const PendingStep::InPlaceWeights& w : in_place) {
+    const core::TensorSpec& spec = group.tensor(w.tensor);
     absl::Status s = group.params().ReadParam(
-        d.tensor, 0, core::TensorView{d.data, spec.dtype, spec.numel(), core::MemoryKind::kDevice});
+        w.tensor, 0, core::TensorView{w.data, spec.dtype, spec.numel(), w.kind});
     if (!s.ok()) {
       return absl::Status(s.code(), absl::StrCat("step ", plan.step, " was applied but its new "
                                                  "weights of tensor '", spec.name,

@@ -141,20 +141,23 @@ struct Carried {
   std::vector<Range> ranges;               // wire chunks: their weights go back on the wire
   std::vector<CheckedRegionRange> region;  // region ranges: their weights go into the region
   int64_t bytes = 0;                       // gradient payload bytes
-  int64_t device_weight_bytes = 0;         // weights the engine writes into a device region
+  int64_t in_place_weight_bytes = 0;       // weights the engine writes into the region itself
 };
 
 // Reads this stream's chunks of the step into `pending`, up to the commit. `region`: the
 // step's region, or null for a wire step.
-// Note [Direct device steps]
-// A step whose region is device memory (CUDA IPC), on one stream, of a group without sync
-// rounds, that sends whole tensors, never moves its bytes through the host: the engine reads
-// each gradient where the trainer left it (GradientSet::AttachDevice) and writes each tensor's
-// new weights straight into the trainer's parameters as the step commits (CommitStep), device to
-// device. Anything else in such a region (part of a tensor, K streams, sync rounds, which
-// average on the host) takes the general road: copies through the host, correct but slow.
+// Note [Steps read in place]
+// A step over a region the engine can reach directly (ColocatedRegion::engine_reads_in_place: a
+// CUDA IPC region, or a shared-memory region page-locked for a CUDA engine), on one stream, of a
+// group without sync rounds, that sends whole tensors, moves no byte through the server's CPU:
+// the engine reads each gradient where the trainer left it (GradientSet::AttachInPlace) and
+// writes each tensor's new weights straight into the region as the step commits (CommitStep):
+// device to device for CUDA IPC, one DMA each way for shared memory. Anything else (parts of
+// tensors, K streams, sync rounds, which average on the host, a CPU engine) takes the general
+// road: the ranges are copied into the step's gradient buffer and the weights out of the
+// snapshot, under the region's guards.
 absl::Status Gather(Group& group, const StepPlan& plan, const ColocatedRegion* region,
-                    bool direct_device, StepStream* stream, PendingStep& pending,
+                    bool in_place, StepStream* stream, PendingStep& pending,
                     Carried* carried) {
   StepRequestRef request;
   while (true) {
@@ -175,17 +178,20 @@ absl::Status Gather(Group& group, const StepPlan& plan, const ColocatedRegion* r
             pending.ReserveWeightsDestination(r->weights_buffer, r->weights_offset, r->weights_bytes);
         if (!s.ok()) return s;
       }
-      if (direct_device && r->chunk.offset == 0 &&
+      if (in_place && r->chunk.offset == 0 &&
           r->chunk.n == group.tensor(r->chunk.tensor).numel()) {
         const auto& buffers = region->buffers();
+        const core::MemoryKind kind = region->memory() == MemoryKind::kDevice
+                                          ? core::MemoryKind::kDevice
+                                          : core::MemoryKind::kHost;
         const char* grad =
             static_cast<const char*>(buffers[static_cast<size_t>(r->buffer)].data) + r->buffer_offset;
-        if (absl::Status s = pending.AttachDevice(group, r->chunk, grad); !s.ok()) return s;
+        if (absl::Status s = pending.AttachInPlace(group, r->chunk, grad, kind); !s.ok()) return s;
         if (r->writes_weights && plan.weights == v1::UPDATED) {
           char* weights = static_cast<char*>(buffers[static_cast<size_t>(r->weights_buffer)].data) +
                           r->weights_offset;
-          pending.AddDeviceWeights(r->chunk.tensor, weights);
-          carried->device_weight_bytes += r->weights_bytes;
+          pending.AddInPlaceWeights({r->chunk.tensor, weights, kind});
+          carried->in_place_weight_bytes += r->weights_bytes;
         }
         group.metrics().AddGradientBytesReceived(r->bytes);
         carried->bytes += r->bytes;
@@ -417,10 +423,9 @@ absl::Status OptimizerCore::Step(StepStream* stream, const std::string& principa
     std::shared_ptr<PendingStep> pending = *std::move(joined);
     Carried carried;
     const absl::Time gather_start = absl::Now();
-    const bool direct_device = region != nullptr && region->memory() == MemoryKind::kDevice &&
-                               plan.streams == 1 && !context.sync;
-    if (absl::Status s = Gather(group, plan, region.get(), direct_device, stream, *pending,
-                                &carried);
+    const bool in_place = region != nullptr && region->engine_reads_in_place() &&
+                          plan.streams == 1 && !context.sync;
+    if (absl::Status s = Gather(group, plan, region.get(), in_place, stream, *pending, &carried);
         !s.ok()) {
       pending->Fail(group, s);
       return s;
@@ -446,8 +451,8 @@ absl::Status OptimizerCore::Step(StepStream* stream, const std::string& principa
     if (!outcome.ok()) return outcome.status();
     const absl::Time return_start = absl::Now();
     if (!outcome->duplicate) {
-      moved += carried.device_weight_bytes;
-      group.metrics().AddWeightBytesSent(carried.device_weight_bytes);
+      moved += carried.in_place_weight_bytes;
+      group.metrics().AddWeightBytesSent(carried.in_place_weight_bytes);
     }
     if (outcome->weights != nullptr && !outcome->duplicate && region != nullptr &&
         plan.weights == v1::UPDATED) {
