@@ -1212,12 +1212,16 @@ class PagedAdamW8bit(torch.optim.Optimizer):
             grad = p.grad.detach()
             if grad.dtype != p.dtype:
                 grad = grad.to(p.dtype)
-            shm.slot(shm.layout.grad[i], p).copy_(grad)
+            # Into page-locked memory the device-to-host copies run asynchronously (DMA); one
+            # synchronize below waits for them all.
+            shm.slot(shm.layout.grad[i], p).copy_(grad, non_blocking=shm.registered)
             if self.offload_gradients:
                 p.grad = None  # the region holds it now
             ranges.append(RegionRange(self._tensor_name(i), 0, p.numel(), _DTYPES[p.dtype],
                                       shm.layout.grad[i], shm.layout.weight[i]))
             with_grad.append((i, p))
+        if shm.registered:
+            torch.cuda.synchronize()
         step = self._steps[gi] + 1
         self._colocated_in_flight[gi] = step
         try:
@@ -1242,7 +1246,9 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         else:
             with torch.no_grad():
                 for i, p in with_grad:
-                    p.copy_(shm.slot(shm.layout.weight[i], p))
+                    # Ordered before later work on the stream; the next step's synchronize
+                    # waits for it before the server may write the slot again.
+                    p.copy_(shm.slot(shm.layout.weight[i], p), non_blocking=shm.registered)
         self._steps[gi] = step
         self._shard_steps.setdefault(gi, {})[0] = step
         self._colocated_in_flight.pop(gi, None)
