@@ -85,44 +85,65 @@ class SharedMemoryRegion:
             pass
 
 
-def open_pure(stub, metadata, target, group, nbytes):
-    """The lease over grpcio: open, opened, map /dev/shm/<name> with Python's mmap, mapped,
-    ready. The call's requests come from a queue, so the call stays open until close()."""
-    requests = queue.Queue()
+class _Lease:
+    """A Colocate call whose requests come from a queue, so that it stays open (the lease)
+    until end()."""
 
-    def request_iterator():
+    def __init__(self, stub, metadata, target, first):
+        self._requests = queue.Queue()
+        self._requests.put(first)
+        self._target = target
+        self.call = stub.Colocate(self._iterate(), metadata=metadata)
+
+    def _iterate(self):
         while True:
-            item = requests.get()
+            item = self._requests.get()
             if item is None:
                 return
             yield item
 
-    requests.put(pb.ColocateRequest(open=pb.ColocateOpen(group=group, kind=pb.SHM,
-                                                         bytes=nbytes)))
-    call = stub.Colocate(request_iterator(), metadata=metadata)
+    def send(self, request):
+        self._requests.put(request)
 
-    def end():
-        requests.put(None)
+    def receive(self, expected):
+        """The next response, which must hold `expected` ("opened", "ready"); ends the lease and
+        raises otherwise."""
         try:
-            for _ in call:  # the server ends the call once it released the region
+            response = next(self.call)
+        except grpc.RpcError as e:
+            self._requests.put(None)
+            raise from_rpc_error(e, self._target) from None
+        except StopIteration:
+            self._requests.put(None)
+            raise OptdError("Colocate: the server ended the call", grpc.StatusCode.UNAVAILABLE,
+                            self._target) from None
+        if not response.HasField(expected):
+            self.end()
+            raise OptdError(f"Colocate: expected {expected}", grpc.StatusCode.DATA_LOSS,
+                            self._target)
+        return getattr(response, expected)
+
+    def end(self):
+        """Ends the call; returns once the server ended it (it released the region)."""
+        self._requests.put(None)
+        try:
+            for _ in self.call:
                 pass
         except grpc.RpcError:
             pass
 
-    try:
-        opened = next(call).opened
-    except grpc.RpcError as e:
-        requests.put(None)
-        raise from_rpc_error(e, target) from None
-    except StopIteration:
-        requests.put(None)
-        raise OptdError("Colocate: the server ended the call", grpc.StatusCode.UNAVAILABLE,
-                        target) from None
+
+def open_pure(stub, metadata, target, group, nbytes):
+    """The lease over grpcio: open, opened, map /dev/shm/<name> with Python's mmap, mapped,
+    ready."""
+    lease = _Lease(stub, metadata, target,
+                   pb.ColocateRequest(open=pb.ColocateOpen(group=group, kind=pb.SHM, bytes=nbytes)))
+    opened = lease.receive("opened")
     try:
         fd = os.open(shm_path(opened.shm_name), os.O_RDWR)
     except OSError as e:
-        call.cancel()
-        requests.put(None)
+        lease.call.cancel()
+        lease.end()
         raise FailedPreconditionError(
             f"colocated region: cannot open {shm_path(opened.shm_name)}: {e.strerror}. The server "
             f"is not on this host, or this process does not share its /dev/shm; use the gRPC "
@@ -131,28 +152,16 @@ def open_pure(stub, metadata, target, group, nbytes):
         mapping = mmap.mmap(fd, opened.bytes, mmap.MAP_SHARED, mmap.PROT_READ | mmap.PROT_WRITE)
     finally:
         os.close(fd)
-    requests.put(pb.ColocateRequest(mapped=pb.ColocateMapped()))
+    lease.send(pb.ColocateRequest(mapped=pb.ColocateMapped()))
     try:
-        ready = next(call)
-    except (grpc.RpcError, StopIteration) as e:
+        lease.receive("ready")
+    except OptdError:
         mapping.close()
-        requests.put(None)
-        if isinstance(e, grpc.RpcError):
-            raise from_rpc_error(e, target) from None
-        raise OptdError("Colocate: no ColocateReady", grpc.StatusCode.UNAVAILABLE,
-                        target) from None
-    if not ready.HasField("ready"):
-        mapping.close()
-        end()
-        raise OptdError("Colocate: no ColocateReady", grpc.StatusCode.DATA_LOSS, target)
+        raise
     array = np.frombuffer(mapping, dtype=np.uint8)
-
-    def close():
-        end()
-        # numpy views may still point into the mapping; the mapping is freed with the last one
-        # (mmap.close() would fail with exported buffers).
-
-    return SharedMemoryRegion(opened.region, group, array, close)
+    # numpy views may still point into the mapping when the lease ends; the mapping is freed with
+    # the last one (mmap.close() would fail with exported buffers).
+    return SharedMemoryRegion(opened.region, group, array, lease.end)
 
 
 class CudaIpcRegion:
@@ -188,44 +197,14 @@ class CudaIpcRegion:
 
 def open_cuda_ipc_pure(stub, metadata, target, group, buffers):
     """The lease of a CUDA IPC region over grpcio: open (naming the buffers: (handle bytes,
-    offset, bytes, device) each), opened, ready; the call stays open until close()."""
-    requests = queue.Queue()
-
-    def request_iterator():
-        while True:
-            item = requests.get()
-            if item is None:
-                return
-            yield item
-
+    offset, bytes, device) each), opened, ready."""
     open_msg = pb.ColocateOpen(group=group, kind=pb.CUDA_IPC)
     for handle, offset, nbytes, device in buffers:
         open_msg.buffers.add(handle=bytes(handle), offset=offset, bytes=nbytes, device=device)
-    requests.put(pb.ColocateRequest(open=open_msg))
-    call = stub.Colocate(request_iterator(), metadata=metadata)
-
-    def end():
-        requests.put(None)
-        try:
-            for _ in call:
-                pass
-        except grpc.RpcError:
-            pass
-
-    try:
-        opened = next(call).opened
-        ready = next(call)
-    except grpc.RpcError as e:
-        requests.put(None)
-        raise from_rpc_error(e, target) from None
-    except StopIteration:
-        requests.put(None)
-        raise OptdError("Colocate: the server ended the call", grpc.StatusCode.UNAVAILABLE,
-                        target) from None
-    if not ready.HasField("ready"):
-        end()
-        raise OptdError("Colocate: no ColocateReady", grpc.StatusCode.DATA_LOSS, target)
-    return CudaIpcRegion(opened.region, group, end)
+    lease = _Lease(stub, metadata, target, pb.ColocateRequest(open=open_msg))
+    opened = lease.receive("opened")
+    lease.receive("ready")
+    return CudaIpcRegion(opened.region, group, lease.end)
 
 
 def step_pure(stub, metadata, timeout, target, group, step, region, ranges, begin, call="Step"):

@@ -1151,10 +1151,20 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         # The server reads the gradients once this process's work on them is done
         # (Note [Ordering on the device] in server/cuda_ipc_region.h).
         torch.cuda.current_stream(ipc.buf.device).synchronize()
+        done = self._region_step(gi, ipc.region, ranges, with_grad)
+        # Unless it was a duplicate, the server wrote the new weights into the parameters.
+        self._finish_region_step(gi, done)
+        return done.duplicate
+
+    def _region_step(self, gi, region, ranges, with_grad):
+        """Sends the step of param_groups[gi] whose gradients are `ranges` of `region`; a
+        duplicate's weights are pulled into the parameters of `with_grad` ((index, param))."""
+        g = self.param_groups[gi]
+        sg = self._shards[gi]
         step = self._steps[gi] + 1
         self._colocated_in_flight[gi] = step
         try:
-            done = sg.clients[0].step_region(self.server_group(gi), step, ipc.region, ranges,
+            done = sg.clients[0].step_region(self.server_group(gi), step, region, ranges,
                                              worker=self.worker, lr=g["lr"],
                                              expect_last_step=self._steps[gi])
         except OptdError:
@@ -1164,7 +1174,7 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         if done.duplicate:
             warnings.warn(f"optd: step {done.step} of {self.server_group(gi)} was applied before "
                           f"(a retry): not applied again; its weights were pulled",
-                          RuntimeWarning, stacklevel=3)
+                          RuntimeWarning, stacklevel=4)
             pulled = sg.pull()
             with torch.no_grad():
                 for i, p in with_grad:
@@ -1172,11 +1182,12 @@ class PagedAdamW8bit(torch.optim.Optimizer):
                     src = torch.from_numpy(w.view(np.int16)).view(torch.bfloat16) \
                         if p.dtype == torch.bfloat16 else torch.from_numpy(w)
                     p.copy_(src.view(p.shape))
-        # Otherwise the server wrote the new weights into the parameters themselves.
-        self._steps[gi] = step
-        self._shard_steps.setdefault(gi, {})[0] = step
+        return done
+
+    def _finish_region_step(self, gi, done):
+        self._steps[gi] = done.step
+        self._shard_steps.setdefault(gi, {})[0] = done.step
         self._colocated_in_flight.pop(gi, None)
-        return done.duplicate
 
     def _shm_group(self, gi):
         """The region of param_groups[gi]; None when "auto" fell back to gRPC."""
@@ -1222,36 +1233,14 @@ class PagedAdamW8bit(torch.optim.Optimizer):
             with_grad.append((i, p))
         if shm.registered:
             torch.cuda.synchronize()
-        step = self._steps[gi] + 1
-        self._colocated_in_flight[gi] = step
-        try:
-            done = sg.clients[0].step_region(self.server_group(gi), step, shm.region, ranges,
-                                             worker=self.worker, lr=g["lr"],
-                                             expect_last_step=self._steps[gi])
-        except OptdError:
-            self._shm_failed.add(gi)  # step() may be called again with the same gradients
-            raise
-        self._shm_failed.discard(gi)
-        if done.duplicate:
-            warnings.warn(f"optd: step {done.step} of {self.server_group(gi)} was applied before "
-                          f"(a retry): not applied again; its weights were pulled",
-                          RuntimeWarning, stacklevel=3)
-            pulled = sg.pull()
-            with torch.no_grad():
-                for i, p in with_grad:
-                    w = pulled[self._tensor_name(i)]
-                    src = torch.from_numpy(w.view(np.int16)).view(torch.bfloat16) \
-                        if p.dtype == torch.bfloat16 else torch.from_numpy(w)
-                    p.copy_(src.view(p.shape))
-        else:
+        done = self._region_step(gi, shm.region, ranges, with_grad)
+        if not done.duplicate:
             with torch.no_grad():
                 for i, p in with_grad:
                     # Ordered before later work on the stream; the next step's synchronize
                     # waits for it before the server may write the slot again.
                     p.copy_(shm.slot(shm.layout.weight[i], p), non_blocking=shm.registered)
-        self._steps[gi] = step
-        self._shard_steps.setdefault(gi, {})[0] = step
-        self._colocated_in_flight.pop(gi, None)
+        self._finish_region_step(gi, done)
         return done.duplicate
 
     def close(self):
