@@ -211,6 +211,7 @@ absl::StatusOr<StepResult> Client::StepInRegion(const std::string& group, int64_
   b->set_weights(static_cast<v1::WeightsReturn>(options.weights));
   if (options.base_version) b->set_base_version(*options.base_version);
   if (options.expect_last_step) b->set_expect_last_step(*options.expect_last_step);
+  b->set_attempt(internal::NewAttemptId());
   b->set_region(region.id());
   if (runs.size() > 1) b->set_streams(static_cast<int32_t>(runs.size()));
 

@@ -176,7 +176,13 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
   if (part) {
     b->set_streams(options.part_count);
     b->set_stream_index(options.part_index);
-  } else if (runs.size() > 1) {
+  } else {
+    // One value for this attempt's streams: a retry of a failed step starts afresh on the
+    // server instead of joining the failed attempt (StepBegin.attempt). Step parts are separate
+    // calls that cannot share one, so they send none.
+    b->set_attempt(internal::NewAttemptId());
+  }
+  if (!part && runs.size() > 1) {
     b->set_streams(static_cast<int32_t>(runs.size()));
   }
 

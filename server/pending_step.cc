@@ -10,11 +10,12 @@
 namespace optd::server {
 
 PendingStep::PendingStep(int worker, int64_t step, int streams, absl::Time deadline,
-                         std::shared_ptr<GradientPool> pool)
+                         uint64_t attempt, std::shared_ptr<GradientPool> pool)
     : worker_(worker),
       step_(step),
       streams_(streams),
       deadline_(deadline),
+      attempt_(attempt),
       pool_(std::move(pool)),
       gradient_(pool_->Take()),
       joined_(static_cast<size_t>(streams)),
@@ -29,7 +30,8 @@ PendingStep::~PendingStep() {
 absl::StatusOr<std::shared_ptr<PendingStep>> PendingStep::Join(Group& group, int worker,
                                                                int64_t step, int streams,
                                                                int index, absl::Duration timeout,
-                                                               v1::WeightsReturn weights) {
+                                                               v1::WeightsReturn weights,
+                                                               uint64_t attempt) {
   absl::MutexLock lock(&group.steps_mu());
   auto& pending = group.pending();
   const absl::Time now = absl::Now();
@@ -41,9 +43,24 @@ absl::StatusOr<std::shared_ptr<PendingStep>> PendingStep::Join(Group& group, int
     it = old.resolved_ && old.deadline_ < now ? pending.erase(it) : std::next(it);
   }
   auto it = pending.find({worker, step});
+  if (it != pending.end() && attempt != 0) {
+    // Note [A failed step stays to fail its latecomers]: but not a retry, which carries another
+    // attempt value; the failed attempt is forgotten and the retry starts afresh.
+    bool replace = false;
+    {
+      PendingStep& old = *it->second;
+      absl::MutexLock plock(&old.mu_);
+      replace = old.resolved_ && !old.outcome_.ok() && old.attempt_ != attempt;
+    }
+    if (replace) {
+      pending.erase(it);
+      it = pending.end();
+    }
+  }
   std::shared_ptr<PendingStep> p;
   if (it == pending.end()) {
-    p.reset(new PendingStep(worker, step, streams, now + timeout, group.gradient_pool()));
+    p.reset(new PendingStep(worker, step, streams, now + timeout, attempt,
+                            group.gradient_pool()));
     it = pending.emplace(std::make_pair(worker, step), p).first;
   } else {
     p = it->second;
@@ -151,7 +168,8 @@ void PendingStep::Resolve(Group& group, absl::StatusOr<StepOutcome> outcome) {
     // A stream that fails may do so before its sibling streams have even begun. Were the failed
     // step forgotten at once, a late sibling would open a fresh one and wait out the timeout
     // for streams that already gave up. So a failed step stays until all its streams have
-    // joined (each latecomer fails at once) or its deadline has passed.
+    // joined (each latecomer fails at once) or its deadline has passed. A retry is not a
+    // latecomer: it carries another StepBegin.attempt, and Join replaces the failed step.
     forget = outcome_.ok() || joins_ == streams_;
   }
   if (forget) Forget(group);

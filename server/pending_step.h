@@ -41,13 +41,15 @@ struct StepOutcome {
 // Thread safety: thread-safe.
 class PendingStep {
  public:
-  // Joins (or opens) the pending step (worker, step) of `group` as stream `index` of `streams`.
-  // InvalidArgument when the stream count differs from the other streams' or the index is out of
-  // range or taken. `timeout` bounds the wait for the other streams.
+  // Joins (or opens) the pending step (worker, step) of `group` as stream `index` of `streams`,
+  // for attempt `attempt` (StepBegin.attempt: a failed attempt is replaced by a join with
+  // another non-zero value). InvalidArgument when the stream count differs from the other
+  // streams' or the index is out of range or taken. `timeout` bounds the wait for the others.
   static absl::StatusOr<std::shared_ptr<PendingStep>> Join(Group& group, int worker, int64_t step,
                                                            int streams, int index,
                                                            absl::Duration timeout,
-                                                           v1::WeightsReturn weights);
+                                                           v1::WeightsReturn weights,
+                                                           uint64_t attempt);
   ~PendingStep();
 
   int worker() const { return worker_; }
@@ -93,7 +95,7 @@ class PendingStep {
   absl::StatusOr<StepOutcome> Await(Group& group, const std::atomic<bool>& stopping);
 
  private:
-  PendingStep(int worker, int64_t step, int streams, absl::Time deadline,
+  PendingStep(int worker, int64_t step, int streams, absl::Time deadline, uint64_t attempt,
               std::shared_ptr<GradientPool> pool);
   void Forget(Group& group);
 
@@ -101,6 +103,7 @@ class PendingStep {
   const int64_t step_;
   const int streams_;
   const absl::Time deadline_;
+  const uint64_t attempt_;
   const std::shared_ptr<GradientPool> pool_;
   mutable absl::Mutex mu_;
   std::unique_ptr<GradientSet> gradient_;  // reserved ranges are written outside mu_

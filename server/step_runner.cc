@@ -418,7 +418,7 @@ absl::Status OptimizerCore::Step(StepStream* stream, const std::string& principa
 
     const absl::Duration timeout = absl::Milliseconds(context.timeout_ms);
     auto joined = PendingStep::Join(group, plan.worker, plan.step, plan.streams,
-                                    plan.stream_index, timeout, plan.weights);
+                                    plan.stream_index, timeout, plan.weights, begin.attempt());
     if (!joined.ok()) return joined.status();
     std::shared_ptr<PendingStep> pending = *std::move(joined);
     Carried carried;

@@ -1,6 +1,7 @@
 #include "client/internal/wire.h"
 
 #include <cstring>
+#include <random>
 #include <vector>
 
 #include "absl/strings/str_cat.h"
@@ -25,6 +26,13 @@ void AppendTag(int field, std::string* out) {
 }
 
 }  // namespace
+
+uint64_t NewAttemptId() {
+  thread_local std::mt19937_64 gen{std::random_device{}()};
+  uint64_t id = 0;
+  while (id == 0) id = gen();
+  return id;
+}
 
 int64_t ElementsPerChunk(int64_t chunk_bytes, DType dtype) {
   const int64_t n = chunk_bytes / DTypeSize(dtype) / kBlockSize * kBlockSize;

@@ -21,6 +21,9 @@
 
 namespace optd::client::internal {
 
+// A random StepBegin.attempt, never 0 (0 means "unknown" to the server). Thread-safe.
+uint64_t NewAttemptId();
+
 inline constexpr int64_t kBlockSize = 256;
 
 // Elements per chunk message: chunk_bytes / dtype size rounded down to a multiple of 256,

@@ -113,15 +113,41 @@ TEST(KStreamStepTest, OneStreamFailingUndoesTheWholeStep) {
   opts.streams = 4;
   opts.chunk_elements = 1024;
   opts.bad_stream = 2;
+  opts.attempt = 11;
   StepResult r = RunStep(*srv.stub, "g", 2, Grads(2), opts);
   EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
   EXPECT_THAT(std::string(r.status.message()), HasSubstr("gradient.offset"));
   EXPECT_TRUE(Same(before, Read(*srv.stub, "g")));
-  // The same step then goes through.
+  // The same step then goes through (a new attempt).
   opts.bad_stream = -1;
+  opts.attempt = 12;
   r = RunStep(*srv.stub, "g", 2, Grads(2), opts);
   ASSERT_TRUE(r.status.ok()) << r.status;
   EXPECT_EQ(r.done.version(), 2);
+}
+
+// Some streams of a failed attempt never reached the server: its failure stays for their sake
+// (Note [A failed step stays to fail its latecomers]), but a retry, with another attempt value,
+// starts afresh and goes through instead of inheriting the failure.
+TEST(KStreamStepTest, RetryIsNotALatecomerOfTheFailedAttempt) {
+  InProcessServer srv = StartInProcess();
+  CreateGroup(*srv.stub, "g", 1, v1::SYNC, /*sync_timeout_ms=*/60'000);
+  StepOptions opts;
+  opts.streams = 3;
+  opts.chunk_elements = 1024;
+  opts.bad_stream = 2;
+  opts.first_stream = 2;  // streams 0 and 1 of this attempt never arrive
+  opts.attempt = 21;
+  StepResult r = RunStep(*srv.stub, "g", 1, Grads(1), opts);
+  EXPECT_EQ(r.status.code(), absl::StatusCode::kInvalidArgument) << r.status;
+  // The retry: all three streams, another attempt value. With the failed attempt's value (or
+  // none) streams 0 and 1 would be taken for its late siblings and fail at once.
+  opts.bad_stream = -1;
+  opts.first_stream = 0;
+  opts.attempt = 22;
+  r = RunStep(*srv.stub, "g", 1, Grads(1), opts);
+  ASSERT_TRUE(r.status.ok()) << r.status;
+  EXPECT_EQ(r.done.version(), 1);
 }
 
 TEST(KStreamStepTest, MissingStreamTimesOutAndNothingIsApplied) {

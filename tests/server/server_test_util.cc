@@ -254,8 +254,9 @@ StepResult RunStep(v1::Optimizer::Stub& stub, const std::string& group, int64_t 
   std::vector<StepResult> results(static_cast<size_t>(k));
   SharedWeights weights;
   std::vector<std::thread> threads;
-  for (int i = 0; i < k; ++i) {
+  for (int i = options.first_stream; i < k; ++i) {
     v1::StepRequest begin;
+    begin.mutable_begin()->set_attempt(options.attempt);
     begin.mutable_begin()->set_group(group);
     begin.mutable_begin()->set_worker(options.worker);
     begin.mutable_begin()->set_step(step);

@@ -93,6 +93,9 @@ struct StepOptions {
   // This stream waits 100 ms before its commit (so that it commits last).
   int late_commit_stream = -1;
   int64_t deadline_ms = 0;  // per stream; 0 = none
+  uint64_t attempt = 0;     // StepBegin.attempt of every stream (0: none)
+  // Only streams [first_stream, streams) are opened (the others "never reach the server").
+  int first_stream = 0;
 };
 
 struct StepResult {

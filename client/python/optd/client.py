@@ -36,6 +36,7 @@ subscription lasts until cancelled). Passing `timeout` alone (or None: no deadli
 as before data_timeout existed."""
 
 import os
+import random
 import threading
 import warnings
 from concurrent.futures import ThreadPoolExecutor
@@ -315,6 +316,11 @@ def _step_of(group, step):
     return f"step {step} of group {group!r}"
 
 
+def _attempt_id():
+    """A random StepBegin.attempt (never 0): a retry of a failed step starts afresh."""
+    return random.getrandbits(64) or 1
+
+
 def _call_name(method, what=""):
     """How an error names the call: "Step (step 3 of group 'g')"."""
     return f"{method} ({what})" if what else method
@@ -563,6 +569,8 @@ class Client:
             begin.base_version = base_version
         if expect_last_step is not None:
             begin.expect_last_step = expect_last_step
+        if not part_count:
+            begin.attempt = _attempt_id()
         if part_count > 0:
             begin.streams = part_count
             begin.stream_index = part_index
@@ -660,6 +668,7 @@ class Client:
             begin.base_version = base_version
         if expect_last_step is not None:
             begin.expect_last_step = expect_last_step
+        begin.attempt = _attempt_id()
         return colocated.step_pure(self._stub, self._metadata, self.data_timeout, self.target,
                                    group, step, region, ranges, begin, call)
 
