@@ -38,8 +38,9 @@ namespace optd::client {
 struct ColocatedRegion::Impl {
   std::string id;
   std::string group;
-  void* data = nullptr;
+  void* data = nullptr;   // shared memory: the mapping (unmapped at the end)
   int64_t bytes = 0;
+  std::vector<CudaIpcBuffer> device_buffers;  // CUDA IPC: the caller's buffers
   std::unique_ptr<grpc::GenericStub> stub;  // outlives `lease`
   std::unique_ptr<internal::BlockingStream> lease;
 
@@ -56,9 +57,25 @@ ColocatedRegion::ColocatedRegion(std::unique_ptr<Impl> impl) : impl_(std::move(i
 ColocatedRegion::~ColocatedRegion() = default;
 const std::string& ColocatedRegion::id() const { return impl_->id; }
 const std::string& ColocatedRegion::group() const { return impl_->group; }
-int ColocatedRegion::num_buffers() const { return 1; }
-void* ColocatedRegion::data(int buffer) const { return buffer == 0 ? impl_->data : nullptr; }
-int64_t ColocatedRegion::bytes(int buffer) const { return buffer == 0 ? impl_->bytes : 0; }
+int ColocatedRegion::num_buffers() const {
+  return impl_->device_buffers.empty() ? 1 : static_cast<int>(impl_->device_buffers.size());
+}
+void* ColocatedRegion::data(int buffer) const {
+  if (!impl_->device_buffers.empty()) {
+    return buffer >= 0 && buffer < num_buffers()
+               ? impl_->device_buffers[static_cast<size_t>(buffer)].data
+               : nullptr;
+  }
+  return buffer == 0 ? impl_->data : nullptr;
+}
+int64_t ColocatedRegion::bytes(int buffer) const {
+  if (!impl_->device_buffers.empty()) {
+    return buffer >= 0 && buffer < num_buffers()
+               ? impl_->device_buffers[static_cast<size_t>(buffer)].bytes
+               : 0;
+  }
+  return buffer == 0 ? impl_->bytes : 0;
+}
 
 namespace {
 
@@ -186,6 +203,51 @@ absl::StatusOr<std::unique_ptr<ColocatedRegion>> Client::OpenSharedMemoryRegion(
   if (!internal::ParseFromByteBuffer(in, &response) || !response.has_ready()) {
     return fail(absl::DataLossError("Colocate: no readable ColocateReady"));
   }
+  return std::make_unique<ColocatedRegion>(std::move(impl));
+}
+
+absl::StatusOr<std::unique_ptr<ColocatedRegion>> Client::OpenCudaIpcRegion(
+    const std::string& group, absl::Span<const CudaIpcBuffer> buffers) {
+  if (buffers.empty()) return absl::InvalidArgumentError("buffers: none given");
+  auto impl = std::make_unique<ColocatedRegion::Impl>();
+  impl->group = group;
+  impl->device_buffers.assign(buffers.begin(), buffers.end());
+  impl->stub = std::make_unique<grpc::GenericStub>(impl_->connections[0].channel);
+  // No deadline: the call is the lease and lives as long as the region.
+  impl->lease = internal::BlockingStream::Start(impl->stub.get(), kColocateMethod, 0,
+                                                impl_->authorization);
+  internal::BlockingStream& lease = *impl->lease;
+  auto fail = [&](absl::Status local) {
+    absl::Status s = LeaseFailure(lease, impl_->target, std::move(local));
+    impl->lease.reset();
+    return s;
+  };
+  v1::ColocateRequest open;
+  v1::ColocateOpen* o = open.mutable_open();
+  o->set_group(group);
+  o->set_kind(v1::CUDA_IPC);
+  for (const CudaIpcBuffer& b : buffers) {
+    v1::CudaIpcBuffer* out = o->add_buffers();
+    out->set_handle(b.handle);
+    out->set_offset(b.offset);
+    out->set_bytes(b.bytes);
+    out->set_device(b.device);
+  }
+  // The server opens the handles and answers opened and ready together.
+  grpc::ByteBuffer in;
+  v1::ColocateResponse opened;
+  v1::ColocateResponse ready;
+  if (!lease.Write(internal::SerializeToByteBuffer(open)) || !lease.Read(&in)) {
+    return fail(absl::UnavailableError("Colocate: the server ended the call"));
+  }
+  if (!internal::ParseFromByteBuffer(in, &opened) || !opened.has_opened()) {
+    return fail(absl::DataLossError("Colocate: no readable ColocateOpened"));
+  }
+  if (!lease.Read(&in)) return fail(absl::UnavailableError("Colocate: the server ended the call"));
+  if (!internal::ParseFromByteBuffer(in, &ready) || !ready.has_ready()) {
+    return fail(absl::DataLossError("Colocate: no readable ColocateReady"));
+  }
+  impl->id = opened.opened().region();
   return std::make_unique<ColocatedRegion>(std::move(impl));
 }
 

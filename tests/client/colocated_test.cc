@@ -334,6 +334,24 @@ TEST_F(ColocatedTest, RegionOfAnotherGroupIsRefused) {
       << step.status();
 }
 
+// A CUDA IPC region needs a CUDA server: this CPU one refuses it naming the buffer, opens
+// nothing and keeps serving (tests/python/test_cuda_ipc.py runs the CUDA server's side).
+TEST_F(ColocatedTest, CudaIpcRegionOnACpuServerIsRefused) {
+  auto c = Connect();
+  ASSERT_NE(c, nullptr);
+  CreateAndUpload(*c, "a", 1);
+  CudaIpcBuffer b;
+  b.handle = std::string(64, '\0');
+  b.bytes = 4096;
+  auto region = c->OpenCudaIpcRegion("a", {&b, 1});
+  EXPECT_EQ(region.status().code(), absl::StatusCode::kFailedPrecondition) << region.status();
+  EXPECT_TRUE(absl::StrContains(region.status().message(), "open.buffers[0]")) << region.status();
+  EXPECT_TRUE(absl::StrContains(region.status().message(), "--backend=cuda")) << region.status();
+  EXPECT_EQ(c->OpenCudaIpcRegion("a", {}).status().code(), absl::StatusCode::kInvalidArgument);
+  auto info = c->GetGroup("a");
+  ASSERT_TRUE(info.ok()) << info.status();
+}
+
 // A step over a region whose ranges break a rule fails with INVALID_ARGUMENT naming the field.
 TEST_F(ColocatedTest, BadRangesAreRefusedNamingTheField) {
   auto c = Connect();

@@ -73,6 +73,15 @@ class Client {
   // (ResourceExhausted for its region limits, Unimplemented from a server without the RPC).
   absl::StatusOr<std::unique_ptr<ColocatedRegion>> OpenSharedMemoryRegion(const std::string& group,
                                                                          int64_t bytes);
+  // Leases a CUDA IPC region over `buffers` (device memory of this process) for the steps of
+  // `group`, from a CUDA server on this host (or on a sibling GPU of it): the server's engine
+  // reads the gradients from the buffers and writes the new weights into them. Before a step the
+  // caller's device work on them must be complete (synchronize); when StepInRegion returns the
+  // weights are there. FailedPrecondition naming the buffer when the server cannot open a handle
+  // (a CPU server, another host, memory already freed); InvalidArgument for a malformed handle or
+  // a range past its allocation.
+  absl::StatusOr<std::unique_ptr<ColocatedRegion>> OpenCudaIpcRegion(
+      const std::string& group, absl::Span<const CudaIpcBuffer> buffers);
   // One step whose gradients are `ranges` of `region` (written there by the caller before the
   // call). With options.weights kUpdated the new weights of each range that names a weights
   // destination are in the region when this returns; kNone writes nothing; kAll is refused (a

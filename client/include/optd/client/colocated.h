@@ -27,9 +27,10 @@ class ColocatedRegion {
   const std::string& id() const;
   // The group the region belongs to.
   const std::string& group() const;
-  // Buffers of the region: one for shared memory.
+  // Buffers of the region: one for shared memory; those given for CUDA IPC.
   int num_buffers() const;
-  // The host address and size of buffer `buffer` in this process.
+  // The address and size of buffer `buffer` in this process: the mapping of shared memory; for
+  // CUDA IPC the device address given with the buffer (CudaIpcBuffer::data, may be null).
   void* data(int buffer = 0) const;
   int64_t bytes(int buffer = 0) const;
 
@@ -39,6 +40,18 @@ class ColocatedRegion {
 
  private:
   std::unique_ptr<Impl> impl_;
+};
+
+// One device buffer of this process for a CUDA IPC region (docs/colocated.md): `handle` is the
+// 64 bytes of the cudaIpcMemHandle_t of the allocation that holds it (cudaIpcGetMemHandle on the
+// allocation's base), `offset` its byte offset in that allocation, `bytes` its size, `device`
+// its CUDA device; `data`, optional, its device address here (returned by ColocatedRegion::data).
+struct CudaIpcBuffer {
+  std::string handle;
+  int64_t offset = 0;
+  int64_t bytes = 0;
+  int device = 0;
+  void* data = nullptr;
 };
 
 // One gradient range of a colocated step: elements [offset, offset + count) of `tensor`, in
