@@ -50,7 +50,8 @@ absl::Status ServeCudaIpc(OptimizerCore& core, MessageStream* stream, const Colo
   int64_t total = 0;
   for (const v1::CudaIpcBuffer& b : open.buffers()) {
     if (b.bytes() <= 0 || b.bytes() > (int64_t{1} << 50) - total) {
-      return absl::InvalidArgumentError("open.buffers: every buffer needs 0 < bytes, in all < 2^50");
+      return absl::InvalidArgumentError(
+          "open.buffers: every buffer needs 0 < bytes, in all < 2^50");
     }
     total += b.bytes();
   }

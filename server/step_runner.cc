@@ -184,9 +184,11 @@ absl::Status Gather(Group& group, const StepPlan& plan, const ColocatedRegion* r
         const core::MemoryKind kind = region->memory() == MemoryKind::kDevice
                                           ? core::MemoryKind::kDevice
                                           : core::MemoryKind::kHost;
-        const char* grad =
-            static_cast<const char*>(buffers[static_cast<size_t>(r->buffer)].data) + r->buffer_offset;
-        if (absl::Status s = pending.AttachInPlace(group, r->chunk, grad, kind); !s.ok()) return s;
+        const char* grad = static_cast<const char*>(buffers[static_cast<size_t>(r->buffer)].data) +
+                           r->buffer_offset;
+        if (absl::Status s = pending.AttachInPlace(group, r->chunk, grad, kind); !s.ok()) {
+          return s;
+        }
         if (r->writes_weights && plan.weights == v1::UPDATED) {
           char* weights = static_cast<char*>(buffers[static_cast<size_t>(r->weights_buffer)].data) +
                           r->weights_offset;

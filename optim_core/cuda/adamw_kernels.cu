@@ -93,7 +93,9 @@ __device__ __forceinline__ void CopyAsync(void* smem, const void* gmem) {
 __device__ __forceinline__ void CopyAsyncCommit() {
   asm volatile("cp.async.commit_group;\n" ::: "memory");
 }
-__device__ __forceinline__ void CopyAsyncWait() { asm volatile("cp.async.wait_all;\n" ::: "memory"); }
+__device__ __forceinline__ void CopyAsyncWait() {
+  asm volatile("cp.async.wait_all;\n" ::: "memory");
+}
 
 // Loads this lane's 8 elements of a block; lanes past `valid` get `fill` (the reference's
 // BlockLoad default), which matters for the partial last block's absmax. `vector`: the base
@@ -177,8 +179,8 @@ __device__ __forceinline__ void LoadCodes(const uint8_t* base, int lane, int val
 // LoadCodes' codes packed four to a word: element j in byte j % 4 of word j / 4 (both layouts),
 // so that a table lookup takes its index straight from the word (LaneTable::AtByte).
 template <bool kContiguous>
-__device__ __forceinline__ void LoadCodeWords(const uint8_t* base, int lane, int valid, uint8_t fill,
-                                              uint32_t* words) {
+__device__ __forceinline__ void LoadCodeWords(const uint8_t* base, int lane, int valid,
+                                              uint8_t fill, uint32_t* words) {
   if (valid == kQuantBlock) {
     if constexpr (kContiguous) {
       const uint2 v = *reinterpret_cast<const uint2*>(base + lane * 8);
@@ -592,10 +594,15 @@ __global__ void __launch_bounds__(kUpdateWarps * kWarpSize, 1)
     const int64_t stop = min(end, seg_end);
     const int64_t first = block - s.first_block, last = stop - s.first_block;
     switch (s.param_dtype) {
-      case 0: DispatchGrad<float>(s, first, last, lane, params.hyper, tab, params.nonfinite, stage); break;
-      case 1: DispatchGrad<__half>(s, first, last, lane, params.hyper, tab, params.nonfinite, stage); break;
+      case 0:
+        DispatchGrad<float>(s, first, last, lane, params.hyper, tab, params.nonfinite, stage);
+        break;
+      case 1:
+        DispatchGrad<__half>(s, first, last, lane, params.hyper, tab, params.nonfinite, stage);
+        break;
       default:
-        DispatchGrad<__nv_bfloat16>(s, first, last, lane, params.hyper, tab, params.nonfinite, stage);
+        DispatchGrad<__nv_bfloat16>(s, first, last, lane, params.hyper, tab, params.nonfinite,
+                                    stage);
         break;
     }
     block = stop;
