@@ -1040,12 +1040,17 @@ class PagedAdamW8bit(torch.optim.Optimizer):
             self.duplicate_steps += 1
         return loss
 
-    def zero_grad(self, set_to_none=True):
-        """torch.optim.Optimizer.zero_grad; over CUDA IPC the gradients of param_groups with a
-        region are zeroed in their slots whatever set_to_none says, so that backward
-        accumulates where the server reads them (no copy, no second gradient buffer)."""
+    def zero_grad(self, set_to_none=None):
+        """torch.optim.Optimizer.zero_grad (set_to_none: torch's default when not given); over
+        CUDA IPC the gradients of param_groups with a region are zeroed in their slots whatever
+        set_to_none says, so that backward accumulates where the server reads them (no copy, no
+        second gradient buffer)."""
         if not self._ipc:
+            if set_to_none is None:
+                return super().zero_grad()
             return super().zero_grad(set_to_none=set_to_none)
+        if set_to_none is None:
+            set_to_none = True
         for gi, g in enumerate(self.param_groups):
             ipc = self._ipc.get(gi)
             for i, p in enumerate(g["params"]):
