@@ -157,6 +157,26 @@ v1::StepRequest RegionChunkRequest(const RegionRange& r) {
   return request;
 }
 
+// The lease call of a new region of `group`. No deadline: the call lives as long as the region.
+std::unique_ptr<ColocatedRegion::Impl> StartLease(const std::shared_ptr<grpc::Channel>& channel,
+                                                  const std::string& authorization,
+                                                  const std::string& group) {
+  auto impl = std::make_unique<ColocatedRegion::Impl>();
+  impl->group = group;
+  impl->stub = std::make_unique<grpc::GenericStub>(channel);
+  impl->lease =
+      internal::BlockingStream::Start(impl->stub.get(), kColocateMethod, 0, authorization);
+  return impl;
+}
+
+// Ends a lease that failed with the best status at hand; the region then has no lease to end.
+absl::Status FailLease(ColocatedRegion::Impl& impl, const std::string& target,
+                       absl::Status local) {
+  absl::Status s = LeaseFailure(*impl.lease, target, std::move(local));
+  impl.lease.reset();
+  return s;
+}
+
 }  // namespace
 
 absl::StatusOr<std::unique_ptr<ColocatedRegion>> Client::OpenSharedMemoryRegion(
@@ -164,19 +184,9 @@ absl::StatusOr<std::unique_ptr<ColocatedRegion>> Client::OpenSharedMemoryRegion(
   if (bytes <= 0) {
     return absl::InvalidArgumentError(absl::StrCat("bytes must be > 0, got ", bytes));
   }
-  auto impl = std::make_unique<ColocatedRegion::Impl>();
-  impl->group = group;
-  impl->stub = std::make_unique<grpc::GenericStub>(impl_->connections[0].channel);
-  // No deadline: the call is the lease and lives as long as the region.
-  impl->lease = internal::BlockingStream::Start(impl->stub.get(), kColocateMethod, 0,
-                                                impl_->authorization);
+  auto impl = StartLease(impl_->connections[0].channel, impl_->authorization, group);
   internal::BlockingStream& lease = *impl->lease;
-  // Ends the call with the best status at hand; the region then has no lease to end.
-  auto fail = [&](absl::Status local) {
-    absl::Status s = LeaseFailure(lease, impl_->target, std::move(local));
-    impl->lease.reset();
-    return s;
-  };
+  auto fail = [&](absl::Status local) { return FailLease(*impl, impl_->target, std::move(local)); };
   v1::ColocateRequest open;
   open.mutable_open()->set_group(group);
   open.mutable_open()->set_kind(v1::SHM);
@@ -209,19 +219,10 @@ absl::StatusOr<std::unique_ptr<ColocatedRegion>> Client::OpenSharedMemoryRegion(
 absl::StatusOr<std::unique_ptr<ColocatedRegion>> Client::OpenCudaIpcRegion(
     const std::string& group, absl::Span<const CudaIpcBuffer> buffers) {
   if (buffers.empty()) return absl::InvalidArgumentError("buffers: none given");
-  auto impl = std::make_unique<ColocatedRegion::Impl>();
-  impl->group = group;
+  auto impl = StartLease(impl_->connections[0].channel, impl_->authorization, group);
   impl->device_buffers.assign(buffers.begin(), buffers.end());
-  impl->stub = std::make_unique<grpc::GenericStub>(impl_->connections[0].channel);
-  // No deadline: the call is the lease and lives as long as the region.
-  impl->lease = internal::BlockingStream::Start(impl->stub.get(), kColocateMethod, 0,
-                                                impl_->authorization);
   internal::BlockingStream& lease = *impl->lease;
-  auto fail = [&](absl::Status local) {
-    absl::Status s = LeaseFailure(lease, impl_->target, std::move(local));
-    impl->lease.reset();
-    return s;
-  };
+  auto fail = [&](absl::Status local) { return FailLease(*impl, impl_->target, std::move(local)); };
   v1::ColocateRequest open;
   v1::ColocateOpen* o = open.mutable_open();
   o->set_group(group);

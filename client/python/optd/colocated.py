@@ -45,31 +45,27 @@ def shm_path(name):
     return "/dev/shm/" + name.lstrip("/")
 
 
-class SharedMemoryRegion:
-    """A leased region: `array` (numpy uint8 over the whole mapping), `id`, `size`, close()."""
+class _LeasedRegion:
+    """What every leased region has: `id`, `group`, close() (also on exit from a with block and
+    when collected), which ends the lease once."""
 
     native = False  # leased through the C++ client (then `handle` is its optd_region*)
     handle = None
 
-    def __init__(self, region_id, group, array, closer):
+    def __init__(self, region_id, group, closer):
         self.id = region_id
         self.group = group
-        self.array = array
-        self.size = array.size
         self._closer = closer
         self._lock = threading.Lock()
 
-    def view(self, offset, count, dtype):
-        """A numpy view of `count` elements of `dtype` ("float32", "float16", "bfloat16" as
-        uint16) at byte `offset` of the region."""
-        np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
-        return self.array[offset:offset + count * np.dtype(np_dtype).itemsize].view(np_dtype)
+    def _released(self):
+        """Called once, before the lease ends."""
 
     def close(self):
         with self._lock:
             closer, self._closer = self._closer, None
         if closer is not None:
-            self.array = None
+            self._released()
             closer()
 
     def __enter__(self):
@@ -83,6 +79,24 @@ class SharedMemoryRegion:
             self.close()
         except Exception:  # interpreter shutdown
             pass
+
+
+class SharedMemoryRegion(_LeasedRegion):
+    """A leased shared-memory region: `array` (numpy uint8 over the whole mapping), `size`."""
+
+    def __init__(self, region_id, group, array, closer):
+        super().__init__(region_id, group, closer)
+        self.array = array
+        self.size = array.size
+
+    def view(self, offset, count, dtype):
+        """A numpy view of `count` elements of `dtype` ("float32", "float16", "bfloat16" as
+        uint16) at byte `offset` of the region."""
+        np_dtype = {"float32": np.float32, "float16": np.float16, "bfloat16": np.uint16}[dtype]
+        return self.array[offset:offset + count * np.dtype(np_dtype).itemsize].view(np_dtype)
+
+    def _released(self):
+        self.array = None
 
 
 class _Lease:
@@ -164,35 +178,9 @@ def open_pure(stub, metadata, target, group, nbytes):
     return SharedMemoryRegion(opened.region, group, array, lease.end)
 
 
-class CudaIpcRegion:
+class CudaIpcRegion(_LeasedRegion):
     """A leased CUDA IPC region (docs/colocated.md): device buffers of this process that the
-    server opened with their IPC handles; steps name ranges in them. `id`, close()."""
-
-    native = False
-
-    def __init__(self, region_id, group, closer):
-        self.id = region_id
-        self.group = group
-        self._closer = closer
-        self._lock = threading.Lock()
-
-    def close(self):
-        with self._lock:
-            closer, self._closer = self._closer, None
-        if closer is not None:
-            closer()
-
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.close()
-
-    def __del__(self):
-        try:
-            self.close()
-        except Exception:  # interpreter shutdown
-            pass
+    server opened with their IPC handles; steps name ranges in them."""
 
 
 def open_cuda_ipc_pure(stub, metadata, target, group, buffers):

@@ -1005,22 +1005,19 @@ class PagedAdamW8bit(torch.optim.Optimizer):
         with self._lock:
             self._hooks_off.clear()
             for gi in range(len(self.param_groups)):
-                if self.transport in ("cuda_ipc", "auto"):
-                    params = self.param_groups[gi]["params"]
-                    if all(p.grad is None for p in params):
+                colocated = False
+                for kind, opener in (("cuda_ipc", self._ipc_group), ("shm", self._shm_group)):
+                    if self.transport not in (kind, "auto"):
                         continue
-                    ipc = self._ipc_group(gi)
-                    if ipc is not None:
-                        duplicate = self._step_colocated(gi, "cuda_ipc") or duplicate
-                        continue
-                if self.transport in ("shm", "auto"):
-                    params = self.param_groups[gi]["params"]
-                    if all(p.grad is None for p in params):
-                        continue
-                    shm = self._shm_group(gi)
-                    if shm is not None:
-                        duplicate = self._step_colocated(gi, "shm") or duplicate
-                        continue
+                    if all(p.grad is None for p in self.param_groups[gi]["params"]):
+                        colocated = True  # nothing to step
+                        break
+                    if opener(gi) is not None:
+                        duplicate = self._step_colocated(gi, kind) or duplicate
+                        colocated = True
+                        break
+                if colocated:
+                    continue
                 plan = self._plans.get(gi)
                 if plan is None or not plan.active:
                     params = self.param_groups[gi]["params"]
