@@ -88,9 +88,11 @@ absl::StatusOr<std::unique_ptr<DeviceMapping>> OpenIpc(int device, std::string_v
                                               reinterpret_cast<CUdeviceptr>(base));
   }
   // Bytes of the allocation from `base` (where the handle opened) to its end.
-  const auto from_base = static_cast<int64_t>(reinterpret_cast<CUdeviceptr>(base) - alloc_base);
   const int64_t extent =
-      r == CUDA_SUCCESS ? static_cast<int64_t>(alloc_bytes) - from_base : int64_t{-1};
+      r == CUDA_SUCCESS
+          ? static_cast<int64_t>(alloc_bytes) -
+                static_cast<int64_t>(reinterpret_cast<CUdeviceptr>(base) - alloc_base)
+          : -1;
   if (r != CUDA_SUCCESS || offset > extent || bytes > extent - offset) {
     cudaIpcCloseMemHandle(base);
     cudaGetLastError();
