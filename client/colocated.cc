@@ -267,13 +267,7 @@ absl::StatusOr<StepResult> Client::StepInRegion(const std::string& group, int64_
 
   v1::StepRequest begin;
   v1::StepBegin* b = begin.mutable_begin();
-  b->set_group(group);
-  b->set_worker(options.worker);
-  b->set_step(step);
-  if (options.lr) b->set_lr(*options.lr);
-  b->set_weights(static_cast<v1::WeightsReturn>(options.weights));
-  if (options.base_version) b->set_base_version(*options.base_version);
-  if (options.expect_last_step) b->set_expect_last_step(*options.expect_last_step);
+  internal::SetStepBegin(group, step, options, options.weights, b);
   b->set_attempt(internal::NewAttemptId());
   b->set_region(region.id());
   if (runs.size() > 1) b->set_streams(static_cast<int32_t>(runs.size()));

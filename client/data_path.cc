@@ -166,13 +166,7 @@ absl::StatusOr<StepResult> Client::Step(const std::string& group, int64_t step,
 
   v1::StepRequest begin;
   v1::StepBegin* b = begin.mutable_begin();
-  b->set_group(group);
-  b->set_worker(options.worker);
-  b->set_step(step);
-  if (options.lr) b->set_lr(*options.lr);
-  b->set_weights(static_cast<v1::WeightsReturn>(wanted));
-  if (options.base_version) b->set_base_version(*options.base_version);
-  if (options.expect_last_step) b->set_expect_last_step(*options.expect_last_step);
+  internal::SetStepBegin(group, step, options, wanted, b);
   if (part) {
     b->set_streams(options.part_count);
     b->set_stream_index(options.part_index);

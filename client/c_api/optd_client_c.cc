@@ -116,6 +116,14 @@ absl::Status CheckHandle(const optd_client* client, const char* group) {
   return absl::OkStatus();
 }
 
+void ToStepResult(const optd::client::StepResult& r, optd_step_result* out) {
+  out->step = r.step;
+  out->version = r.version;
+  out->duplicate = r.duplicate ? 1 : 0;
+  out->nonfinite_gradient_elements = r.nonfinite_gradient_elements;
+  out->weight_elements_received = r.weight_elements_received;
+}
+
 absl::Status ToStepOptions(const optd_step_options* in, optd::client::StepOptions* out) {
   if (in == nullptr) return absl::OkStatus();
   // The first version of the struct ended at part_index.
@@ -236,13 +244,7 @@ int optd_client_step(optd_client* client, const char* group, int64_t step,
     if (absl::Status s = ToStepOptions(options, &opts); !s.ok()) return s;
     auto r = client->client->Step(group, step, grads, outs, opts);
     if (!r.ok()) return r.status();
-    if (result != nullptr) {
-      result->step = r->step;
-      result->version = r->version;
-      result->duplicate = r->duplicate ? 1 : 0;
-      result->nonfinite_gradient_elements = r->nonfinite_gradient_elements;
-      result->weight_elements_received = r->weight_elements_received;
-    }
+    if (result != nullptr) ToStepResult(*r, result);
     return absl::OkStatus();
   });
 }
@@ -367,13 +369,7 @@ int optd_client_step_region(optd_client* client, const char* group, int64_t step
     if (absl::Status s = ToStepOptions(options, &o); !s.ok()) return s;
     auto r = client->client->StepInRegion(group, step, *region->region, rs, o);
     if (!r.ok()) return r.status();
-    if (result != nullptr) {
-      result->step = r->step;
-      result->version = r->version;
-      result->duplicate = r->duplicate ? 1 : 0;
-      result->nonfinite_gradient_elements = r->nonfinite_gradient_elements;
-      result->weight_elements_received = 0;
-    }
+    if (result != nullptr) ToStepResult(*r, result);
     return absl::OkStatus();
   });
 }

@@ -27,6 +27,17 @@ void AppendTag(int field, std::string* out) {
 
 }  // namespace
 
+void SetStepBegin(const std::string& group, int64_t step, const StepOptions& options,
+                  WeightsReturn weights, v1::StepBegin* begin) {
+  begin->set_group(group);
+  begin->set_worker(options.worker);
+  begin->set_step(step);
+  if (options.lr) begin->set_lr(*options.lr);
+  begin->set_weights(static_cast<v1::WeightsReturn>(weights));
+  if (options.base_version) begin->set_base_version(*options.base_version);
+  if (options.expect_last_step) begin->set_expect_last_step(*options.expect_last_step);
+}
+
 uint64_t NewAttemptId() {
   thread_local std::mt19937_64 gen{std::random_device{}()};
   uint64_t id = 0;

@@ -24,6 +24,11 @@ namespace optd::client::internal {
 // A random StepBegin.attempt, never 0 (0 means "unknown" to the server). Thread-safe.
 uint64_t NewAttemptId();
 
+// The fields of a step's begin that come from the call: group, worker, step, lr, `weights`,
+// base_version and expect_last_step (the callers add streams, attempt and region).
+void SetStepBegin(const std::string& group, int64_t step, const StepOptions& options,
+                  WeightsReturn weights, v1::StepBegin* begin);
+
 inline constexpr int64_t kBlockSize = 256;
 
 // Elements per chunk message: chunk_bytes / dtype size rounded down to a multiple of 256,

@@ -56,3 +56,23 @@ def free_running_metric(got, want, initial):
 
 def clone(model):
     return copy.deepcopy(model)
+
+
+def train_through_optd(target, transport, device="cpu", steps=5, dtype=torch.float32):
+    """Trains the tiny model through optd.torch over `transport` on `device`; returns the final
+    parameters and the transport the optimizer ended up with."""
+    import optd.torch  # noqa: PLC0415 (only the tests that train need it)
+    model = make_model(dtype=dtype).to(device)
+    x, y = make_data()
+    x, y = x.to(device), y.to(device)
+    opt = optd.torch.PagedAdamW8bit(model.parameters(), lr=1e-2, target=target,
+                                    transport=transport, min_8bit_size=1024)
+    for _ in range(steps):
+        opt.zero_grad()
+        # mse on the fp32 output: torch 1.13 has no bf16 mse on the CPU.
+        torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y).backward()
+        opt.step()
+    got = [p.detach().clone() for p in model.parameters()]
+    chosen = opt.transport
+    opt.close()
+    return got, chosen

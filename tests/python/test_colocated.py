@@ -12,7 +12,7 @@ import torch
 import optd
 import optd.torch
 from optd.colocated import RegionRange
-from model_util import make_data, make_model
+from model_util import make_model, train_through_optd
 
 SPECS = [optd.TensorSpec("w", "float32", (1000, 3)), optd.TensorSpec("h", "bfloat16", (777,))]
 
@@ -62,26 +62,10 @@ def test_region_steps_equal_wire_steps(server):
             region.close()
 
 
-def _train(target, transport, steps=5, dtype=torch.float32):
-    model = make_model(dtype=dtype)
-    x, y = make_data()
-    opt = optd.torch.PagedAdamW8bit(model.parameters(), lr=1e-2, target=target,
-                                    transport=transport, min_8bit_size=1024)
-    for _ in range(steps):
-        opt.zero_grad()
-        # mse on the fp32 output: torch 1.13 has no bf16 mse on the CPU.
-        torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y).backward()
-        opt.step()
-    got = [p.detach().clone() for p in model.parameters()]
-    chosen = opt.transport
-    opt.close()
-    return got, chosen
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_torch_shm_equals_grpc(server, dtype):
-    wire, chosen_wire = _train(server.target, "grpc", dtype=dtype)
-    shm, chosen_shm = _train(server.target, "shm", dtype=dtype)
+    wire, chosen_wire = train_through_optd(server.target, "grpc", dtype=dtype)
+    shm, chosen_shm = train_through_optd(server.target, "shm", dtype=dtype)
     assert (chosen_wire, chosen_shm) == ("grpc", "shm")
     for a, b in zip(wire, shm):
         assert torch.equal(a, b)
@@ -89,7 +73,7 @@ def test_torch_shm_equals_grpc(server, dtype):
 
 def test_torch_auto_picks_shm_on_this_host(server, caplog):
     with caplog.at_level(logging.INFO, logger="optd"):
-        _, chosen = _train(server.target, "auto", steps=1)
+        _, chosen = train_through_optd(server.target, "auto", steps=1)
     assert chosen == "shm"
     assert "shared memory" in caplog.text
 

@@ -24,7 +24,7 @@ import torch
 import optd
 import optd.torch
 from optd.colocated import RegionRange
-from model_util import make_data, make_model
+from model_util import train_through_optd
 
 pytestmark = pytest.mark.skipif(
     not torch.cuda.is_available() or os.environ.get("OPTD_BACKEND") != "cuda",
@@ -221,28 +221,11 @@ def test_golden_replay_over_cuda_ipc(server, case):
             region.close()
 
 
-def _train(target, transport, steps=5, dtype=torch.float32):
-    torch.manual_seed(0)
-    model = make_model(dtype=dtype).cuda()
-    x, y = make_data()
-    x, y = x.cuda(), y.cuda()
-    opt = optd.torch.PagedAdamW8bit(model.parameters(), lr=1e-2, target=target,
-                                    transport=transport, min_8bit_size=1024)
-    for _ in range(steps):
-        opt.zero_grad()
-        torch.nn.functional.mse_loss(model(x.to(dtype)).float(), y).backward()
-        opt.step()
-    got = [p.detach().clone() for p in model.parameters()]
-    chosen = opt.transport
-    opt.close()
-    return got, chosen
-
-
 @pytest.mark.parametrize("dtype", [torch.float32, torch.bfloat16])
 def test_torch_cuda_ipc_equals_grpc(server, dtype):
-    wire, chosen_wire = _train(server.target, "grpc", dtype=dtype)
-    ipc, chosen_ipc = _train(server.target, "cuda_ipc", dtype=dtype)
-    auto, chosen_auto = _train(server.target, "auto", dtype=dtype)
+    wire, chosen_wire = train_through_optd(server.target, "grpc", "cuda", dtype=dtype)
+    ipc, chosen_ipc = train_through_optd(server.target, "cuda_ipc", "cuda", dtype=dtype)
+    auto, chosen_auto = train_through_optd(server.target, "auto", "cuda", dtype=dtype)
     assert (chosen_wire, chosen_ipc, chosen_auto) == ("grpc", "cuda_ipc", "cuda_ipc")
     for a, b, c in zip(wire, ipc, auto):
         assert torch.equal(a, b) and torch.equal(a, c)

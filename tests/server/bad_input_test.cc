@@ -40,12 +40,6 @@ class BadInputTest : public ::testing::Test {
     Snapshot(&before_);
   }
 
-  static Bytes Bf16(const std::vector<float>& v) {
-    Bytes out(v.size() * 2);
-    server::NarrowFromFloat(v.data(), static_cast<int64_t>(v.size()), core::DType::kBFloat16,
-                            out.data());
-    return out;
-  }
   static std::vector<Grad> Grads(uint32_t seed) {
     return {{"w", v1::FLOAT32, AsBytes(RandomFloats(kW, seed, 0.1f))},
             {"b", v1::BFLOAT16, Bf16(RandomFloats(kB, seed + 1, 0.1f))}};

@@ -8,7 +8,6 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/widen.h"
 #include "tests/server/server_test_util.h"
 
 namespace optd::testing {
@@ -18,13 +17,6 @@ using ::testing::HasSubstr;
 
 constexpr int64_t kW = 70'000;  // fp32, 8-bit states, ragged last block
 constexpr int64_t kB = 3'000;   // bf16, 32-bit states (under min_8bit_size)
-
-Bytes Bf16(const std::vector<float>& v) {
-  Bytes out(v.size() * 2);
-  server::NarrowFromFloat(v.data(), static_cast<int64_t>(v.size()), core::DType::kBFloat16,
-                          out.data());
-  return out;
-}
 
 void CreateGroup(v1::Optimizer::Stub& stub, const std::string& name, int num_workers = 1,
                  v1::SyncMode mode = v1::SYNC, int64_t sync_timeout_ms = 0) {

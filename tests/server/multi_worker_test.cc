@@ -36,17 +36,10 @@ void CreateGroup(v1::Optimizer::Stub& stub, const std::string& name, int workers
   ASSERT_TRUE(Upload(stub, name, "v", v1::FLOAT32, AsBytes(RandomFloats(kV, 8))).ok());
 }
 
-Bytes Bf16Bytes(const std::vector<float>& v) {
-  Bytes out(v.size() * 2);
-  server::NarrowFromFloat(v.data(), static_cast<int64_t>(v.size()), core::DType::kBFloat16,
-                          out.data());
-  return out;
-}
-
 // Worker w's gradient of tensor `t` at step k: worker 1 sends bf16 (widened by the server).
 Grad WorkerGrad(int w, int k, const std::string& t, int64_t n) {
   const std::vector<float> g = RandomFloats(n, static_cast<uint32_t>(1000 * k + 10 * w + n), 0.05f);
-  if (w == 1) return {t, v1::BFLOAT16, Bf16Bytes(g)};
+  if (w == 1) return {t, v1::BFLOAT16, Bf16(g)};
   return {t, v1::FLOAT32, AsBytes(g)};
 }
 

@@ -11,7 +11,6 @@
 
 #include "gmock/gmock.h"
 #include "gtest/gtest.h"
-#include "server/widen.h"
 #include "tests/server/server_test_util.h"
 
 namespace optd::testing {
@@ -23,28 +22,10 @@ using ::testing::Not;
 constexpr int64_t kW = 6000;
 constexpr int64_t kB = 700;
 
-Bytes Bf16(const std::vector<float>& v) {
-  Bytes out(v.size() * 2);
-  server::NarrowFromFloat(v.data(), static_cast<int64_t>(v.size()), core::DType::kBFloat16,
-                          out.data());
-  return out;
-}
-
 // Two groups: "main" (fp32 8-bit + bf16 32-bit states) and "clip" (percentile clipping, so the
 // checkpoint carries gnorm_vec).
 void CreateGroups(v1::Optimizer::Stub& stub) {
-  for (const char* name : {"main", "clip"}) {
-    v1::CreateGroupRequest create;
-    create.set_group(name);
-    *create.add_tensors() = Tensor("w", v1::FLOAT32, {kW});
-    *create.add_tensors() = Tensor("b", v1::BFLOAT16, {kB});
-    if (std::string(name) == "clip") create.mutable_hyperparameters()->set_percentile_clipping(10);
-    grpc::ClientContext ctx;
-    v1::GroupInfo info;
-    ASSERT_TRUE(stub.CreateGroup(&ctx, create, &info).ok());
-    ASSERT_TRUE(Upload(stub, name, "w", v1::FLOAT32, AsBytes(RandomFloats(kW, 1))).ok());
-    ASSERT_TRUE(Upload(stub, name, "b", v1::BFLOAT16, Bf16(RandomFloats(kB, 2))).ok());
-  }
+  CreateMainAndClipGroups(stub, kW, kB, v1::BFLOAT16);
 }
 
 void Steps(v1::Optimizer::Stub& stub, int from, int to) {

@@ -35,18 +35,7 @@ constexpr int64_t kB = 300;
 // Two groups: "main" (fp32, 8-bit states) and "clip" (percentile clipping and a tensor on the
 // 32-bit path), so a checkpoint carries every kind of state.
 void CreateGroups(v1::Optimizer::Stub& stub) {
-  for (const char* name : {"main", "clip"}) {
-    v1::CreateGroupRequest create;
-    create.set_group(name);
-    *create.add_tensors() = Tensor("w", v1::FLOAT32, {kW});
-    *create.add_tensors() = Tensor("b", v1::FLOAT32, {kB});
-    if (std::string(name) == "clip") create.mutable_hyperparameters()->set_percentile_clipping(10);
-    grpc::ClientContext ctx;
-    v1::GroupInfo info;
-    ASSERT_TRUE(stub.CreateGroup(&ctx, create, &info).ok());
-    ASSERT_TRUE(Upload(stub, name, "w", v1::FLOAT32, AsBytes(RandomFloats(kW, 1))).ok());
-    ASSERT_TRUE(Upload(stub, name, "b", v1::FLOAT32, AsBytes(RandomFloats(kB, 2))).ok());
-  }
+  CreateMainAndClipGroups(stub, kW, kB, v1::FLOAT32);
 }
 
 absl::Status Step(v1::Optimizer::Stub& stub, const std::string& group, int64_t k) {

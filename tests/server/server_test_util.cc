@@ -23,6 +23,7 @@
 #include "absl/strings/str_cat.h"
 #include "gtest/gtest.h"
 #include "server/metrics_http_get.h"
+#include "server/widen.h"
 
 namespace optd::testing {
 
@@ -344,6 +345,32 @@ Bytes AsBytes(const std::vector<float>& v) {
   Bytes b(v.size() * 4);
   std::memcpy(b.data(), v.data(), b.size());
   return b;
+}
+
+Bytes Bf16(const std::vector<float>& v) {
+  Bytes out(v.size() * 2);
+  server::NarrowFromFloat(v.data(), static_cast<int64_t>(v.size()), core::DType::kBFloat16,
+                          out.data());
+  return out;
+}
+
+void CreateMainAndClipGroups(v1::Optimizer::Stub& stub, int64_t w, int64_t b,
+                             v1::DType b_dtype) {
+  for (const char* name : {"main", "clip"}) {
+    v1::CreateGroupRequest create;
+    create.set_group(name);
+    *create.add_tensors() = Tensor("w", v1::FLOAT32, {w});
+    *create.add_tensors() = Tensor("b", b_dtype, {b});
+    if (std::string(name) == "clip") create.mutable_hyperparameters()->set_percentile_clipping(10);
+    grpc::ClientContext ctx;
+    v1::GroupInfo info;
+    ASSERT_TRUE(stub.CreateGroup(&ctx, create, &info).ok());
+    ASSERT_TRUE(Upload(stub, name, "w", v1::FLOAT32, AsBytes(RandomFloats(w, 1))).ok());
+    const std::vector<float> bias = RandomFloats(b, 2);
+    ASSERT_TRUE(
+        Upload(stub, name, "b", b_dtype, b_dtype == v1::BFLOAT16 ? Bf16(bias) : AsBytes(bias))
+            .ok());
+  }
 }
 
 std::vector<float> AsFloats(const Bytes& b) {

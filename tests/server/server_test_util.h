@@ -122,6 +122,12 @@ absl::StatusOr<std::map<std::string, std::map<std::string, Bytes>>> Export(
 // Fixed-seed random fp32 values in [-scale, scale).
 std::vector<float> RandomFloats(int64_t n, uint32_t seed, float scale = 1.0f);
 Bytes AsBytes(const std::vector<float>& v);
+// The bf16 bytes of `v` (rounded to nearest even, as the server narrows).
+Bytes Bf16(const std::vector<float>& v);
+// Two groups that together carry every kind of checkpointed state: "main" and "clip" (percentile
+// clipping 10, so gnorm_vec too), each with tensors "w" (fp32, `w` elements: 8-bit states when
+// w >= 4096) and "b" (`b_dtype`, `b` elements), uploaded from RandomFloats seeds 1 and 2.
+void CreateMainAndClipGroups(v1::Optimizer::Stub& stub, int64_t w, int64_t b, v1::DType b_dtype);
 std::vector<float> AsFloats(const Bytes& b);
 
 // Plain HTTP GET of http://127.0.0.1:port/path over a raw socket; returns the body.

@@ -316,6 +316,18 @@ def _step_of(group, step):
     return f"step {step} of group {group!r}"
 
 
+def _step_begin(group, step, worker, lr, weights, base_version, expect_last_step):
+    """The fields of a step's begin that come from the call (the callers add the rest)."""
+    begin = pb.StepBegin(group=group, worker=worker, step=step, weights=_RETURNS[weights])
+    if lr is not None:
+        begin.lr = lr
+    if base_version is not None:
+        begin.base_version = base_version
+    if expect_last_step is not None:
+        begin.expect_last_step = expect_last_step
+    return begin
+
+
 def _attempt_id():
     """A random StepBegin.attempt (never 0): a retry of a failed step starts afresh."""
     return random.getrandbits(64) or 1
@@ -562,13 +574,7 @@ class Client:
                    base_version, expect_last_step):
         """Gradient chunks are produced lazily while the server's weight chunks are received
         on gRPC's own thread, so the upload of tensor i+1 overlaps the download of tensor i."""
-        begin = pb.StepBegin(group=group, worker=worker, step=step, weights=_RETURNS[weights])
-        if lr is not None:
-            begin.lr = lr
-        if base_version is not None:
-            begin.base_version = base_version
-        if expect_last_step is not None:
-            begin.expect_last_step = expect_last_step
+        begin = _step_begin(group, step, worker, lr, weights, base_version, expect_last_step)
         if not part_count:
             begin.attempt = _attempt_id()
         if part_count > 0:
@@ -661,13 +667,7 @@ class Client:
                                          expect_last_step=expect_last_step, call=call)
             return pb.StepDone(step=r.step, version=r.version, duplicate=bool(r.duplicate),
                                nonfinite_gradient_elements=r.nonfinite_gradient_elements)
-        begin = pb.StepBegin(group=group, worker=worker, step=step, weights=_RETURNS[weights])
-        if lr is not None:
-            begin.lr = lr
-        if base_version is not None:
-            begin.base_version = base_version
-        if expect_last_step is not None:
-            begin.expect_last_step = expect_last_step
+        begin = _step_begin(group, step, worker, lr, weights, base_version, expect_last_step)
         begin.attempt = _attempt_id()
         return colocated.step_pure(self._stub, self._metadata, self.data_timeout, self.target,
                                    group, step, region, ranges, begin, call)
